@@ -1,0 +1,81 @@
+//! `check --connect`: prepare, never execute, every rule's SQL on its databases.
+//!
+//! The server parses and plans each detect and each fix statement, which
+//! catches a wrong table or column name before the first scheduled run. A
+//! fix statement that depends on an earlier statement of the same fix (a table
+//! it creates) cannot be prepared ahead of it; such rules report that error.
+
+use std::time::Duration;
+
+use crate::db::{
+    ConnectSettings, DbError, Dialect, MySqlSession, PgSession, Session, SqliteSession,
+};
+use crate::plan::Target;
+
+/// What preparing one target found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckResult {
+    /// Every statement prepared.
+    Ok {
+        /// Statements prepared.
+        statements: usize,
+    },
+    /// The database could not be reached.
+    Unreachable(String),
+    /// A statement did not prepare.
+    Invalid {
+        /// Which query: `detect` or `fix statement N`.
+        query: String,
+        /// The server's message.
+        error: String,
+    },
+}
+
+/// Prepares the SQL of one target.
+pub async fn prepare_target(target: &Target) -> CheckResult {
+    let settings = ConnectSettings {
+        timeout: target.rule.timeout,
+        lock_wait: Duration::ZERO,
+    };
+    let db = &target.database;
+    match db.dialect {
+        Dialect::Postgres => prepare_on(PgSession::connect(db, &settings).await, target).await,
+        Dialect::MySql => prepare_on(MySqlSession::connect(db, &settings).await, target).await,
+        Dialect::Sqlite => prepare_on(SqliteSession::connect(db, &settings).await, target).await,
+    }
+}
+
+async fn prepare_on<S: Session>(session: Result<S, DbError>, target: &Target) -> CheckResult {
+    let mut session = match session {
+        Ok(s) => s,
+        Err(e) => return CheckResult::Unreachable(e.to_string()),
+    };
+    let dialect = target.database.dialect;
+    let mut queries: Vec<(String, &str)> = target
+        .rule
+        .detect
+        .statements(dialect)
+        .into_iter()
+        .map(|s| ("detect".to_owned(), s))
+        .collect();
+    if let Some(fix) = &target.rule.fix {
+        for (i, statement) in fix.statements(dialect).into_iter().enumerate() {
+            queries.push((format!("fix statement {}", i + 1), statement));
+        }
+    }
+    let mut result = CheckResult::Ok {
+        statements: queries.len(),
+    };
+    for (query, sql) in queries {
+        let prepared = tokio::time::timeout(target.rule.timeout, session.prepare(sql)).await;
+        let error = match prepared {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("prepare timed out after {:?}", target.rule.timeout),
+        };
+        result = CheckResult::Invalid { query, error };
+        break;
+    }
+    session.close().await;
+    result
+}

@@ -1,0 +1,105 @@
+//! The command line (design §4), defined with clap's derive API.
+//!
+//! Usage errors exit with status 2, like configuration errors: nothing ran.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// A scheduled database janitor: detect rot with SQL, fix it under a lock,
+/// with dry-run, row-count guards and verification.
+#[derive(Debug, Parser)]
+#[command(name = "dbjanitor", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// The config file.
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "DBJANITOR_CONFIG",
+        default_value = "dbjanitor.yaml"
+    )]
+    pub config: PathBuf,
+
+    /// Log format on stderr: text for a terminal, json for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run rules now (all enabled rules, or those selected).
+    Run(RunArgs),
+    /// Validate the config and rules; with --connect also prepare their SQL.
+    Check(CheckArgs),
+    /// List rules, databases, schedules and next runs.
+    List,
+    /// Run the whole job on an embedded SQLite database with two seeded incidents.
+    Demo(DemoArgs),
+}
+
+/// `dbjanitor run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Rule names to run (default: every enabled rule). Named rules run even if disabled.
+    pub rules: Vec<String>,
+
+    /// Only rules with this tag (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+
+    /// Only this database.
+    #[arg(long, value_name = "NAME")]
+    pub database: Option<String>,
+
+    /// Run each fix inside a transaction and roll it back: show exactly what would change.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// How many (rule, database) pairs run at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
+
+    /// Report format on stdout.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+/// `dbjanitor check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Also connect to every database and prepare (not run) every detect and fix.
+    #[arg(long)]
+    pub connect: bool,
+}
+
+/// `dbjanitor demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Folder for the demo database, config and rules (default: a new temporary folder, kept).
+    #[arg(long, value_name = "DIR")]
+    pub path: Option<PathBuf>,
+}
+
+/// Report formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// A table for people.
+    Text,
+    /// One JSON document: `{"rules": [...], "exit_code": N}`.
+    Json,
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}

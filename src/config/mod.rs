@@ -1,0 +1,754 @@
+//! Loading and validating `dbjanitor.yaml` and its rule files.
+//!
+//! Loading is two-stage, like ripgrep's argument handling: [`raw`] mirrors
+//! the YAML (with positions), and this module turns it into a [`Config`] whose
+//! every value has been checked: names resolve, schedules compile, durations
+//! parse, SQL exists for every dialect a rule targets, `${VAR}` references are
+//! set. All problems are collected and reported together, each with file, line
+//! and column, so an operator fixes a broken pack in one pass. Nothing here
+//! connects to a database.
+
+mod error;
+mod notifier;
+mod raw;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use serde_saphyr::{Location, Spanned};
+
+pub use error::{ConfigError, ConfigErrors, SourceLocation};
+pub use notifier::{
+    DEFAULT_NOTIFY_TIMEOUT, EmailConfig, EmailTls, NotifierConfig, WebhookConfig, WebhookFormat,
+};
+
+use crate::db::{DatabaseConfig, Dialect};
+use crate::outcome::Outcome;
+use crate::rule::{Batch, DialectSql, LockSpec, Mode, Rule};
+use crate::schedule::Schedule;
+use crate::secret::SecretUrl;
+use crate::sql::{is_implicit_commit_ddl, split_statements};
+use raw::{OneOrMany, RawConfig, RawDatabase, RawRule, RawSql};
+
+/// Statement timeout when neither the rule nor `defaults` says.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Audit history settings (`audit:`).
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// The database (a name from `databases:`) holding the history.
+    pub database: String,
+    /// How long history rows are kept; `None` keeps them forever.
+    pub keep: Option<Duration>,
+}
+
+/// Values rules inherit (`defaults:`).
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    /// Timezone of schedules.
+    pub timezone: Tz,
+    /// Statement timeout.
+    pub timeout: Duration,
+    /// Notifier names.
+    pub notify: Vec<String>,
+    /// Outcomes that notify.
+    pub notify_on: BTreeSet<Outcome>,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            timezone: Tz::UTC,
+            timeout: DEFAULT_TIMEOUT,
+            notify: Vec::new(),
+            notify_on: Outcome::ALL
+                .into_iter()
+                .filter(|o| o.notified_by_default())
+                .collect(),
+        }
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file it was read from.
+    pub path: PathBuf,
+    /// Databases by name.
+    pub databases: BTreeMap<String, Arc<DatabaseConfig>>,
+    /// Rules in load order (folders sorted by file name).
+    pub rules: Vec<Arc<Rule>>,
+    /// Notifiers by name.
+    pub notifiers: BTreeMap<String, Arc<NotifierConfig>>,
+    /// Audit history, if configured.
+    pub audit: Option<AuditConfig>,
+    /// Values rules inherit.
+    pub defaults: Defaults,
+}
+
+/// Where `${VAR}` values come from: the process environment, or a map in tests.
+pub trait Environment {
+    /// The value of `name`, if set.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Environment for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Environment for BTreeMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// Loads the config at `path` with the process environment.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    load_with_env(path, &ProcessEnv)
+}
+
+/// Loads the config at `path`, reading `${VAR}` from `env`.
+pub fn load_with_env(path: &Path, env: &dyn Environment) -> Result<Config, ConfigErrors> {
+    let mut loader = Loader {
+        env,
+        errors: Vec::new(),
+    };
+    let config = loader.config(path);
+    match config {
+        Some(config) if loader.errors.is_empty() => Ok(config),
+        _ => Err(ConfigErrors(loader.errors)),
+    }
+}
+
+/// YAML options: strict booleans (`yes` is not true) and duplicate keys rejected.
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        strict_booleans: true,
+    }
+}
+
+/// Parses one YAML file into `T`.
+fn parse_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::file(path, format!("cannot read file: {e}")))?;
+    if text.trim().is_empty() {
+        return Err(ConfigError::file(path, "the file is empty"));
+    }
+    serde_saphyr::from_str_with_options(&text, yaml_options())
+        .map_err(|e| ConfigError::from_yaml(path, &e))
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("invalid duration {text:?}: {e} (expected e.g. 30s, 10m, 1h 30m)"))
+}
+
+struct Loader<'e> {
+    env: &'e dyn Environment,
+    errors: Vec<ConfigError>,
+}
+
+impl Loader<'_> {
+    fn err(&mut self, file: &Path, at: Location, message: impl Into<String>) {
+        self.errors.push(ConfigError::at(file, at, message));
+    }
+
+    fn config(&mut self, path: &Path) -> Option<Config> {
+        let raw: RawConfig = match parse_file(path) {
+            Ok(raw) => raw,
+            Err(e) => {
+                self.errors.push(e);
+                return None;
+            }
+        };
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        let mut databases = BTreeMap::new();
+        for (name, db) in raw.databases {
+            if let Some(db) = self.database(path, base, &name, &db) {
+                databases.insert(name, Arc::new(db));
+            }
+        }
+        let notifiers = notifier::load_all(self, path, base, raw.notifiers);
+        let defaults = self.defaults(path, raw.defaults, &notifiers);
+        let audit = raw
+            .audit
+            .and_then(|audit| self.audit(path, &audit, &databases));
+        let mut rules: Vec<Arc<Rule>> = Vec::new();
+        let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for file in self.rule_files(path, base, &raw.rules) {
+            let Some(rule) = self.rule(&file, &databases, &notifiers, &defaults) else {
+                continue;
+            };
+            if let Some(first) = seen.get(&rule.name) {
+                self.errors.push(ConfigError::file(
+                    &file,
+                    format!(
+                        "duplicate rule name {:?}: already defined in {}",
+                        rule.name,
+                        first.display()
+                    ),
+                ));
+                continue;
+            }
+            seen.insert(rule.name.clone(), file.clone());
+            rules.push(Arc::new(rule));
+        }
+        Some(Config {
+            path: path.to_path_buf(),
+            databases,
+            rules,
+            notifiers,
+            audit,
+            defaults,
+        })
+    }
+
+    /// Expands `${VAR}` references; `None` (with an error recorded) if one is unset.
+    fn expand(&mut self, file: &Path, value: &Spanned<String>) -> Option<String> {
+        let text = &value.value;
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text.as_str();
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let Some(end) = after.find('}') else {
+                self.err(
+                    file,
+                    value.referenced,
+                    "unterminated ${ in value (expected ${VARIABLE})",
+                );
+                return None;
+            };
+            let name = &after[..end];
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                self.err(
+                    file,
+                    value.referenced,
+                    format!("invalid variable name {name:?} in ${{...}}"),
+                );
+                return None;
+            }
+            match self.env.var(name) {
+                Some(v) if !v.is_empty() => out.push_str(&v),
+                Some(_) => {
+                    self.err(
+                        file,
+                        value.referenced,
+                        format!("environment variable {name} is empty"),
+                    );
+                    return None;
+                }
+                None => {
+                    self.err(
+                        file,
+                        value.referenced,
+                        format!("environment variable {name} is not set"),
+                    );
+                    return None;
+                }
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        Some(out)
+    }
+
+    fn database(
+        &mut self,
+        file: &Path,
+        base: &Path,
+        name: &str,
+        db: &Spanned<RawDatabase>,
+    ) -> Option<DatabaseConfig> {
+        if !valid_name(name) {
+            self.err(
+                file,
+                db.referenced,
+                format!("invalid database name {name:?}: use [a-z0-9._-]+"),
+            );
+            return None;
+        }
+        let url = match (&db.value.url, &db.value.url_file) {
+            (Some(url), None) => {
+                let text = self.expand(file, url)?;
+                (text, url.referenced)
+            }
+            (None, Some(url_file)) => {
+                let path_text = self.expand(file, url_file)?;
+                let path = base.join(path_text);
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => (text.trim().to_owned(), url_file.referenced),
+                    Err(e) => {
+                        self.err(
+                            file,
+                            url_file.referenced,
+                            format!("cannot read url_file {}: {e}", path.display()),
+                        );
+                        return None;
+                    }
+                }
+            }
+            _ => {
+                self.err(
+                    file,
+                    db.referenced,
+                    format!("database {name:?}: give exactly one of url or url_file"),
+                );
+                return None;
+            }
+        };
+        let (text, at) = url;
+        let secret = SecretUrl::new(text);
+        let scheme = secret.expose().split_once("://").map(|(s, _)| s.to_owned());
+        let Some(dialect) = scheme.as_deref().and_then(Dialect::from_scheme) else {
+            self.err(
+                file,
+                at,
+                format!(
+                    "database {name:?}: unsupported URL {}: expected postgres://, postgresql://, mysql://, mariadb:// or sqlite://",
+                    secret.redacted()
+                ),
+            );
+            return None;
+        };
+        let secret = if secret.expose().starts_with("mariadb://") {
+            // sqlx only knows mysql://; MariaDB speaks the same protocol.
+            SecretUrl::new(secret.expose().replacen("mariadb://", "mysql://", 1))
+        } else {
+            secret
+        };
+        if let Err(e) = check_url(dialect, &secret) {
+            self.err(
+                file,
+                at,
+                format!("database {name:?}: invalid URL {}: {e}", secret.redacted()),
+            );
+            return None;
+        }
+        Some(DatabaseConfig {
+            name: name.to_owned(),
+            dialect,
+            url: secret,
+        })
+    }
+
+    fn defaults(
+        &mut self,
+        file: &Path,
+        raw: Option<raw::RawDefaults>,
+        notifiers: &BTreeMap<String, Arc<NotifierConfig>>,
+    ) -> Defaults {
+        let mut defaults = Defaults::default();
+        let Some(raw) = raw else {
+            return defaults;
+        };
+        if let Some(tz) = raw.timezone {
+            if let Some(tz) = self.timezone(file, &tz) {
+                defaults.timezone = tz;
+            }
+        }
+        if let Some(timeout) = raw.timeout {
+            if let Some(timeout) = self.positive_duration(file, &timeout) {
+                defaults.timeout = timeout;
+            }
+        }
+        if let Some(notify) = raw.notify {
+            defaults.notify = self.notifier_refs(file, &notify, notifiers);
+        }
+        if let Some(notify_on) = raw.notify_on {
+            defaults.notify_on = notify_on.into_iter().map(|o| o.value).collect();
+        }
+        defaults
+    }
+
+    fn audit(
+        &mut self,
+        file: &Path,
+        raw: &Spanned<raw::RawAudit>,
+        databases: &BTreeMap<String, Arc<DatabaseConfig>>,
+    ) -> Option<AuditConfig> {
+        let database = &raw.value.database;
+        if !databases.contains_key(&database.value) {
+            self.err(
+                file,
+                database.referenced,
+                format!("audit.database {:?} is not in databases:", database.value),
+            );
+            return None;
+        }
+        let keep = match &raw.value.keep {
+            Some(keep) => Some(self.positive_duration(file, keep)?),
+            None => None,
+        };
+        Some(AuditConfig {
+            database: database.value.clone(),
+            keep,
+        })
+    }
+
+    fn timezone(&mut self, file: &Path, tz: &Spanned<String>) -> Option<Tz> {
+        match Tz::from_str(tz.value.trim()) {
+            Ok(tz) => Some(tz),
+            Err(_) => {
+                self.err(
+                    file,
+                    tz.referenced,
+                    format!(
+                        "unknown timezone {:?}: expected an IANA name such as UTC or Europe/Berlin",
+                        tz.value
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, file: &Path, text: &Spanned<String>) -> Option<Duration> {
+        match parse_duration(&text.value) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.err(file, text.referenced, e);
+                None
+            }
+        }
+    }
+
+    fn positive_duration(&mut self, file: &Path, text: &Spanned<String>) -> Option<Duration> {
+        let d = self.duration(file, text)?;
+        if d.is_zero() {
+            self.err(file, text.referenced, "duration must be greater than 0");
+            return None;
+        }
+        Some(d)
+    }
+
+    fn notifier_refs(
+        &mut self,
+        file: &Path,
+        names: &[Spanned<String>],
+        notifiers: &BTreeMap<String, Arc<NotifierConfig>>,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        for name in names {
+            if notifiers.contains_key(&name.value) {
+                out.push(name.value.clone());
+            } else {
+                let known: Vec<&str> = notifiers.keys().map(String::as_str).collect();
+                self.err(
+                    file,
+                    name.referenced,
+                    format!(
+                        "unknown notifier {:?}; notifiers in the config: {known:?}",
+                        name.value
+                    ),
+                );
+            }
+        }
+        out
+    }
+
+    /// Expands the `rules:` list into rule files: files as given, folders
+    /// searched recursively for `*.yaml`/`*.yml`, sorted by path.
+    fn rule_files(
+        &mut self,
+        file: &Path,
+        base: &Path,
+        entries: &[Spanned<String>],
+    ) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for entry in entries {
+            let path = base.join(&entry.value);
+            if path.is_dir() {
+                let mut found = Vec::new();
+                if let Err(e) = collect_yaml(&path, &mut found) {
+                    self.err(
+                        file,
+                        entry.referenced,
+                        format!("cannot read rule folder {}: {e}", path.display()),
+                    );
+                }
+                if found.is_empty() {
+                    self.err(
+                        file,
+                        entry.referenced,
+                        format!("rule folder {} holds no .yaml files", path.display()),
+                    );
+                }
+                found.sort();
+                files.extend(found);
+            } else if path.is_file() {
+                files.push(path);
+            } else {
+                self.err(
+                    file,
+                    entry.referenced,
+                    format!("rule path {} does not exist", path.display()),
+                );
+            }
+        }
+        let mut seen = BTreeSet::new();
+        files.retain(|f| seen.insert(f.clone()));
+        files
+    }
+
+    fn rule(
+        &mut self,
+        file: &Path,
+        databases: &BTreeMap<String, Arc<DatabaseConfig>>,
+        notifiers: &BTreeMap<String, Arc<NotifierConfig>>,
+        defaults: &Defaults,
+    ) -> Option<Rule> {
+        let raw: RawRule = match parse_file(file) {
+            Ok(raw) => raw,
+            Err(e) => {
+                self.errors.push(e);
+                return None;
+            }
+        };
+        let errors_before = self.errors.len();
+        let name = raw.name.value.clone();
+        if !valid_name(&name) {
+            self.err(
+                file,
+                raw.name.referenced,
+                format!("invalid rule name {name:?}: use [a-z0-9._-]+"),
+            );
+        }
+        let OneOrMany(db_names) = &raw.database.value;
+        if db_names.is_empty() {
+            self.err(
+                file,
+                raw.database.referenced,
+                "database: name at least one database",
+            );
+        }
+        let mut dialects = Vec::new();
+        for db in db_names {
+            match databases.get(db) {
+                Some(config) => dialects.push(config.dialect),
+                None => {
+                    let known: Vec<&str> = databases.keys().map(String::as_str).collect();
+                    self.err(
+                        file,
+                        raw.database.referenced,
+                        format!("unknown database {db:?}; databases in the config: {known:?}"),
+                    );
+                }
+            }
+        }
+        dialects.sort();
+        dialects.dedup();
+        let schedule = raw
+            .schedule
+            .as_ref()
+            .and_then(|s| match Schedule::parse(&s.value) {
+                Ok(schedule) => Some(schedule),
+                Err(e) => {
+                    self.err(file, s.referenced, e);
+                    None
+                }
+            });
+        let timezone = match &raw.timezone {
+            Some(tz) => self.timezone(file, tz).unwrap_or(defaults.timezone),
+            None => defaults.timezone,
+        };
+        let detect = self.dialect_sql(file, &raw.detect, "detect", &dialects);
+        for &dialect in &dialects {
+            let count = detect.statements(dialect).len();
+            if count > 1 {
+                self.err(
+                    file,
+                    raw.detect.referenced,
+                    format!(
+                        "detect for {dialect} holds {count} statements; it must be a single SELECT"
+                    ),
+                );
+            }
+        }
+        let mode = raw.mode.unwrap_or_default();
+        let fix = raw.fix.as_ref().map(|fix| {
+            let sql = self.dialect_sql(file, fix, "fix", &dialects);
+            if mode == Mode::Transactional && dialects.contains(&Dialect::MySql) {
+                if let Some(ddl) = sql.statements(Dialect::MySql).into_iter().find(|s| is_implicit_commit_ddl(s)) {
+                    let keyword = crate::sql::first_keyword(ddl, Dialect::MySql);
+                    self.err(
+                        file,
+                        fix.referenced,
+                        format!(
+                            "the MySQL fix runs {keyword}, which commits implicitly and cannot be rolled back: set `mode: autocommit`"
+                        ),
+                    );
+                }
+            }
+            sql
+        });
+        let max_rows = match (&raw.max_rows, &raw.fix) {
+            (Some(m), _) if m.value == 0 => {
+                self.err(file, m.referenced, "max_rows must be at least 1");
+                1
+            }
+            (Some(m), _) => m.value,
+            (None, Some(fix)) => {
+                self.err(
+                    file,
+                    fix.referenced,
+                    "a rule with a fix needs max_rows: the most rows it may find and change in one run",
+                );
+                1
+            }
+            (None, None) => u64::MAX,
+        };
+        let batch = raw.batch.as_ref().and_then(|b| {
+            if raw.fix.is_none() {
+                self.err(file, b.referenced, "batch: needs a fix to repeat");
+            }
+            let pause = match &b.value.pause {
+                Some(p) => self.duration(file, p)?,
+                None => Duration::from_millis(100),
+            };
+            let max_batches = match &b.value.max_batches {
+                Some(m) if m.value == 0 => {
+                    self.err(file, m.referenced, "max_batches must be at least 1");
+                    return None;
+                }
+                Some(m) => m.value,
+                None => 1000,
+            };
+            Some(Batch { pause, max_batches })
+        });
+        let timeout = match &raw.timeout {
+            Some(t) => self.positive_duration(file, t).unwrap_or(defaults.timeout),
+            None => defaults.timeout,
+        };
+        let lock = LockSpec {
+            name: raw
+                .lock
+                .as_ref()
+                .and_then(|l| l.name.as_ref())
+                .map_or_else(|| name.clone(), |n| n.value.clone()),
+            wait: raw
+                .lock
+                .as_ref()
+                .and_then(|l| l.wait.as_ref())
+                .and_then(|w| self.duration(file, w))
+                .unwrap_or(Duration::ZERO),
+        };
+        if lock.name.trim().is_empty() {
+            self.errors
+                .push(ConfigError::file(file, "lock.name must not be empty"));
+        }
+        let notify = match &raw.notify {
+            Some(names) => self.notifier_refs(file, names, notifiers),
+            None => defaults.notify.clone(),
+        };
+        let notify_on = raw.notify_on.as_ref().map_or_else(
+            || defaults.notify_on.clone(),
+            |list| list.iter().copied().collect(),
+        );
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        Some(Rule {
+            name,
+            description: raw.description.unwrap_or_default().trim().to_owned(),
+            source: file.to_path_buf(),
+            databases: db_names.clone(),
+            schedule,
+            timezone,
+            tags: raw.tags,
+            detect,
+            fix,
+            max_rows,
+            verify: raw.verify.unwrap_or(true),
+            mode,
+            batch,
+            timeout,
+            lock,
+            notify,
+            notify_on,
+            enabled: raw.enabled.unwrap_or(true),
+        })
+    }
+
+    /// Converts `detect:`/`fix:` and checks there is SQL for every dialect.
+    fn dialect_sql(
+        &mut self,
+        file: &Path,
+        raw: &Spanned<RawSql>,
+        key: &str,
+        dialects: &[Dialect],
+    ) -> DialectSql {
+        let sql = match &raw.value {
+            RawSql::Any(text) => DialectSql {
+                any: Some(text.clone()),
+                ..DialectSql::default()
+            },
+            RawSql::ByDialect(map) => DialectSql {
+                any: None,
+                mysql: map.mysql.clone(),
+                postgres: map.postgres.clone(),
+                sqlite: map.sqlite.clone(),
+            },
+        };
+        for &dialect in dialects {
+            let empty = sql
+                .for_dialect(dialect)
+                .is_none_or(|text| split_statements(text, dialect).is_empty());
+            if empty {
+                self.err(
+                    file,
+                    raw.referenced,
+                    format!(
+                        "{key} has no {dialect} SQL, but the rule runs on a {dialect} database"
+                    ),
+                );
+            }
+        }
+        sql
+    }
+}
+
+fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_yaml(&path, out)?;
+        } else if path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e == "yaml" || e == "yml")
+        {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Parses a URL with the driver's own parser, so a malformed URL is a
+/// configuration error (exit 2) and not a failure at run time.
+fn check_url(dialect: Dialect, url: &SecretUrl) -> Result<(), String> {
+    let text = url.expose();
+    let result = match dialect {
+        Dialect::Postgres => sqlx::postgres::PgConnectOptions::from_str(text).map(|_| ()),
+        Dialect::MySql => sqlx::mysql::MySqlConnectOptions::from_str(text).map(|_| ()),
+        Dialect::Sqlite => sqlx::sqlite::SqliteConnectOptions::from_str(text).map(|_| ()),
+    };
+    result.map_err(|e| url.scrub(&e.to_string()))
+}

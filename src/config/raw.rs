@@ -1,0 +1,192 @@
+//! The YAML shapes, exactly as written: every field an operator may type and
+//! nothing else (`deny_unknown_fields`), with source positions kept through
+//! `Spanned` so that checks after parsing can still point at a line.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::Spanned;
+
+use crate::outcome::Outcome;
+use crate::rule::Mode;
+
+/// `dbjanitor.yaml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    pub(crate) databases: BTreeMap<String, Spanned<RawDatabase>>,
+    #[serde(default)]
+    pub(crate) rules: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) defaults: Option<RawDefaults>,
+    #[serde(default)]
+    pub(crate) notifiers: BTreeMap<String, Spanned<RawNotifier>>,
+    #[serde(default)]
+    pub(crate) audit: Option<Spanned<RawAudit>>,
+}
+
+/// One entry of `databases:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDatabase {
+    pub(crate) url: Option<Spanned<String>>,
+    pub(crate) url_file: Option<Spanned<String>>,
+}
+
+/// `defaults:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDefaults {
+    pub(crate) timezone: Option<Spanned<String>>,
+    pub(crate) timeout: Option<Spanned<String>>,
+    pub(crate) notify: Option<Vec<Spanned<String>>>,
+    pub(crate) notify_on: Option<Vec<Spanned<Outcome>>>,
+}
+
+/// One entry of `notifiers:`: exactly one of `webhook` or `email`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNotifier {
+    pub(crate) webhook: Option<Spanned<RawWebhook>>,
+    pub(crate) email: Option<Spanned<RawEmail>>,
+}
+
+/// `webhook:` notifier.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWebhook {
+    pub(crate) url: Spanned<String>,
+    pub(crate) format: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) headers: BTreeMap<String, Spanned<String>>,
+    pub(crate) timeout: Option<Spanned<String>>,
+}
+
+/// `email:` notifier.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEmail {
+    pub(crate) smtp: Spanned<String>,
+    pub(crate) tls: Option<Spanned<String>>,
+    pub(crate) from: Spanned<String>,
+    pub(crate) to: Spanned<Vec<String>>,
+    #[serde(default)]
+    pub(crate) cc: Vec<String>,
+    pub(crate) username: Option<Spanned<String>>,
+    pub(crate) password_env: Option<Spanned<String>>,
+    pub(crate) password_file: Option<Spanned<String>>,
+    pub(crate) timeout: Option<Spanned<String>>,
+}
+
+/// `audit:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAudit {
+    pub(crate) database: Spanned<String>,
+    pub(crate) keep: Option<Spanned<String>>,
+}
+
+/// One rule file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRule {
+    pub(crate) name: Spanned<String>,
+    pub(crate) description: Option<String>,
+    pub(crate) database: Spanned<OneOrMany>,
+    pub(crate) schedule: Option<Spanned<String>>,
+    pub(crate) timezone: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) tags: Vec<String>,
+    pub(crate) detect: Spanned<RawSql>,
+    pub(crate) fix: Option<Spanned<RawSql>>,
+    pub(crate) max_rows: Option<Spanned<u64>>,
+    pub(crate) verify: Option<bool>,
+    pub(crate) mode: Option<Mode>,
+    pub(crate) batch: Option<Spanned<RawBatch>>,
+    pub(crate) timeout: Option<Spanned<String>>,
+    pub(crate) lock: Option<RawLock>,
+    pub(crate) notify: Option<Vec<Spanned<String>>>,
+    pub(crate) notify_on: Option<Vec<Outcome>>,
+    pub(crate) enabled: Option<bool>,
+}
+
+/// `batch:` of a rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBatch {
+    pub(crate) pause: Option<Spanned<String>>,
+    pub(crate) max_batches: Option<Spanned<u64>>,
+}
+
+/// `lock:` of a rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLock {
+    pub(crate) name: Option<Spanned<String>>,
+    pub(crate) wait: Option<Spanned<String>>,
+}
+
+/// `database: name` or `database: [a, b]`.
+#[derive(Debug)]
+pub(crate) struct OneOrMany(pub(crate) Vec<String>);
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct OneOrManyVisitor;
+        impl<'de> Visitor<'de> for OneOrManyVisitor {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a database name or a list of database names")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![v.to_owned()]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
+                let mut names = Vec::new();
+                while let Some(name) = seq.next_element::<String>()? {
+                    names.push(name);
+                }
+                Ok(OneOrMany(names))
+            }
+        }
+        deserializer.deserialize_any(OneOrManyVisitor)
+    }
+}
+
+/// `detect:`/`fix:`: one SQL text for every dialect, or a map by dialect.
+#[derive(Debug)]
+pub(crate) enum RawSql {
+    Any(String),
+    ByDialect(RawSqlByDialect),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSqlByDialect {
+    pub(crate) mysql: Option<String>,
+    pub(crate) postgres: Option<String>,
+    pub(crate) sqlite: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for RawSql {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RawSqlVisitor;
+        impl<'de> Visitor<'de> for RawSqlVisitor {
+            type Value = RawSql;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("SQL text, or a map with keys mysql, postgres, sqlite")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawSql, E> {
+                Ok(RawSql::Any(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawSql, A::Error> {
+                RawSqlByDialect::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawSql::ByDialect)
+            }
+        }
+        deserializer.deserialize_any(RawSqlVisitor)
+    }
+}

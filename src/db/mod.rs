@@ -1,0 +1,219 @@
+//! Database backends behind one small trait.
+//!
+//! Each (rule, database) run opens its **own** connection and closes it at the
+//! end; nothing is pooled. That is deliberate: session locks, session
+//! variables and open transactions can then never leak into another run, and a
+//! killed process leaves nothing behind but a closed socket, on which the
+//! server rolls back and releases every lock.
+//!
+//! [`Session`] is the whole surface the engine needs; `postgres`, `mysql` and
+//! `sqlite` implement it, each knowing its own lock, timeout and transaction
+//! statements. Rule SQL is sent as text (PostgreSQL simple query protocol,
+//! MySQL `COM_QUERY`), so it means what it means in `psql` or the `mariadb`
+//! client, and every value arrives as text that a report can show whatever
+//! its column type.
+
+mod lock;
+mod mysql;
+mod postgres;
+mod sample;
+mod sqlite;
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use lock::{mysql_lock_name, postgres_lock_key};
+pub use mysql::MySqlSession;
+pub use postgres::PgSession;
+pub use sqlite::SqliteSession;
+
+use crate::outcome::Sample;
+use crate::secret::SecretUrl;
+
+/// The SQL dialect of a database, taken from its URL scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dialect {
+    /// `postgres://` or `postgresql://`.
+    Postgres,
+    /// `mysql://` or `mariadb://` (MySQL and MariaDB share rule SQL).
+    MySql,
+    /// `sqlite://`.
+    Sqlite,
+}
+
+impl Dialect {
+    /// Every dialect, in the order rule files list them.
+    pub const ALL: [Dialect; 3] = [Dialect::MySql, Dialect::Postgres, Dialect::Sqlite];
+
+    /// The dialect for a URL scheme, if dbjanitor supports it.
+    #[must_use]
+    pub fn from_scheme(scheme: &str) -> Option<Self> {
+        match scheme.to_ascii_lowercase().as_str() {
+            "postgres" | "postgresql" => Some(Dialect::Postgres),
+            "mysql" | "mariadb" => Some(Dialect::MySql),
+            "sqlite" => Some(Dialect::Sqlite),
+            _ => None,
+        }
+    }
+
+    /// The key of this dialect in a rule's `detect:`/`fix:` map.
+    #[must_use]
+    pub fn key(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "postgres",
+            Dialect::MySql => "mysql",
+            Dialect::Sqlite => "sqlite",
+        }
+    }
+}
+
+impl fmt::Display for Dialect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.key())
+    }
+}
+
+/// A database from the config: its name, dialect and (secret) URL.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// The name rules refer to.
+    pub name: String,
+    /// Taken from the URL scheme.
+    pub dialect: Dialect,
+    /// The connection URL; prints redacted.
+    pub url: SecretUrl,
+}
+
+/// What a session needs to know before it connects.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectSettings {
+    /// Per-statement timeout; also bounds connecting.
+    pub timeout: Duration,
+    /// How long to wait for a lock held elsewhere (SQLite: the busy timeout).
+    pub lock_wait: Duration,
+}
+
+/// Errors from a backend. Texts are already scrubbed of secrets.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DbError {
+    /// The connection could not be established.
+    #[error("cannot connect to database: {0}")]
+    Connect(String),
+    /// The server returned an error or the connection broke.
+    #[error("{0}")]
+    Sql(String),
+}
+
+/// The count and a sample of a detect query's rows.
+#[derive(Debug, Clone, Default)]
+pub struct Detection {
+    /// Every row the query returned, counted as they streamed past.
+    pub count: u64,
+    /// The first few rows, rendered as text.
+    pub sample: Sample,
+}
+
+/// The operations the engine performs on one pinned connection.
+///
+/// Locks come in two kinds, as in design §3: a transactional rule calls
+/// [`Session::begin_locked`], which opens a transaction and takes a lock that
+/// ends with it; batch and autocommit rules call [`Session::lock_session`],
+/// which holds a lock on the connection across several transactions.
+pub trait Session: Send + Sized {
+    /// Opens a transaction holding the lock for `lock_name`; `Ok(false)` when
+    /// the lock is held elsewhere (then no transaction is left open).
+    fn begin_locked(
+        &mut self,
+        lock_name: &str,
+        wait: Duration,
+    ) -> impl Future<Output = Result<bool, DbError>> + Send;
+
+    /// Commits (or rolls back) the transaction of [`Session::begin_locked`]
+    /// and releases its lock.
+    fn finish_locked(
+        &mut self,
+        commit: bool,
+        lock_name: &str,
+    ) -> impl Future<Output = Result<(), DbError>> + Send;
+
+    /// Takes a lock held by the connection until [`Session::unlock_session`]
+    /// (or until the connection closes); `Ok(false)` when held elsewhere.
+    fn lock_session(
+        &mut self,
+        lock_name: &str,
+        wait: Duration,
+    ) -> impl Future<Output = Result<bool, DbError>> + Send;
+
+    /// Releases the lock of [`Session::lock_session`].
+    fn unlock_session(
+        &mut self,
+        lock_name: &str,
+    ) -> impl Future<Output = Result<(), DbError>> + Send;
+
+    /// Opens a plain transaction (one batch of a batch rule).
+    fn begin(&mut self) -> impl Future<Output = Result<(), DbError>> + Send;
+
+    /// Commits the open transaction.
+    fn commit(&mut self) -> impl Future<Output = Result<(), DbError>> + Send;
+
+    /// Rolls back the open transaction.
+    fn rollback(&mut self) -> impl Future<Output = Result<(), DbError>> + Send;
+
+    /// Applies the server-side statement timeout. `in_transaction` scopes it
+    /// to the open transaction where the engine supports that (PostgreSQL
+    /// `SET LOCAL`, which also works behind PgBouncer in transaction mode).
+    fn set_statement_timeout(
+        &mut self,
+        timeout: Duration,
+        in_transaction: bool,
+    ) -> impl Future<Output = Result<(), DbError>> + Send;
+
+    /// Runs a query, counting its rows as they stream and keeping `keep` of them.
+    fn detect(
+        &mut self,
+        sql: &str,
+        keep: usize,
+    ) -> impl Future<Output = Result<Detection, DbError>> + Send;
+
+    /// Runs one statement and returns its rows affected.
+    fn execute(&mut self, sql: &str) -> impl Future<Output = Result<u64, DbError>> + Send;
+
+    /// Asks the server to parse and plan `sql` without running it.
+    fn prepare(&mut self, sql: &str) -> impl Future<Output = Result<(), DbError>> + Send;
+
+    /// Closes the connection politely.
+    fn close(self) -> impl Future<Output = ()> + Send;
+
+    /// Drops the connection at once; the server rolls back whatever was open
+    /// and releases every lock the connection held.
+    fn abort(self) -> impl Future<Output = ()> + Send;
+}
+
+/// Turns a driver error into a [`DbError`] with the URL's secrets masked.
+pub(crate) fn sql_error(url: &SecretUrl, err: &sqlx::Error) -> DbError {
+    DbError::Sql(url.scrub(&describe(err)))
+}
+
+/// Like [`sql_error`] for a failed connection attempt.
+pub(crate) fn connect_error(url: &SecretUrl, err: &sqlx::Error) -> DbError {
+    DbError::Connect(url.scrub(&describe(err)))
+}
+
+fn describe(err: &sqlx::Error) -> String {
+    match err.as_database_error() {
+        Some(db) => match db.code() {
+            Some(code) => format!("{} (code {code})", db.message()),
+            None => db.message().to_owned(),
+        },
+        None => err.to_string(),
+    }
+}
+
+/// Milliseconds for SQL `SET` statements, at least 1.
+pub(crate) fn millis(d: Duration) -> u128 {
+    d.as_millis().max(1)
+}

@@ -1,0 +1,177 @@
+//! SQLite backend: the embedded default, used by `dbjanitor demo`.
+//!
+//! SQLite has no advisory locks. A transactional rule takes the database write
+//! lock with `BEGIN IMMEDIATE` before detect, so two runs cannot interleave;
+//! if another writer holds it for longer than `lock.wait` (SQLite's busy
+//! timeout) the run is `skipped`. Batch and autocommit rules have no lock
+//! across statements: each batch takes the write lock for its own
+//! transaction. There is no server-side statement timeout; the engine's
+//! client-side timeout still applies.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use sqlx::sqlite::{Sqlite, SqliteConnectOptions, SqliteConnection, SqliteRow};
+use sqlx::{
+    AssertSqlSafe, Column, Connection, Decode, Executor, Row, SqlSafeStr, TypeInfo, ValueRef,
+};
+
+use super::{
+    ConnectSettings, DatabaseConfig, DbError, Detection, Session, connect_error, sample, sql_error,
+};
+use crate::outcome::Sample;
+use crate::secret::SecretUrl;
+
+/// One SQLite connection.
+pub struct SqliteSession {
+    conn: SqliteConnection,
+    url: SecretUrl,
+}
+
+/// SQLite's primary result code for "database is locked".
+const SQLITE_BUSY: i64 = 5;
+
+impl SqliteSession {
+    /// Opens the database file of `db`; a missing file is an error, never created.
+    pub async fn connect(db: &DatabaseConfig, settings: &ConnectSettings) -> Result<Self, DbError> {
+        let options = SqliteConnectOptions::from_str(db.url.expose())
+            .map_err(|e| connect_error(&db.url, &e))?
+            .busy_timeout(settings.lock_wait);
+        let conn = tokio::time::timeout(settings.timeout, SqliteConnection::connect_with(&options))
+            .await
+            .map_err(|_| DbError::Connect(format!("timed out after {:?}", settings.timeout)))?
+            .map_err(|e| connect_error(&db.url, &e))?;
+        Ok(Self {
+            conn,
+            url: db.url.clone(),
+        })
+    }
+
+    async fn run(&mut self, sql: &str) -> Result<(), DbError> {
+        self.conn
+            .execute(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())))
+            .await
+            .map(|_| ())
+            .map_err(|e| sql_error(&self.url, &e))
+    }
+}
+
+fn is_busy(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .and_then(|db| db.code())
+        .and_then(|code| code.parse::<i64>().ok())
+        .is_some_and(|code| code & 0xff == SQLITE_BUSY)
+}
+
+fn cell(row: &SqliteRow, i: usize) -> Option<String> {
+    let value = row.try_get_raw(i).ok()?;
+    if value.is_null() {
+        return None;
+    }
+    match value.type_info().name() {
+        "INTEGER" => <i64 as Decode<Sqlite>>::decode(value)
+            .ok()
+            .map(|v| v.to_string()),
+        "REAL" => <f64 as Decode<Sqlite>>::decode(value)
+            .ok()
+            .map(|v| v.to_string()),
+        "BLOB" => <&[u8] as Decode<Sqlite>>::decode(value)
+            .ok()
+            .map(sample::bytes),
+        _ => <&str as Decode<Sqlite>>::decode(value)
+            .ok()
+            .map(sample::clip),
+    }
+}
+
+impl Session for SqliteSession {
+    async fn begin_locked(&mut self, _lock_name: &str, _wait: Duration) -> Result<bool, DbError> {
+        match self.conn.execute(sqlx::raw_sql("BEGIN IMMEDIATE")).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_busy(&e) => Ok(false),
+            Err(e) => Err(sql_error(&self.url, &e)),
+        }
+    }
+
+    async fn finish_locked(&mut self, commit: bool, _lock_name: &str) -> Result<(), DbError> {
+        self.run(if commit { "COMMIT" } else { "ROLLBACK" }).await
+    }
+
+    async fn lock_session(&mut self, _lock_name: &str, _wait: Duration) -> Result<bool, DbError> {
+        Ok(true)
+    }
+
+    async fn unlock_session(&mut self, _lock_name: &str) -> Result<(), DbError> {
+        Ok(())
+    }
+
+    async fn begin(&mut self) -> Result<(), DbError> {
+        self.run("BEGIN IMMEDIATE").await
+    }
+
+    async fn commit(&mut self) -> Result<(), DbError> {
+        self.run("COMMIT").await
+    }
+
+    async fn rollback(&mut self) -> Result<(), DbError> {
+        self.run("ROLLBACK").await
+    }
+
+    async fn set_statement_timeout(
+        &mut self,
+        _timeout: Duration,
+        _in_transaction: bool,
+    ) -> Result<(), DbError> {
+        Ok(())
+    }
+
+    async fn detect(&mut self, sql: &str, keep: usize) -> Result<Detection, DbError> {
+        let mut detection = Detection::default();
+        let mut rows = self
+            .conn
+            .fetch(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())));
+        while let Some(row) = rows
+            .try_next()
+            .await
+            .map_err(|e| sql_error(&self.url, &e))?
+        {
+            if detection.count == 0 {
+                detection.sample.columns =
+                    row.columns().iter().map(|c| c.name().to_owned()).collect();
+            }
+            if detection.sample.rows.len() < keep.min(Sample::MAX_ROWS) {
+                detection
+                    .sample
+                    .rows
+                    .push((0..row.len()).map(|i| cell(&row, i)).collect());
+            }
+            detection.count += 1;
+        }
+        Ok(detection)
+    }
+
+    async fn execute(&mut self, sql: &str) -> Result<u64, DbError> {
+        self.conn
+            .execute(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())))
+            .await
+            .map(|done| done.rows_affected())
+            .map_err(|e| sql_error(&self.url, &e))
+    }
+
+    async fn prepare(&mut self, sql: &str) -> Result<(), DbError> {
+        (&mut self.conn)
+            .prepare(AssertSqlSafe(sql.to_owned()).into_sql_str())
+            .await
+            .map(|_| ())
+            .map_err(|e| sql_error(&self.url, &e))
+    }
+
+    async fn close(self) {
+        let _ = self.conn.close().await;
+    }
+
+    async fn abort(self) {
+        let _ = self.conn.close_hard().await;
+    }
+}

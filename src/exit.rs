@@ -1,0 +1,35 @@
+//! The process exit statuses, defined once.
+//!
+//! Kubernetes Jobs and systemd units read these, so they are part of the
+//! contract (design §4) and the README table is written from this list.
+
+use std::process::ExitCode;
+
+/// Every rule ended clean, found, fixed, would_fix or skipped.
+pub const SUCCESS: u8 = 0;
+/// At least one rule failed (SQL or connection error, timeout, cancellation).
+pub const RULE_FAILED: u8 = 1;
+/// Configuration or usage error: nothing ran and no database was changed.
+pub const USAGE: u8 = 2;
+/// A guard tripped (and nothing failed): the fix was rolled back or not run.
+pub const GUARD_TRIPPED: u8 = 3;
+
+/// The statuses with their meaning, in the order the README lists them.
+pub const TABLE: [(u8, &str); 4] = [
+    (
+        SUCCESS,
+        "every rule was clean, found, fixed, would_fix or skipped",
+    ),
+    (RULE_FAILED, "at least one rule failed"),
+    (
+        USAGE,
+        "configuration or usage error; nothing ran, nothing changed",
+    ),
+    (GUARD_TRIPPED, "a guard tripped (and no rule failed)"),
+];
+
+/// Converts one of the constants above into a process exit code.
+#[must_use]
+pub fn code(status: u8) -> ExitCode {
+    ExitCode::from(status)
+}

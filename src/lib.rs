@@ -1,0 +1,35 @@
+//! dbjanitor: a scheduled database janitor.
+//!
+//! A rule pairs a *detect* query (which rows are rotten) with an optional *fix*
+//! query, a schedule and guards. The crate is laid out in the order data flows
+//! through one call:
+//!
+//! 1. [`config`] reads `dbjanitor.yaml` and the rule files into a validated
+//!    [`config::Config`]: every problem is reported with file, line and column
+//!    before anything touches a database.
+//! 2. [`rule`] holds the validated rule model, [`schedule`] its compiled
+//!    schedule and [`sql`] the little SQL lexing the checks need.
+//! 3. [`plan`] selects which (rule, database) pairs a command runs.
+//! 4. [`engine`] runs one pair through the steps of the design (lock → detect →
+//!    guard → fix → verify → commit) over one of the backends in [`db`].
+//! 5. [`outcome`] is what a run produced; [`report`] renders it for people and
+//!    machines; [`exit`] maps it to the process exit status.
+//!
+//! The binary (`src/main.rs`) only parses arguments and hands off to [`app`].
+
+pub mod app;
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod engine;
+pub mod exit;
+pub mod logging;
+pub mod outcome;
+pub mod plan;
+pub mod report;
+pub mod rule;
+pub mod schedule;
+pub mod secret;
+pub mod sql;

@@ -1,0 +1,252 @@
+//! What one (rule, database) run produced.
+//!
+//! A [`RunRecord`] is the single currency every later stage reads: the report
+//! prints it, the exit status is computed from it, notifiers and the audit
+//! table store it. It carries counts and at most a handful of sample rows,
+//! never the full result of a detect query.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The end state of one rule run on one database (design §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Detect found no rows.
+    Clean,
+    /// A rule without a fix found rows: report only, nothing changed.
+    Found,
+    /// The fix ran, verification passed, the change is committed.
+    Fixed,
+    /// Dry run: the fix ran inside a transaction that was rolled back.
+    WouldFix,
+    /// The lock was held elsewhere: nothing ran.
+    Skipped,
+    /// A guard stopped the fix: rolled back (or never run).
+    GuardTripped,
+    /// An SQL, connection, timeout or cancellation error: rolled back.
+    Failed,
+}
+
+impl Outcome {
+    /// Every outcome, in the order reports group them.
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Clean,
+        Outcome::Found,
+        Outcome::Fixed,
+        Outcome::WouldFix,
+        Outcome::Skipped,
+        Outcome::GuardTripped,
+        Outcome::Failed,
+    ];
+
+    /// The snake_case name used in YAML, JSON and metrics.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Clean => "clean",
+            Outcome::Found => "found",
+            Outcome::Fixed => "fixed",
+            Outcome::WouldFix => "would_fix",
+            Outcome::Skipped => "skipped",
+            Outcome::GuardTripped => "guard_tripped",
+            Outcome::Failed => "failed",
+        }
+    }
+
+    /// The outcomes notified when a rule does not say (`notify_on`): all but
+    /// `clean` and `skipped`, which are the normal state of a healthy system.
+    #[must_use]
+    pub fn notified_by_default(self) -> bool {
+        !matches!(self, Outcome::Clean | Outcome::Skipped)
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a run ended the way it did, in a form machines can match on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The advisory lock (or SQLite write lock) was held by someone else.
+    LockHeld,
+    /// Detect found more rows than `max_rows`.
+    DetectOverMaxRows,
+    /// The fix changed more rows than `max_rows`.
+    FixOverMaxRows,
+    /// Detect still found rows after the fix.
+    VerifyFailed,
+    /// A statement exceeded the rule's `timeout`.
+    Timeout,
+    /// The run was cancelled (shutdown) before it finished.
+    Cancelled,
+    /// Could not connect to the database.
+    Connect,
+    /// The database returned an error.
+    SqlError,
+    /// Autocommit mode: the fix was not executed in dry-run.
+    AutocommitDryRun,
+    /// Batch mode: `max_batches` was reached while batches still changed rows.
+    MaxBatchesReached,
+}
+
+impl Reason {
+    /// The snake_case name used in reports.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::LockHeld => "lock_held",
+            Reason::DetectOverMaxRows => "detect_over_max_rows",
+            Reason::FixOverMaxRows => "fix_over_max_rows",
+            Reason::VerifyFailed => "verify_failed",
+            Reason::Timeout => "timeout",
+            Reason::Cancelled => "cancelled",
+            Reason::Connect => "connect",
+            Reason::SqlError => "sql_error",
+            Reason::AutocommitDryRun => "autocommit_dry_run",
+            Reason::MaxBatchesReached => "max_batches_reached",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A few rows of a detect result, rendered as text whatever their SQL types.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Column names, in result order.
+    pub columns: Vec<String>,
+    /// At most [`Sample::MAX_ROWS`] rows; `None` is SQL NULL.
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
+impl Sample {
+    /// How many rows a report keeps, however many detect found.
+    pub const MAX_ROWS: usize = 5;
+    /// Longest cell text kept; longer values are cut with an ellipsis.
+    pub const MAX_CELL_CHARS: usize = 200;
+
+    /// Whether no row was kept.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+/// The record of one (rule, database) run: the report, the notifications and
+/// the audit table are all written from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Rule name.
+    pub rule: String,
+    /// Database name from the config (never its URL).
+    pub database: String,
+    /// How the run ended.
+    pub outcome: Outcome,
+    /// Machine-readable reason for outcomes other than the plain ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    /// Human explanation of the reason or the outcome.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The database error, with secrets masked, for `failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Rows detect found (before any fix), when detect ran.
+    pub detected: Option<u64>,
+    /// Rows the fix changed (rows affected); in dry-run, what it would change.
+    pub changed: Option<u64>,
+    /// Rows detect still found after the fix, when verification ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<u64>,
+    /// Number of batches run (batch mode only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batches: Option<u64>,
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// Wall time of the whole run, lock included.
+    pub duration_ms: u64,
+    /// When the run started.
+    pub started_at: DateTime<Utc>,
+    /// A few detected rows.
+    #[serde(skip_serializing_if = "Sample::is_empty", default)]
+    pub sample: Sample,
+    /// Notification failures attached after delivery (never changes the outcome).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub notify_errors: Vec<String>,
+}
+
+impl RunRecord {
+    /// A record with no counts yet, for the engine to fill in.
+    #[must_use]
+    pub fn new(rule: &str, database: &str, dry_run: bool, started_at: DateTime<Utc>) -> Self {
+        Self {
+            rule: rule.to_owned(),
+            database: database.to_owned(),
+            outcome: Outcome::Failed,
+            reason: None,
+            message: None,
+            error: None,
+            detected: None,
+            changed: None,
+            remaining: None,
+            batches: None,
+            dry_run,
+            duration_ms: 0,
+            started_at,
+            sample: Sample::default(),
+            notify_errors: Vec::new(),
+        }
+    }
+}
+
+/// The exit status for a set of records (design §4): failed beats guard
+/// tripped beats success.
+#[must_use]
+pub fn exit_status(records: &[RunRecord]) -> u8 {
+    if records.iter().any(|r| r.outcome == Outcome::Failed) {
+        crate::exit::RULE_FAILED
+    } else if records.iter().any(|r| r.outcome == Outcome::GuardTripped) {
+        crate::exit::GUARD_TRIPPED
+    } else {
+        crate::exit::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(outcome: Outcome) -> RunRecord {
+        let mut r = RunRecord::new("r", "d", false, Utc::now());
+        r.outcome = outcome;
+        r
+    }
+
+    #[test]
+    fn exit_status_prefers_failure_over_guard() {
+        assert_eq!(exit_status(&[]), 0);
+        assert_eq!(
+            exit_status(&[record(Outcome::Fixed), record(Outcome::Skipped)]),
+            0
+        );
+        assert_eq!(
+            exit_status(&[record(Outcome::GuardTripped), record(Outcome::Clean)]),
+            3
+        );
+        assert_eq!(
+            exit_status(&[record(Outcome::GuardTripped), record(Outcome::Failed)]),
+            1
+        );
+    }
+}

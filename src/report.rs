@@ -1,0 +1,143 @@
+//! The run report on stdout: a table for people, one JSON document for machines.
+//!
+//! JSON shape (stable; documented in the README):
+//! `{"version": 1, "dry_run": bool, "rules": [RunRecord...], "exit_code": N}`.
+
+use std::fmt::Write as _;
+
+use comfy_table::{Cell, ContentArrangement, Table, presets};
+use serde::Serialize;
+
+use crate::outcome::{Outcome, RunRecord, exit_status};
+
+/// The JSON report.
+#[derive(Debug, Serialize)]
+pub struct JsonReport<'a> {
+    /// Schema version of this document.
+    pub version: u32,
+    /// Whether the run was a dry run.
+    pub dry_run: bool,
+    /// One entry per (rule, database).
+    pub rules: &'a [RunRecord],
+    /// The process exit status.
+    pub exit_code: u8,
+}
+
+/// Renders the JSON report (pretty-printed, one document).
+pub fn json(records: &[RunRecord], dry_run: bool) -> Result<String, serde_json::Error> {
+    serde_json::to_string_pretty(&JsonReport {
+        version: 1,
+        dry_run,
+        rules: records,
+        exit_code: exit_status(records),
+    })
+}
+
+/// A plain table: no borders, a rule under the header; fits logs and terminals.
+#[must_use]
+pub fn plain_table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table
+        .load_style(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(header.iter().map(|h| Cell::new(h)));
+    table
+}
+
+fn count(value: Option<u64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+/// Renders the text report.
+#[must_use]
+pub fn text(records: &[RunRecord], dry_run: bool) -> String {
+    let mut out = String::new();
+    if records.is_empty() {
+        out.push_str("no rules ran\n");
+        return out;
+    }
+    let mut table = plain_table(&["RULE", "DATABASE", "OUTCOME", "DETECTED", "CHANGED", "TIME"]);
+    for r in records {
+        table.add_row(vec![
+            r.rule.clone(),
+            r.database.clone(),
+            r.outcome.to_string(),
+            count(r.detected),
+            count(r.changed),
+            format!("{}ms", r.duration_ms),
+        ]);
+    }
+    let _ = writeln!(out, "{}", table.to_string().trim_end());
+    for r in records {
+        let detail = details(r);
+        if !detail.is_empty() {
+            let _ = write!(
+                out,
+                "\n{} @ {}: {}\n{detail}",
+                r.rule, r.database, r.outcome
+            );
+        }
+    }
+    let _ = writeln!(out, "\n{}", summary(records, dry_run));
+    out
+}
+
+fn details(r: &RunRecord) -> String {
+    let mut out = String::new();
+    if let Some(reason) = r.reason {
+        let _ = writeln!(out, "  reason: {reason}");
+    }
+    if let Some(message) = &r.message {
+        let _ = writeln!(out, "  {message}");
+    }
+    if let Some(error) = &r.error {
+        let _ = writeln!(out, "  error: {error}");
+    }
+    if !r.sample.is_empty() && r.outcome != Outcome::Clean {
+        let shown = r.sample.rows.len();
+        let total = r.detected.unwrap_or(shown as u64);
+        let _ = writeln!(out, "  sample ({shown} of {total} rows):");
+        let mut table = plain_table(
+            &r.sample
+                .columns
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        );
+        for row in &r.sample.rows {
+            table.add_row(
+                row.iter()
+                    .map(|c| c.clone().unwrap_or_else(|| "NULL".to_owned())),
+            );
+        }
+        for line in table.to_string().lines() {
+            let _ = writeln!(out, "    {}", line.trim_end());
+        }
+    }
+    for e in &r.notify_errors {
+        let _ = writeln!(out, "  notify error: {e}");
+    }
+    out
+}
+
+/// One line: how many pairs ended in each outcome.
+#[must_use]
+pub fn summary(records: &[RunRecord], dry_run: bool) -> String {
+    let parts: Vec<String> = Outcome::ALL
+        .iter()
+        .filter_map(|o| {
+            let n = records.iter().filter(|r| r.outcome == *o).count();
+            (n > 0).then(|| format!("{n} {o}"))
+        })
+        .collect();
+    format!(
+        "{} rule run(s){}: {}",
+        records.len(),
+        if dry_run {
+            " (dry run, nothing changed)"
+        } else {
+            ""
+        },
+        parts.join(", ")
+    )
+}

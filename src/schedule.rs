@@ -1,0 +1,245 @@
+//! Rule schedules: cron expressions and `@every` intervals.
+//!
+//! Cron patterns are parsed by `croner`, which accepts 5 fields (minute
+//! precision) or 6 (with seconds), the nicknames `@hourly`, `@daily`,
+//! `@weekly`, `@monthly`, `@yearly`, and `L`/`#`, and which follows
+//! daylight-saving changes: a wall-clock time that does not exist (02:30 on a
+//! spring-forward night in Europe/Berlin) runs once at the first valid instant
+//! after it, and a time that happens twice runs once.
+//!
+//! `@every 10m` ticks at whole multiples of the interval since the Unix epoch
+//! (UTC), so every process and every restart agrees on the ticks, which is what
+//! `run --due` and the daemon need; the timezone does not affect it.
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use croner::parser::{CronParser, Seconds, Year};
+
+/// A compiled schedule.
+#[derive(Clone)]
+pub enum Schedule {
+    /// A cron pattern (5 or 6 fields, or a nickname).
+    Cron {
+        /// The text as written in the rule.
+        text: String,
+        /// The compiled pattern.
+        cron: Box<Cron>,
+    },
+    /// `@every <duration>`: epoch-aligned fixed interval.
+    Every {
+        /// The text as written in the rule.
+        text: String,
+        /// The interval, at least one second.
+        period: Duration,
+    },
+}
+
+impl fmt::Debug for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text())
+    }
+}
+
+impl Schedule {
+    /// Parses a schedule, returning a message that says what is accepted.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let trimmed = text.trim();
+        if let Some(rest) = trimmed.strip_prefix("@every") {
+            let period = humantime::parse_duration(rest.trim()).map_err(|e| {
+                format!(
+                    "invalid @every interval {:?}: {e} (expected e.g. `@every 10m`)",
+                    rest.trim()
+                )
+            })?;
+            if period < Duration::from_secs(1) {
+                return Err("@every interval must be at least 1s".to_owned());
+            }
+            return Ok(Schedule::Every {
+                text: trimmed.to_owned(),
+                period,
+            });
+        }
+        let fields = trimmed.split_whitespace().count();
+        if !trimmed.starts_with('@') && !(5..=6).contains(&fields) {
+            return Err(format!(
+                "invalid schedule {trimmed:?}: expected 5 cron fields (minute hour day month weekday), 6 with seconds first, @hourly/@daily/@weekly/@monthly/@yearly, or @every <duration>; found {fields} fields"
+            ));
+        }
+        let parser = CronParser::builder()
+            .seconds(Seconds::Optional)
+            .year(Year::Disallowed)
+            .build();
+        let cron = parser
+            .parse(trimmed)
+            .map_err(|e| format!("invalid schedule {trimmed:?}: {e}"))?;
+        Ok(Schedule::Cron {
+            text: trimmed.to_owned(),
+            cron: Box::new(cron),
+        })
+    }
+
+    /// The schedule as written.
+    #[must_use]
+    pub fn text(&self) -> &str {
+        match self {
+            Schedule::Cron { text, .. } | Schedule::Every { text, .. } => text,
+        }
+    }
+
+    /// The first tick strictly after `after`, evaluated in `tz`.
+    #[must_use]
+    pub fn next_after(&self, after: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
+        match self {
+            Schedule::Cron { cron, .. } => {
+                let local = after.with_timezone(&tz);
+                cron.find_next_occurrence(&local, false)
+                    .ok()
+                    .map(|t| t.with_timezone(&Utc))
+            }
+            Schedule::Every { period, .. } => {
+                let period_ms = i64::try_from(period.as_millis()).ok()?.max(1);
+                let now_ms = after.timestamp_millis();
+                let next = (now_ms.div_euclid(period_ms) + 1).checked_mul(period_ms)?;
+                Utc.timestamp_millis_opt(next).single()
+            }
+        }
+    }
+
+    /// The latest tick at or before `at`, if any: `run --due` compares it with
+    /// the last recorded run.
+    #[must_use]
+    pub fn last_at_or_before(&self, at: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
+        match self {
+            Schedule::Cron { cron, .. } => {
+                let local = at.with_timezone(&tz);
+                cron.find_previous_occurrence(&local, true)
+                    .ok()
+                    .map(|t| t.with_timezone(&Utc))
+            }
+            Schedule::Every { period, .. } => {
+                let period_ms = i64::try_from(period.as_millis()).ok()?.max(1);
+                let at_ms = at.timestamp_millis();
+                let last = at_ms.div_euclid(period_ms).checked_mul(period_ms)?;
+                Utc.timestamp_millis_opt(last).single()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_else(|e| panic!("bad test time {s}: {e}"))
+    }
+
+    fn next(schedule: &str, after: &str, tz: Tz) -> String {
+        let s = Schedule::parse(schedule).unwrap_or_else(|e| panic!("{e}"));
+        s.next_after(utc(after), tz)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn accepts_the_documented_forms() {
+        for ok in [
+            "*/10 * * * *",
+            "0 */10 * * * *",
+            "@hourly",
+            "@daily",
+            "@every 10m",
+            "0 3 L * *",
+        ] {
+            assert!(Schedule::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "* * * *",
+            "61 * * * *",
+            "@every",
+            "@every 0s",
+            "@sometimes",
+            "* * * * * * *",
+        ] {
+            assert!(Schedule::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn five_and_six_fields() {
+        assert_eq!(
+            next("*/10 * * * *", "2026-01-01T00:01:00Z", Tz::UTC),
+            "2026-01-01T00:10:00+00:00"
+        );
+        assert_eq!(
+            next("30 * * * * *", "2026-01-01T00:00:31Z", Tz::UTC),
+            "2026-01-01T00:01:30+00:00"
+        );
+    }
+
+    #[test]
+    fn timezones_are_wall_clock() {
+        // 03:00 in Tokyo (UTC+9) is 18:00 UTC the day before.
+        assert_eq!(
+            next("0 3 * * *", "2026-06-01T00:00:00Z", chrono_tz::Asia::Tokyo),
+            "2026-06-01T18:00:00+00:00"
+        );
+        // New York in summer is UTC-4.
+        assert_eq!(
+            next(
+                "0 3 * * *",
+                "2026-06-01T00:00:00Z",
+                chrono_tz::America::New_York
+            ),
+            "2026-06-01T07:00:00+00:00"
+        );
+    }
+
+    #[test]
+    fn spring_forward_runs_once_after_the_gap() {
+        // Europe/Berlin jumps from 02:00 CET to 03:00 CEST on 2026-03-29.
+        let berlin = chrono_tz::Europe::Berlin;
+        assert_eq!(
+            next("30 2 * * *", "2026-03-28T23:00:00Z", berlin),
+            "2026-03-29T01:00:00+00:00"
+        );
+        // The following day is back to normal: 02:30 CEST = 00:30 UTC.
+        assert_eq!(
+            next("30 2 * * *", "2026-03-29T02:00:00Z", berlin),
+            "2026-03-30T00:30:00+00:00"
+        );
+    }
+
+    #[test]
+    fn fall_back_runs_once() {
+        // Europe/Berlin repeats 02:00-03:00 on 2026-10-25; 02:30 happens twice.
+        let berlin = chrono_tz::Europe::Berlin;
+        let first = next("30 2 * * *", "2026-10-24T23:00:00Z", berlin);
+        assert_eq!(first, "2026-10-25T00:30:00+00:00");
+        // After the first 02:30 the next run is the next day, not the second 02:30.
+        assert_eq!(
+            next("30 2 * * *", &first, berlin),
+            "2026-10-26T01:30:00+00:00"
+        );
+    }
+
+    #[test]
+    fn every_is_epoch_aligned() {
+        assert_eq!(
+            next("@every 10m", "2026-01-01T00:01:00Z", Tz::UTC),
+            "2026-01-01T00:10:00+00:00"
+        );
+        let s = Schedule::parse("@every 10m").unwrap_or_else(|e| panic!("{e}"));
+        let last = s.last_at_or_before(utc("2026-01-01T00:19:59Z"), Tz::UTC);
+        assert_eq!(
+            last.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            "2026-01-01T00:10:00+00:00"
+        );
+    }
+}

@@ -1,0 +1,167 @@
+//! Secrets that must never reach a log line, a report or a notification.
+//!
+//! A database URL usually carries a password. It is stored in [`SecretUrl`],
+//! whose `Debug` and `Display` print the redacted form, so neither a stray
+//! `{:?}` nor an error message can leak it. Error texts that come from drivers
+//! are passed through [`SecretUrl::scrub`] as a second line of defence.
+
+use std::fmt;
+
+/// A connection URL whose password is never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl {
+    raw: String,
+    redacted: String,
+    secrets: Vec<String>,
+}
+
+const MASK: &str = "***";
+
+impl SecretUrl {
+    /// Wraps a URL, remembering its password (from the userinfo part and from
+    /// `password=` style query parameters) so it can be masked everywhere.
+    #[must_use]
+    pub fn new(raw: String) -> Self {
+        let mut secrets = Vec::new();
+        let redacted;
+        if let Ok(mut parsed) = url::Url::parse(&raw) {
+            if let Some(password) = parsed.password() {
+                secrets.push(password.to_owned());
+                if let Ok(decoded) = percent_encoding::percent_decode_str(password).decode_utf8() {
+                    secrets.push(decoded.into_owned());
+                }
+                let _ = parsed.set_password(Some(MASK));
+            }
+            let pairs: Vec<(String, String)> = parsed
+                .query_pairs()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            if pairs.iter().any(|(k, _)| is_secret_key(k)) {
+                let mut query = parsed.query_pairs_mut();
+                query.clear();
+                for (k, v) in &pairs {
+                    if is_secret_key(k) {
+                        secrets.push(v.clone());
+                        query.append_pair(k, MASK);
+                    } else {
+                        query.append_pair(k, v);
+                    }
+                }
+                drop(query);
+            }
+            redacted = parsed.to_string();
+        } else if let Some((scheme, _)) = raw.split_once("://") {
+            // Not a URL the parser understands: keep the scheme only.
+            redacted = format!("{scheme}://{MASK}");
+        } else {
+            redacted = MASK.to_owned();
+        }
+        secrets.retain(|s| !s.is_empty());
+        // Longest first, so a password that contains another is masked whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Self {
+            raw,
+            redacted,
+            secrets,
+        }
+    }
+
+    /// The URL with its password masked: safe to print.
+    #[must_use]
+    pub fn redacted(&self) -> &str {
+        &self.redacted
+    }
+
+    /// The real URL, for the driver only.
+    pub(crate) fn expose(&self) -> &str {
+        &self.raw
+    }
+
+    /// Masks every occurrence of this URL's secrets (and of the whole URL) in `text`.
+    #[must_use]
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = text.replace(&self.raw, &self.redacted);
+        for secret in &self.secrets {
+            out = out.replace(secret.as_str(), MASK);
+        }
+        out
+    }
+}
+
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.contains("password") || key.contains("passwd") || key == "pass" || key.contains("secret")
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SecretUrl").field(&self.redacted).finish()
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+/// A secret string (a header value, an SMTP password): never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    /// Wraps a secret.
+    #[must_use]
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself, for the one place that must send it.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(MASK)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_is_masked_in_every_rendering() {
+        let url = SecretUrl::new("postgres://app:s3cr%40t@db:5432/app?sslmode=require".into());
+        assert_eq!(
+            url.redacted(),
+            "postgres://app:***@db:5432/app?sslmode=require"
+        );
+        assert!(!format!("{url:?}").contains("s3cr"));
+        assert!(!url.to_string().contains("s3cr"));
+        let scrubbed = url.scrub("failed to connect with s3cr@t and s3cr%40t");
+        assert_eq!(scrubbed, "failed to connect with *** and ***");
+    }
+
+    #[test]
+    fn password_in_query_is_masked() {
+        let url = SecretUrl::new("postgres://db/app?user=x&password=hunter2".into());
+        assert!(!url.redacted().contains("hunter2"), "{}", url.redacted());
+        assert_eq!(url.scrub("hunter2!"), "***!");
+    }
+
+    #[test]
+    fn unparsable_url_keeps_only_the_scheme() {
+        let url = SecretUrl::new("mysql://ro:pw@[bad".into());
+        assert_eq!(url.redacted(), "mysql://***");
+    }
+
+    #[test]
+    fn sqlite_url_is_unchanged() {
+        let url = SecretUrl::new("sqlite:///var/lib/app.db".into());
+        assert_eq!(url.redacted(), "sqlite:///var/lib/app.db");
+    }
+}
