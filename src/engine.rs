@@ -208,8 +208,11 @@ impl Run<'_> {
                     "the connection was closed, so the server rolled back"
                 };
                 match error {
+                    StepError::Db(e @ DbError::Timeout(_)) => {
+                        fail(record, Reason::Timeout, &format!("{e}; {rolled_back}"));
+                    }
                     StepError::Db(e) => {
-                        fail(record, Reason::SqlError, &format!("{e}; {rolled_back}"))
+                        fail(record, Reason::SqlError, &format!("{e}; {rolled_back}"));
                     }
                     StepError::Timeout(limit) => fail(
                         record,
@@ -227,6 +230,15 @@ impl Run<'_> {
                 }
             }
         }
+    }
+
+    fn skipped(&self, record: &mut RunRecord) {
+        record.outcome = Outcome::Skipped;
+        record.reason = Some(Reason::LockHeld);
+        record.message = Some(match self.dialect {
+            Dialect::Sqlite => "the SQLite database is locked by another writer".to_owned(),
+            _ => format!("lock {:?} is held by another run", self.rule.lock.name),
+        });
     }
 
     fn commits_as_it_goes(&self) -> bool {
@@ -335,7 +347,7 @@ impl Run<'_> {
             )
             .await?
         {
-            skipped(record, &lock.name);
+            self.skipped(record);
             return Ok(());
         }
         self.step(
@@ -600,7 +612,7 @@ impl Run<'_> {
             )
             .await?
         {
-            skipped(record, &lock.name);
+            self.skipped(record);
             return Ok(false);
         }
         self.step(
@@ -630,12 +642,6 @@ fn guard(record: &mut RunRecord, reason: Reason, message: String) {
     record.outcome = Outcome::GuardTripped;
     record.reason = Some(reason);
     record.message = Some(message);
-}
-
-fn skipped(record: &mut RunRecord, lock: &str) {
-    record.outcome = Outcome::Skipped;
-    record.reason = Some(Reason::LockHeld);
-    record.message = Some(format!("lock {lock:?} is held by another run"));
 }
 
 fn would_fix_without_running(record: &mut RunRecord) {

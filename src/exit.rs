@@ -33,3 +33,16 @@ pub const TABLE: [(u8, &str); 4] = [
 pub fn code(status: u8) -> ExitCode {
     ExitCode::from(status)
 }
+
+#[cfg(test)]
+mod tests {
+    /// The README's exit-status table is written from [`super::TABLE`].
+    #[test]
+    fn readme_table_matches() {
+        let readme = include_str!("../README.md");
+        for (status, meaning) in super::TABLE {
+            let row = format!("| {status} | {meaning} |");
+            assert!(readme.contains(&row), "README lacks the row {row}");
+        }
+    }
+}

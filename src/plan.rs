@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::db::DatabaseConfig;
+use crate::db::{DatabaseConfig, Dialect};
 use crate::rule::Rule;
 
 /// What the command line asked for.
@@ -32,9 +32,15 @@ pub struct Target {
 
 impl Target {
     /// Rules sharing this key must not run at the same time in one process.
+    /// SQLite has a single write lock per database, so every rule on one SQLite
+    /// database shares a key: inside a process they queue instead of skipping
+    /// each other.
     #[must_use]
     pub fn lock_key(&self) -> (&str, &str) {
-        (&self.database.name, &self.rule.lock.name)
+        match self.database.dialect {
+            Dialect::Sqlite => (&self.database.name, ""),
+            _ => (&self.database.name, &self.rule.lock.name),
+        }
     }
 }
 
@@ -76,10 +82,10 @@ impl Plan {
                 return Err(SelectionError::UnknownTag(tag.clone()));
             }
         }
-        if let Some(db) = &selection.database {
-            if !config.databases.contains_key(db) {
-                return Err(SelectionError::UnknownDatabase(db.clone()));
-            }
+        if let Some(db) = &selection.database
+            && !config.databases.contains_key(db)
+        {
+            return Err(SelectionError::UnknownDatabase(db.clone()));
         }
         let mut targets = Vec::new();
         for rule in &config.rules {

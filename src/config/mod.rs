@@ -193,18 +193,16 @@ impl Loader<'_> {
         let mut rules: Vec<Arc<Rule>> = Vec::new();
         let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
         for file in self.rule_files(path, base, &raw.rules) {
-            let Some(rule) = self.rule(&file, &databases, &notifiers, &defaults) else {
+            let Some((rule, name_at)) = self.rule(&file, &databases, &notifiers, &defaults) else {
                 continue;
             };
             if let Some(first) = seen.get(&rule.name) {
-                self.errors.push(ConfigError::file(
-                    &file,
-                    format!(
-                        "duplicate rule name {:?}: already defined in {}",
-                        rule.name,
-                        first.display()
-                    ),
-                ));
+                let message = format!(
+                    "duplicate rule name {:?}: already defined in {}",
+                    rule.name,
+                    first.display()
+                );
+                self.err(&file, name_at, message);
                 continue;
             }
             seen.insert(rule.name.clone(), file.clone());
@@ -359,15 +357,11 @@ impl Loader<'_> {
         let Some(raw) = raw else {
             return defaults;
         };
-        if let Some(tz) = raw.timezone {
-            if let Some(tz) = self.timezone(file, &tz) {
-                defaults.timezone = tz;
-            }
+        if let Some(tz) = raw.timezone.and_then(|tz| self.timezone(file, &tz)) {
+            defaults.timezone = tz;
         }
-        if let Some(timeout) = raw.timeout {
-            if let Some(timeout) = self.positive_duration(file, &timeout) {
-                defaults.timeout = timeout;
-            }
+        if let Some(timeout) = raw.timeout.and_then(|t| self.positive_duration(file, &t)) {
+            defaults.timeout = timeout;
         }
         if let Some(notify) = raw.notify {
             defaults.notify = self.notifier_refs(file, &notify, notifiers);
@@ -514,7 +508,7 @@ impl Loader<'_> {
         databases: &BTreeMap<String, Arc<DatabaseConfig>>,
         notifiers: &BTreeMap<String, Arc<NotifierConfig>>,
         defaults: &Defaults,
-    ) -> Option<Rule> {
+    ) -> Option<(Rule, Location)> {
         let raw: RawRule = match parse_file(file) {
             Ok(raw) => raw,
             Err(e) => {
@@ -585,26 +579,34 @@ impl Loader<'_> {
         let mode = raw.mode.unwrap_or_default();
         let fix = raw.fix.as_ref().map(|fix| {
             let sql = self.dialect_sql(file, fix, "fix", &dialects);
-            if mode == Mode::Transactional && dialects.contains(&Dialect::MySql) {
-                if let Some(ddl) = sql.statements(Dialect::MySql).into_iter().find(|s| is_implicit_commit_ddl(s)) {
-                    let keyword = crate::sql::first_keyword(ddl, Dialect::MySql);
-                    self.err(
-                        file,
-                        fix.referenced,
-                        format!(
-                            "the MySQL fix runs {keyword}, which commits implicitly and cannot be rolled back: set `mode: autocommit`"
-                        ),
-                    );
-                }
+            let ddl = sql
+                .statements(Dialect::MySql)
+                .into_iter()
+                .find(|s| is_implicit_commit_ddl(s));
+            if let (Mode::Transactional, true, Some(ddl)) = (mode, dialects.contains(&Dialect::MySql), ddl) {
+                let keyword = crate::sql::first_keyword(ddl, Dialect::MySql);
+                self.err(
+                    file,
+                    fix.referenced,
+                    format!(
+                        "the MySQL fix runs {keyword}, which commits implicitly and cannot be rolled back: set `mode: autocommit`"
+                    ),
+                );
             }
             sql
         });
         let max_rows = match (&raw.max_rows, &raw.fix) {
-            (Some(m), _) if m.value == 0 => {
-                self.err(file, m.referenced, "max_rows must be at least 1");
-                1
-            }
-            (Some(m), _) => m.value,
+            (Some(m), _) => match u64::try_from(m.value) {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    self.err(
+                        file,
+                        m.referenced,
+                        format!("max_rows must be at least 1, found {}", m.value),
+                    );
+                    1
+                }
+            },
             (None, Some(fix)) => {
                 self.err(
                     file,
@@ -624,11 +626,17 @@ impl Loader<'_> {
                 None => Duration::from_millis(100),
             };
             let max_batches = match &b.value.max_batches {
-                Some(m) if m.value == 0 => {
-                    self.err(file, m.referenced, "max_batches must be at least 1");
-                    return None;
-                }
-                Some(m) => m.value,
+                Some(m) => match u64::try_from(m.value) {
+                    Ok(n) if n >= 1 => n,
+                    _ => {
+                        self.err(
+                            file,
+                            m.referenced,
+                            format!("max_batches must be at least 1, found {}", m.value),
+                        );
+                        return None;
+                    }
+                },
                 None => 1000,
             };
             Some(Batch { pause, max_batches })
@@ -665,7 +673,7 @@ impl Loader<'_> {
         if self.errors.len() > errors_before {
             return None;
         }
-        Some(Rule {
+        let rule = Rule {
             name,
             description: raw.description.unwrap_or_default().trim().to_owned(),
             source: file.to_path_buf(),
@@ -684,7 +692,8 @@ impl Loader<'_> {
             notify,
             notify_on,
             enabled: raw.enabled.unwrap_or(true),
-        })
+        };
+        Some((rule, raw.name.referenced))
     }
 
     /// Converts `detect:`/`fix:` and checks there is SQL for every dialect.
@@ -725,9 +734,19 @@ impl Loader<'_> {
     }
 }
 
+/// Collects `*.yaml`/`*.yml` under `dir`, skipping hidden names: a Kubernetes
+/// ConfigMap mount holds `..data` and `..<timestamp>` folders that would
+/// otherwise load every rule twice.
 fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'))
+        {
+            continue;
+        }
         if path.is_dir() {
             collect_yaml(&path, out)?;
         } else if path

@@ -102,7 +102,7 @@ pub(crate) struct RawRule {
     pub(crate) tags: Vec<String>,
     pub(crate) detect: Spanned<RawSql>,
     pub(crate) fix: Option<Spanned<RawSql>>,
-    pub(crate) max_rows: Option<Spanned<u64>>,
+    pub(crate) max_rows: Option<Spanned<i64>>,
     pub(crate) verify: Option<bool>,
     pub(crate) mode: Option<Mode>,
     pub(crate) batch: Option<Spanned<RawBatch>>,
@@ -118,7 +118,7 @@ pub(crate) struct RawRule {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawBatch {
     pub(crate) pause: Option<Spanned<String>>,
-    pub(crate) max_batches: Option<Spanned<u64>>,
+    pub(crate) max_batches: Option<Spanned<i64>>,
 }
 
 /// `lock:` of a rule.

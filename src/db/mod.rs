@@ -106,6 +106,9 @@ pub enum DbError {
     /// The server returned an error or the connection broke.
     #[error("{0}")]
     Sql(String),
+    /// The server cancelled a statement that ran past its timeout.
+    #[error("{0}")]
+    Timeout(String),
 }
 
 /// The count and a sample of a detect query's rows.
@@ -195,7 +198,26 @@ pub trait Session: Send + Sized {
 
 /// Turns a driver error into a [`DbError`] with the URL's secrets masked.
 pub(crate) fn sql_error(url: &SecretUrl, err: &sqlx::Error) -> DbError {
-    DbError::Sql(url.scrub(&describe(err)))
+    let text = url.scrub(&describe(err));
+    if is_server_timeout(err) {
+        DbError::Timeout(text)
+    } else {
+        DbError::Sql(text)
+    }
+}
+
+/// Whether the server cancelled a statement for running too long: PostgreSQL
+/// `statement_timeout` (SQLSTATE 57014), MariaDB `max_statement_time` (1969,
+/// SQLSTATE 70100), MySQL `max_execution_time` (3024).
+fn is_server_timeout(err: &sqlx::Error) -> bool {
+    let Some(db) = err.as_database_error() else {
+        return false;
+    };
+    let code = db.code();
+    let message = db.message().to_ascii_lowercase();
+    matches!(code.as_deref(), Some("57014" | "70100"))
+        || message.contains("max_statement_time exceeded")
+        || message.contains("maximum statement execution time exceeded")
 }
 
 /// Like [`sql_error`] for a failed connection attempt.
@@ -212,6 +234,9 @@ fn describe(err: &sqlx::Error) -> String {
         None => err.to_string(),
     }
 }
+
+/// Longest wait for a connection to close; after it the socket is just dropped.
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Milliseconds for SQL `SET` statements, at least 1.
 pub(crate) fn millis(d: Duration) -> u128 {

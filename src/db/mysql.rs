@@ -23,8 +23,8 @@ use sqlx::{
 };
 
 use super::{
-    ConnectSettings, DatabaseConfig, DbError, Detection, Session, connect_error, millis,
-    mysql_lock_name, sample, sql_error,
+    CLOSE_TIMEOUT, ConnectSettings, DatabaseConfig, DbError, Detection, Session, connect_error,
+    millis, mysql_lock_name, sample, sql_error,
 };
 use crate::outcome::Sample;
 use crate::secret::SecretUrl;
@@ -219,10 +219,12 @@ impl Session for MySqlSession {
     }
 
     async fn close(self) {
-        let _ = self.conn.close().await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.conn.close()).await;
     }
 
     async fn abort(self) {
-        let _ = self.conn.close_hard().await;
+        // Dropping closes the socket at once; `close_hard` can wait on a TLS
+        // shutdown after an error, which is the last thing an abort should do.
+        drop(self.conn);
     }
 }

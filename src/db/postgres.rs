@@ -16,8 +16,8 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgValueFormat};
 use sqlx::{AssertSqlSafe, Column, Connection, Executor, Row, SqlSafeStr, ValueRef};
 
 use super::{
-    ConnectSettings, DatabaseConfig, DbError, Detection, Session, connect_error, millis,
-    postgres_lock_key, sample, sql_error,
+    CLOSE_TIMEOUT, ConnectSettings, DatabaseConfig, DbError, Detection, Session, connect_error,
+    millis, postgres_lock_key, sample, sql_error,
 };
 use crate::outcome::Sample;
 use crate::secret::SecretUrl;
@@ -29,7 +29,12 @@ const LOCK_POLL: Duration = Duration::from_millis(100);
 pub struct PgSession {
     conn: PgConnection,
     url: SecretUrl,
+    /// `server_version_num`, e.g. 150019.
+    version: u32,
 }
+
+/// First version with `client_connection_check_interval`.
+const PG_CONNECTION_CHECK: u32 = 140_000;
 
 impl PgSession {
     /// Connects with the URL of `db`; the error text never holds the password.
@@ -41,10 +46,18 @@ impl PgSession {
             .await
             .map_err(|_| DbError::Connect(format!("timed out after {:?}", settings.timeout)))?
             .map_err(|e| connect_error(&db.url, &e))?;
-        Ok(Self {
+        let mut session = Self {
             conn,
             url: db.url.clone(),
-        })
+            version: 0,
+        };
+        let row = session
+            .conn
+            .fetch_one(sqlx::raw_sql("SHOW server_version_num"))
+            .await
+            .map_err(|e| sql_error(&session.url, &e))?;
+        session.version = text_cell(&row, 0).and_then(|v| v.parse().ok()).unwrap_or(0);
+        Ok(session)
     }
 
     async fn run(&mut self, sql: &str) -> Result<(), DbError> {
@@ -143,10 +156,17 @@ impl Session for PgSession {
         let scope = if in_transaction { "SET LOCAL" } else { "SET" };
         // Idle-in-transaction gets a longer leash: the engine may pause between statements.
         let idle = ms.saturating_mul(2);
-        self.run(&format!(
+        let mut sql = format!(
             "{scope} statement_timeout = {ms}; {scope} idle_in_transaction_session_timeout = {idle}"
-        ))
-        .await
+        );
+        if self.version >= PG_CONNECTION_CHECK {
+            // A killed dbjanitor is noticed within a second even mid-statement, so its
+            // locks do not outlive it until the statement ends.
+            sql.push_str(&format!(
+                "; {scope} client_connection_check_interval = 1000"
+            ));
+        }
+        self.run(&sql).await
     }
 
     async fn detect(&mut self, sql: &str, keep: usize) -> Result<Detection, DbError> {
@@ -191,10 +211,12 @@ impl Session for PgSession {
     }
 
     async fn close(self) {
-        let _ = self.conn.close().await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.conn.close()).await;
     }
 
     async fn abort(self) {
-        let _ = self.conn.close_hard().await;
+        // Dropping closes the socket at once; `close_hard` can wait on a TLS
+        // shutdown after an error, which is the last thing an abort should do.
+        drop(self.conn);
     }
 }

@@ -14,10 +14,10 @@ pub(crate) fn clip(text: &str) -> String {
 
 /// Renders bytes: as text when they are printable UTF-8, else as `0x…` hex.
 pub(crate) fn bytes(raw: &[u8]) -> String {
-    if let Ok(text) = std::str::from_utf8(raw) {
-        if !text.chars().any(|c| c.is_control() && !c.is_whitespace()) {
-            return clip(text);
-        }
+    if let Ok(text) = std::str::from_utf8(raw)
+        && !text.chars().any(|c| c.is_control() && !c.is_whitespace())
+    {
+        return clip(text);
     }
     let max_bytes = (Sample::MAX_CELL_CHARS - 3) / 2;
     let mut out = String::from("0x");

@@ -18,7 +18,8 @@ use sqlx::{
 };
 
 use super::{
-    ConnectSettings, DatabaseConfig, DbError, Detection, Session, connect_error, sample, sql_error,
+    CLOSE_TIMEOUT, ConnectSettings, DatabaseConfig, DbError, Detection, Session, connect_error,
+    sample, sql_error,
 };
 use crate::outcome::Sample;
 use crate::secret::SecretUrl;
@@ -168,10 +169,12 @@ impl Session for SqliteSession {
     }
 
     async fn close(self) {
-        let _ = self.conn.close().await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.conn.close()).await;
     }
 
     async fn abort(self) {
-        let _ = self.conn.close_hard().await;
+        // Dropping closes the socket at once; `close_hard` can wait on a TLS
+        // shutdown after an error, which is the last thing an abort should do.
+        drop(self.conn);
     }
 }

@@ -114,7 +114,7 @@ async fn write_files(dir: &Path) -> Result<PathBuf, AppError> {
     for (file, seed) in SEEDS {
         let url = sqlite_url(&dir.join(file));
         let options = SqliteConnectOptions::from_str(&url)
-            .and_then(|o| Ok(o.create_if_missing(true)))
+            .map(|o| o.create_if_missing(true))
             .with_context(|| format!("bad demo database path {url}"))?;
         let mut conn = SqliteConnection::connect_with(&options)
             .await

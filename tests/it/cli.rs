@@ -1,0 +1,299 @@
+//! The command line as an operator meets it: exit statuses, selection,
+//! `check`, `list`, `demo`, usage errors and the text report.
+
+use crate::util::{Case, Engine, TestDb};
+
+fn case_for(db: &TestDb) -> Case {
+    Case::new().database("main", db.url())
+}
+
+async fn jobs(engine: Engine) -> TestDb {
+    TestDb::with_sql(
+        engine,
+        "CREATE TABLE job (id integer PRIMARY KEY, state varchar(16) NOT NULL); \
+         INSERT INTO job VALUES (1, 'stuck'), (2, 'stuck'), (3, 'done');",
+    )
+    .await
+}
+
+const GOOD: &str = "name: jobs.stuck\ndatabase: main\ntags: [nightly]\nschedule: \"0 3 * * *\"\ntimezone: Europe/Berlin\ndetect: SELECT id FROM job WHERE state = 'stuck'\nfix: UPDATE job SET state = 'failed' WHERE state = 'stuck'\nmax_rows: 5\n";
+
+#[tokio::test]
+async fn exit_status_is_0_1_2_or_3() {
+    let db = jobs(Engine::Sqlite).await;
+    let ok = case_for(&db).rule(GOOD).run(&["run", "--dry-run"]);
+    ok.assert_code(0);
+    let guard = case_for(&db)
+        .rule(&GOOD.replace("max_rows: 5", "max_rows: 1"))
+        .run(&["run"]);
+    guard.assert_code(3);
+    let failed = case_for(&db)
+        .rule(&GOOD.replace("SET state", "SET nope"))
+        .rule(
+            &GOOD
+                .replace("jobs.stuck", "jobs.guarded")
+                .replace("max_rows: 5", "max_rows: 1"),
+        )
+        .run(&["run"]);
+    failed.assert_code(1);
+    let usage = case_for(&db).rule(GOOD).run(&["run", "--jobs", "0"]);
+    usage.assert_code(2);
+    let unknown = case_for(&db).rule(GOOD).run(&["run", "no.such.rule"]);
+    unknown.assert_code(2);
+    assert!(
+        unknown.stderr.contains("no rule named \"no.such.rule\""),
+        "{}",
+        unknown.stderr
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM job WHERE state = 'stuck'")
+            .await,
+        2,
+        "nothing was fixed"
+    );
+}
+
+#[tokio::test]
+async fn selection_by_name_tag_and_database() {
+    let a = jobs(Engine::Sqlite).await;
+    let b = jobs(Engine::Sqlite).await;
+    let case = Case::new()
+        .database("a", a.url())
+        .database("b", b.url())
+        .rule(&GOOD.replace("database: main", "database: [a, b]"))
+        .rule("name: other\ndatabase: a\ntags: [weekly]\ndetect: SELECT 1\n")
+        .rule("name: off\ndatabase: a\nenabled: false\ndetect: SELECT 1\n");
+    let tagged = case.run(&[
+        "run",
+        "--tag",
+        "nightly",
+        "--database",
+        "b",
+        "--output",
+        "json",
+    ]);
+    tagged.assert_code(0);
+    let rules = tagged.json()["rules"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(rules.len(), 1, "{}", tagged.stdout);
+    assert_eq!(tagged.outcome("jobs.stuck", "b"), "fixed");
+    assert_eq!(
+        a.scalar("SELECT count(*) FROM job WHERE state = 'stuck'")
+            .await,
+        2,
+        "database a untouched"
+    );
+    assert_eq!(
+        b.scalar("SELECT count(*) FROM job WHERE state = 'stuck'")
+            .await,
+        0
+    );
+    let all = case.run(&["run", "--output", "json"]);
+    let names: Vec<String> = all.json()["rules"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .map(|x| {
+                    format!(
+                        "{}@{}",
+                        x["rule"].as_str().unwrap_or(""),
+                        x["database"].as_str().unwrap_or("")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        names,
+        ["jobs.stuck@a", "jobs.stuck@b", "other@a"],
+        "disabled rules are left out"
+    );
+    let named = case.run(&["run", "off", "--output", "json"]);
+    assert_eq!(
+        named.outcome("off", "a"),
+        "found",
+        "a disabled rule runs when named"
+    );
+    case.run(&["run", "--tag", "nope"]).assert_code(2);
+    case.run(&["run", "--database", "nope"]).assert_code(2);
+}
+
+#[tokio::test]
+async fn text_report_shows_outcome_counts_and_sample() {
+    let db = jobs(Engine::Sqlite).await;
+    let out = case_for(&db).rule(GOOD).run(&["run", "--dry-run"]);
+    out.assert_code(0);
+    let header = out.stdout.lines().next().unwrap_or_default();
+    for column in ["RULE", "DATABASE", "OUTCOME", "DETECTED", "CHANGED"] {
+        assert!(header.contains(column), "{header}");
+    }
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("jobs.stuck"))
+        .unwrap_or_default();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        &cells[..5],
+        ["jobs.stuck", "main", "would_fix", "2", "2"],
+        "{row}"
+    );
+    assert!(
+        out.stdout.contains("sample (2 of 2 rows)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("1 rule run(s) (dry run, nothing changed): 1 would_fix"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("rule finished"),
+        "logs go to stderr: {}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
+async fn check_connect_prepares_sql_without_running_it() {
+    for engine in [Engine::Postgres, Engine::MySql, Engine::Sqlite] {
+        let db = jobs(engine).await;
+        let before = db.table("job").await;
+        let good = case_for(&db).rule(GOOD);
+        let out = good.run(&["check", "--connect"]);
+        out.assert_code(0);
+        assert!(
+            out.stdout.contains("ok (2 statements prepared)"),
+            "{engine:?}: {}",
+            out.stdout
+        );
+        assert_eq!(
+            db.table("job").await,
+            before,
+            "{engine:?}: check must not execute the fix"
+        );
+        let bad = case_for(&db).rule(&GOOD.replace("SET state", "SET no_such_column"));
+        let out = bad.run(&["check", "--connect"]);
+        out.assert_code(2);
+        assert!(
+            out.stdout.contains("fix statement 1 does not prepare"),
+            "{engine:?}: {}",
+            out.stdout
+        );
+        assert!(
+            out.stdout.contains("no_such_column"),
+            "{engine:?}: {}",
+            out.stdout
+        );
+    }
+    let unreachable = Case::new()
+        .database("main", "postgres://postgres@127.0.0.1:1/none")
+        .rule(GOOD)
+        .run(&["check", "--connect"]);
+    unreachable.assert_code(1);
+    assert!(
+        unreachable.stdout.contains("unreachable"),
+        "{}",
+        unreachable.stdout
+    );
+    let offline = Case::new()
+        .database("main", "postgres://postgres@127.0.0.1:1/none")
+        .rule(GOOD)
+        .run(&["check"]);
+    offline.assert_code(0);
+    assert!(
+        offline.stdout.contains("ok: 1 rules, 1 databases"),
+        "{}",
+        offline.stdout
+    );
+}
+
+#[test]
+fn list_shows_schedule_timezone_and_next_run() {
+    let out = Case::new()
+        .database("main", "mysql://app:hunter2@db.example:3306/app")
+        .rule(GOOD)
+        .rule("name: manual\ndatabase: main\ndetect: SELECT 1\n")
+        .run(&["list"]);
+    out.assert_code(0);
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("jobs.stuck"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("0 3 * * *") && line.contains("Europe/Berlin"),
+        "{line}"
+    );
+    // 03:00 in Berlin is 01:00 or 02:00 UTC.
+    assert!(
+        line.contains(" 01:00:00") || line.contains(" 02:00:00"),
+        "{line}"
+    );
+    let manual = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("manual"))
+        .unwrap_or_default();
+    assert!(manual.contains("report only"), "{manual}");
+    assert!(
+        out.stdout.contains("mysql://app:***@db.example:3306/app"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("hunter2"));
+}
+
+#[tokio::test]
+async fn demo_runs_dry_run_fix_and_clean_rerun() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dbjanitor"))
+        .args(["demo", "--path"])
+        .arg(dir.path())
+        .output()
+        .expect("run demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("2 rule run(s) (dry run, nothing changed): 2 would_fix"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("2 rule run(s): 2 fixed"), "{stdout}");
+    assert!(stdout.contains("2 rule run(s): 2 clean"), "{stdout}");
+    let db = TestDb::existing_sqlite(&dir.path().join("dragonfly.db"));
+    let active = db
+        .rows("SELECT id FROM scheduler WHERE state = 'active' ORDER BY id")
+        .await;
+    assert_eq!(
+        active,
+        vec![
+            vec![Some("3".to_owned())],
+            vec![Some("4".to_owned())],
+            vec![Some("5".to_owned())]
+        ]
+    );
+    let ha = TestDb::existing_sqlite(&dir.path().join("cloudstack.db"));
+    let cancelled = ha
+        .rows("SELECT id FROM op_ha_work WHERE step = 'Cancelled' ORDER BY id")
+        .await;
+    assert_eq!(
+        cancelled,
+        vec![vec![Some("1".to_owned())], vec![Some("2".to_owned())]]
+    );
+    // A second demo in the same folder refuses instead of mixing data.
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_dbjanitor"))
+        .args(["demo", "--path"])
+        .arg(dir.path())
+        .output()
+        .expect("run demo");
+    assert_eq!(again.status.code(), Some(2));
+}

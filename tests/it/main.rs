@@ -1,0 +1,20 @@
+//! dbjanitor's integration tests: one test binary, one module per area.
+//!
+//! Every test talks to real servers: PostgreSQL and MariaDB on this machine
+//! (each test creates and drops its own database; see `util`), SQLite files in
+//! a temporary folder, and real HTTP/SMTP servers on loopback. Tests drive the
+//! real `dbjanitor` binary and assert on the data left in the database, the
+//! exit status and the report.
+
+mod util;
+
+/// Exit statuses, `check`, `list`, `demo`, usage errors.
+mod cli;
+/// Locks across processes: 8 racing processes, SIGKILL in the middle of a fix.
+mod concurrency;
+/// Configuration and rule errors: file:line:column, exit 2, nothing changed.
+mod config_errors;
+/// Every outcome on every engine, with the rows checked afterwards.
+mod engine;
+/// No password in logs, reports or errors.
+mod secrets;
