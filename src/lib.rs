@@ -25,6 +25,7 @@ pub mod db;
 pub mod demo;
 pub mod engine;
 pub mod exit;
+pub mod history;
 pub mod logging;
 pub mod outcome;
 pub mod plan;

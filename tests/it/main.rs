@@ -16,5 +16,7 @@ mod concurrency;
 mod config_errors;
 /// Every outcome on every engine, with the rows checked afterwards.
 mod engine;
+/// Every rule of the pack on every engine it claims, against faithful fixtures.
+mod rulepack;
 /// No password in logs, reports or errors.
 mod secrets;
