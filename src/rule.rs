@@ -119,6 +119,9 @@ pub struct Rule {
     pub notify: Vec<String>,
     /// Outcomes that trigger a notification.
     pub notify_on: BTreeSet<Outcome>,
+    /// Where run history exists (daemon, audit table): how long an
+    /// unchanged, already notified state stays quiet before a reminder.
+    pub renotify_after: Duration,
     /// Disabled rules run only when named on the command line.
     pub enabled: bool,
 }

@@ -23,7 +23,9 @@ use serde_saphyr::{Location, Spanned};
 
 pub use error::{ConfigError, ConfigErrors, SourceLocation};
 pub use notifier::{
-    DEFAULT_NOTIFY_TIMEOUT, EmailConfig, EmailTls, NotifierConfig, WebhookConfig, WebhookFormat,
+    DEFAULT_NOTIFY_BACKOFF, DEFAULT_NOTIFY_DEADLINE, DEFAULT_NOTIFY_RETRIES,
+    DEFAULT_NOTIFY_TIMEOUT, DeliveryPolicy, EmailConfig, EmailTls, MAX_NOTIFY_RETRIES,
+    NotifierConfig, WebhookConfig, WebhookFormat, ca_certificate,
 };
 
 use crate::db::{DatabaseConfig, Dialect};
@@ -36,6 +38,10 @@ use raw::{OneOrMany, RawConfig, RawDatabase, RawRule, RawSql};
 
 /// Statement timeout when neither the rule nor `defaults` says.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long an unchanged state stays quiet after it was notified, when
+/// neither the rule nor `defaults` says: a daily reminder.
+pub const DEFAULT_RENOTIFY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Audit history settings (`audit:`).
 #[derive(Debug, Clone)]
@@ -57,6 +63,8 @@ pub struct Defaults {
     pub notify: Vec<String>,
     /// Outcomes that notify.
     pub notify_on: BTreeSet<Outcome>,
+    /// Quiet time for an unchanged, already notified state (needs history).
+    pub renotify_after: Duration,
 }
 
 impl Default for Defaults {
@@ -69,6 +77,7 @@ impl Default for Defaults {
                 .into_iter()
                 .filter(|o| o.notified_by_default())
                 .collect(),
+            renotify_after: DEFAULT_RENOTIFY_AFTER,
         }
     }
 }
@@ -368,6 +377,9 @@ impl Loader<'_> {
         }
         if let Some(notify_on) = raw.notify_on {
             defaults.notify_on = notify_on.into_iter().map(|o| o.value).collect();
+        }
+        if let Some(d) = raw.renotify_after.and_then(|d| self.duration(file, &d)) {
+            defaults.renotify_after = d;
         }
         defaults
     }
@@ -670,6 +682,11 @@ impl Loader<'_> {
             || defaults.notify_on.clone(),
             |list| list.iter().copied().collect(),
         );
+        // 0s is allowed: repeat every run.
+        let renotify_after = match &raw.renotify_after {
+            Some(d) => self.duration(file, d).unwrap_or(defaults.renotify_after),
+            None => defaults.renotify_after,
+        };
         if self.errors.len() > errors_before {
             return None;
         }
@@ -691,6 +708,7 @@ impl Loader<'_> {
             lock,
             notify,
             notify_on,
+            renotify_after,
             enabled: raw.enabled.unwrap_or(true),
         };
         Some((rule, raw.name.referenced))

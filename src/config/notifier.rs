@@ -2,9 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lettre::message::Mailbox;
 use serde_saphyr::Spanned;
 
 use super::raw::{RawEmail, RawNotifier, RawWebhook};
@@ -13,14 +15,69 @@ use crate::secret::{SecretString, SecretUrl};
 
 /// Default time a notifier may take for one delivery attempt.
 pub const DEFAULT_NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default number of retries after a failed attempt (so 4 attempts in all).
+pub const DEFAULT_NOTIFY_RETRIES: u32 = 3;
+/// Default wait before the first retry; it doubles after each retry.
+pub const DEFAULT_NOTIFY_BACKOFF: Duration = Duration::from_secs(1);
+/// Default time all attempts of one delivery may take together.
+pub const DEFAULT_NOTIFY_DEADLINE: Duration = Duration::from_secs(60);
+/// Most retries a notifier may ask for: a janitor run must end.
+pub const MAX_NOTIFY_RETRIES: u32 = 10;
+
+/// How hard one notifier tries to deliver one message (`timeout`,
+/// `retries`, `backoff`, `deadline`): bounded, so that a dead endpoint costs
+/// a run at most `deadline` and never a fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryPolicy {
+    /// Longest one attempt may take (connect, send, answer).
+    pub timeout: Duration,
+    /// Attempts after the first, for errors that may go away (network,
+    /// timeouts, HTTP 408/429/5xx, SMTP 4xx).
+    pub retries: u32,
+    /// Wait before the first retry; doubled after each one (capped at 30s).
+    pub backoff: Duration,
+    /// Longest all attempts and waits may take together.
+    pub deadline: Duration,
+}
+
+impl Default for DeliveryPolicy {
+    fn default() -> Self {
+        Self {
+            timeout: DEFAULT_NOTIFY_TIMEOUT,
+            retries: DEFAULT_NOTIFY_RETRIES,
+            backoff: DEFAULT_NOTIFY_BACKOFF,
+            deadline: DEFAULT_NOTIFY_DEADLINE,
+        }
+    }
+}
 
 /// One configured notifier.
 #[derive(Debug, Clone)]
 pub enum NotifierConfig {
-    /// An HTTP POST per run (or digest).
+    /// One HTTP POST per run (a digest of every notified rule).
     Webhook(WebhookConfig),
-    /// A mail per run (or digest).
+    /// One mail per run (a digest of every notified rule).
     Email(EmailConfig),
+}
+
+impl NotifierConfig {
+    /// `webhook` or `email`, for messages.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NotifierConfig::Webhook(_) => "webhook",
+            NotifierConfig::Email(_) => "email",
+        }
+    }
+
+    /// The retry settings of this notifier.
+    #[must_use]
+    pub fn delivery(&self) -> &DeliveryPolicy {
+        match self {
+            NotifierConfig::Webhook(w) => &w.delivery,
+            NotifierConfig::Email(e) => &e.delivery,
+        }
+    }
 }
 
 /// Payload shape of a webhook.
@@ -39,10 +96,11 @@ pub struct WebhookConfig {
     pub url: SecretUrl,
     /// Payload shape.
     pub format: WebhookFormat,
-    /// Extra headers (values may be tokens).
+    /// Extra headers (values may be tokens); names and values are checked
+    /// to be valid HTTP when the config loads.
     pub headers: Vec<(String, SecretString)>,
-    /// Per-attempt timeout.
-    pub timeout: Duration,
+    /// Timeout, retries, deadline.
+    pub delivery: DeliveryPolicy,
 }
 
 /// Transport security of an SMTP connection.
@@ -63,18 +121,31 @@ pub struct EmailConfig {
     pub smtp: SecretUrl,
     /// Transport security.
     pub tls: EmailTls,
-    /// Sender address.
+    /// Sender (`addr@host` or `Name <addr@host>`, checked when loading).
     pub from: String,
-    /// Recipients.
+    /// Recipients (checked when loading).
     pub to: Vec<String>,
-    /// Copy recipients.
+    /// Copy recipients (checked when loading).
     pub cc: Vec<String>,
     /// SMTP user, if the relay needs authentication.
     pub username: Option<String>,
     /// SMTP password, from `password_env` or `password_file`.
     pub password: Option<SecretString>,
-    /// Per-attempt timeout.
-    pub timeout: Duration,
+    /// Extra trusted CA certificates (PEM, from `ca_file`), for a relay
+    /// signed by a private CA; the system store is always trusted too.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Timeout, retries, deadline.
+    pub delivery: DeliveryPolicy,
+}
+
+/// Parses the PEM of `ca_file`: at least one certificate, all readable.
+/// (lettre alone accepts a file with no certificate in it.)
+pub fn ca_certificate(pem: &[u8]) -> Result<lettre::transport::smtp::client::Certificate, String> {
+    if !String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_owned());
+    }
+    lettre::transport::smtp::client::Certificate::from_pem(pem)
+        .map_err(|e| format!("holds an unreadable certificate: {e}"))
 }
 
 pub(super) fn load_all(
@@ -149,18 +220,37 @@ fn webhook_config(
     };
     let mut headers = Vec::new();
     for (name, value) in &raw.headers {
-        let value = loader.expand(file, value)?;
-        headers.push((name.clone(), SecretString::new(value)));
+        let expanded = loader.expand(file, value)?;
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            loader.err(
+                file,
+                value.referenced,
+                format!("invalid HTTP header name {name:?}"),
+            );
+            return None;
+        }
+        // The value may be a token: say what is wrong, never what it is.
+        if reqwest::header::HeaderValue::from_str(&expanded).is_err() {
+            loader.err(
+                file,
+                value.referenced,
+                format!("header {name}: the value holds characters HTTP headers cannot carry"),
+            );
+            return None;
+        }
+        headers.push((name.clone(), SecretString::new(expanded)));
     }
-    let timeout = match &raw.timeout {
-        Some(t) => loader.positive_duration(file, t)?,
-        None => DEFAULT_NOTIFY_TIMEOUT,
-    };
+    let delivery = delivery_policy(
+        loader,
+        file,
+        [&raw.timeout, &raw.backoff, &raw.deadline],
+        raw.retries.as_ref(),
+    )?;
     Some(WebhookConfig {
         url: SecretUrl::new(url),
         format,
         headers,
-        timeout,
+        delivery,
     })
 }
 
@@ -177,6 +267,18 @@ fn email_config(
             file,
             raw.smtp.referenced,
             "email smtp must look like smtp://host:port",
+        );
+        return None;
+    }
+    if url::Url::parse(&smtp)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .is_none_or(|host| host.is_empty())
+    {
+        loader.err(
+            file,
+            raw.smtp.referenced,
+            "email smtp must look like smtp://host:port (no host found)",
         );
         return None;
     }
@@ -199,21 +301,48 @@ fn email_config(
         }
     };
     let from = loader.expand(file, &raw.from)?;
-    if !from.contains('@') {
+    if let Err(e) = Mailbox::from_str(&from) {
         loader.err(
             file,
             raw.from.referenced,
-            format!("from {from:?} is not an email address"),
+            format!("from {from:?} is not an email address: {e}"),
         );
         return None;
     }
-    if raw.to.value.is_empty() || raw.to.value.iter().any(|a| !a.contains('@')) {
+    if raw.to.value.is_empty() {
         loader.err(
             file,
             raw.to.referenced,
-            "to: needs at least one email address, each with an @",
+            "to: needs at least one email address",
         );
         return None;
+    }
+    let cc = raw
+        .cc
+        .as_ref()
+        .map(|cc| cc.value.clone())
+        .unwrap_or_default();
+    for (key, list, at) in [
+        ("to", &raw.to.value, raw.to.referenced),
+        (
+            "cc",
+            &cc,
+            raw.cc
+                .as_ref()
+                .map_or(raw.to.referenced, |cc| cc.referenced),
+        ),
+    ] {
+        if let Some((address, e)) = list
+            .iter()
+            .find_map(|a| Mailbox::from_str(a).err().map(|e| (a, e)))
+        {
+            loader.err(
+                file,
+                at,
+                format!("{key}: {address:?} is not an email address: {e}"),
+            );
+            return None;
+        }
     }
     let username = match &raw.username {
         Some(u) => Some(loader.expand(file, u)?),
@@ -265,18 +394,80 @@ fn email_config(
         );
         return None;
     }
-    let timeout = match &raw.timeout {
-        Some(t) => loader.positive_duration(file, t)?,
-        None => DEFAULT_NOTIFY_TIMEOUT,
+    let ca_pem = match &raw.ca_file {
+        Some(path) => {
+            let path_text = loader.expand(file, path)?;
+            let pem = match std::fs::read(base.join(&path_text)) {
+                Ok(pem) => pem,
+                Err(e) => {
+                    loader.err(
+                        file,
+                        path.referenced,
+                        format!("cannot read ca_file {path_text}: {e}"),
+                    );
+                    return None;
+                }
+            };
+            if let Err(e) = ca_certificate(&pem) {
+                loader.err(file, path.referenced, format!("ca_file {path_text}: {e}"));
+                return None;
+            }
+            Some(pem)
+        }
+        None => None,
     };
+    let delivery = delivery_policy(
+        loader,
+        file,
+        [&raw.timeout, &raw.backoff, &raw.deadline],
+        raw.retries.as_ref(),
+    )?;
     Some(EmailConfig {
         smtp: SecretUrl::new(smtp),
         tls,
         from,
         to: raw.to.value.clone(),
-        cc: raw.cc.clone(),
+        cc,
         username,
         password,
-        timeout,
+        ca_pem,
+        delivery,
     })
+}
+
+/// Reads `timeout`, `backoff`, `deadline` (durations, in that order) and
+/// `retries`, each defaulted on its own.
+fn delivery_policy(
+    loader: &mut Loader<'_>,
+    file: &Path,
+    [timeout, backoff, deadline]: [&Option<Spanned<String>>; 3],
+    retries: Option<&Spanned<i64>>,
+) -> Option<DeliveryPolicy> {
+    let mut policy = DeliveryPolicy::default();
+    for (raw, slot) in [
+        (timeout, &mut policy.timeout),
+        (backoff, &mut policy.backoff),
+        (deadline, &mut policy.deadline),
+    ] {
+        if let Some(raw) = raw {
+            *slot = loader.positive_duration(file, raw)?;
+        }
+    }
+    if let Some(retries) = retries {
+        match u32::try_from(retries.value) {
+            Ok(n) if n <= MAX_NOTIFY_RETRIES => policy.retries = n,
+            _ => {
+                loader.err(
+                    file,
+                    retries.referenced,
+                    format!(
+                        "retries must be between 0 and {MAX_NOTIFY_RETRIES}, found {}",
+                        retries.value
+                    ),
+                );
+                return None;
+            }
+        }
+    }
+    Some(policy)
 }

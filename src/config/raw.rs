@@ -44,6 +44,7 @@ pub(crate) struct RawDefaults {
     pub(crate) timeout: Option<Spanned<String>>,
     pub(crate) notify: Option<Vec<Spanned<String>>>,
     pub(crate) notify_on: Option<Vec<Spanned<Outcome>>>,
+    pub(crate) renotify_after: Option<Spanned<String>>,
 }
 
 /// One entry of `notifiers:`: exactly one of `webhook` or `email`.
@@ -63,6 +64,9 @@ pub(crate) struct RawWebhook {
     #[serde(default)]
     pub(crate) headers: BTreeMap<String, Spanned<String>>,
     pub(crate) timeout: Option<Spanned<String>>,
+    pub(crate) retries: Option<Spanned<i64>>,
+    pub(crate) backoff: Option<Spanned<String>>,
+    pub(crate) deadline: Option<Spanned<String>>,
 }
 
 /// `email:` notifier.
@@ -73,12 +77,15 @@ pub(crate) struct RawEmail {
     pub(crate) tls: Option<Spanned<String>>,
     pub(crate) from: Spanned<String>,
     pub(crate) to: Spanned<Vec<String>>,
-    #[serde(default)]
-    pub(crate) cc: Vec<String>,
+    pub(crate) cc: Option<Spanned<Vec<String>>>,
     pub(crate) username: Option<Spanned<String>>,
     pub(crate) password_env: Option<Spanned<String>>,
     pub(crate) password_file: Option<Spanned<String>>,
+    pub(crate) ca_file: Option<Spanned<String>>,
     pub(crate) timeout: Option<Spanned<String>>,
+    pub(crate) retries: Option<Spanned<i64>>,
+    pub(crate) backoff: Option<Spanned<String>>,
+    pub(crate) deadline: Option<Spanned<String>>,
 }
 
 /// `audit:`.
@@ -110,6 +117,7 @@ pub(crate) struct RawRule {
     pub(crate) lock: Option<RawLock>,
     pub(crate) notify: Option<Vec<Spanned<String>>>,
     pub(crate) notify_on: Option<Vec<Outcome>>,
+    pub(crate) renotify_after: Option<Spanned<String>>,
     pub(crate) enabled: Option<bool>,
 }
 
