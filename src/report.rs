@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use comfy_table::{Cell, ContentArrangement, Table, presets};
 use serde::Serialize;
 
-use crate::outcome::{Outcome, RunRecord, exit_status};
+use crate::outcome::{Outcome, RunRecord, Sample, exit_status};
 
 /// The JSON report.
 #[derive(Debug, Serialize)]
@@ -94,30 +94,48 @@ fn details(r: &RunRecord) -> String {
         let _ = writeln!(out, "  error: {error}");
     }
     if !r.sample.is_empty() && r.outcome != Outcome::Clean {
-        let shown = r.sample.rows.len();
-        let total = r.detected.unwrap_or(shown as u64);
-        let _ = writeln!(out, "  sample ({shown} of {total} rows):");
-        let mut table = plain_table(
-            &r.sample
-                .columns
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-        );
-        for row in &r.sample.rows {
-            table.add_row(
-                row.iter()
-                    .map(|c| c.clone().unwrap_or_else(|| "NULL".to_owned())),
-            );
-        }
-        for line in table.to_string().lines() {
-            let _ = writeln!(out, "    {}", line.trim_end());
+        let _ = writeln!(out, "  {}:", sample_heading(&r.sample, r.detected));
+        for line in sample_lines(&r.sample) {
+            let _ = writeln!(out, "    {line}");
         }
     }
     for e in &r.notify_errors {
         let _ = writeln!(out, "  notify error: {e}");
     }
     out
+}
+
+/// `sample (3 of 12 rows)`: how much of what detect found the sample shows.
+#[must_use]
+pub fn sample_heading(sample: &Sample, detected: Option<u64>) -> String {
+    let shown = sample.rows.len();
+    let total = detected.unwrap_or(shown as u64);
+    format!("sample ({shown} of {total} rows)")
+}
+
+/// The sample rows as an aligned plain table (header first, `NULL` for SQL
+/// NULL), one string per line without trailing blanks: the report and the
+/// notifications show samples the same way.
+#[must_use]
+pub fn sample_lines(sample: &Sample) -> Vec<String> {
+    let mut table = plain_table(
+        &sample
+            .columns
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    for row in &sample.rows {
+        table.add_row(
+            row.iter()
+                .map(|c| c.clone().unwrap_or_else(|| "NULL".to_owned())),
+        );
+    }
+    table
+        .to_string()
+        .lines()
+        .map(|line| line.trim_end().to_owned())
+        .collect()
 }
 
 /// One line: how many pairs ended in each outcome.
