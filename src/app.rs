@@ -17,6 +17,8 @@ use crate::cli::{CheckArgs, Cli, Command, OutputFormat, RunArgs};
 use crate::config::{self, Config};
 use crate::engine::{RunOptions, run_plan};
 use crate::exit;
+use crate::history::MemoryHistory;
+use crate::notify;
 use crate::outcome::exit_status;
 use crate::plan::{Plan, Selection, Target};
 use crate::report;
@@ -148,7 +150,11 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
         dry_run: args.dry_run,
         jobs: usize::from(args.jobs),
     };
-    let records = run_plan(&plan, &options, &cancel).await;
+    let mut records = run_plan(&plan, &options, &cancel).await;
+    // After run_plan every transaction is committed or rolled back: delivery
+    // cannot change what was fixed, and its failures only land in the report.
+    // One-shot runs keep no history yet (the audit table will supply one).
+    notify::deliver(&config, &mut records, None::<&MemoryHistory>).await;
     let rendered = match args.output {
         OutputFormat::Text => report::text(&records, args.dry_run),
         OutputFormat::Json => {

@@ -14,6 +14,8 @@
 //!    guard → fix → verify → commit) over one of the backends in [`db`].
 //! 5. [`outcome`] is what a run produced; [`report`] renders it for people and
 //!    machines; [`exit`] maps it to the process exit status.
+//! 6. [`notify`] tells people about it afterwards (webhook, email; one digest
+//!    per notifier; quiet repeats where [`history`] remembers past runs).
 //!
 //! The binary (`src/main.rs`) only parses arguments and hands off to [`app`].
 
@@ -27,6 +29,7 @@ pub mod engine;
 pub mod exit;
 pub mod history;
 pub mod logging;
+pub mod notify;
 pub mod outcome;
 pub mod plan;
 pub mod report;

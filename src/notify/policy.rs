@@ -1,0 +1,472 @@
+//! When a run is worth a message: the alert-fatigue policy.
+//!
+//! A janitor that runs every five minutes and sends a mail each time a rule
+//! is still failing teaches its readers to ignore it. So, where run history
+//! exists (the daemon's memory, the audit table), a message goes out when the
+//! state of a (rule, database) pair *changes*, when a notified problem
+//! *recovers*, and as a reminder when an unchanged state was last notified
+//! `renotify_after` ago. Without history every run whose outcome is in
+//! `notify_on` is notified: there is nothing to compare with.
+//!
+//! [`decide`] is a pure function of the rule's settings, the new outcome, the
+//! last known state and the current time, so every case is a unit test.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::history::LastState;
+use crate::outcome::Outcome;
+use crate::rule::Rule;
+
+/// The notification settings of one rule.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy<'a> {
+    /// Outcomes the rule wants to hear about.
+    pub notify_on: &'a BTreeSet<Outcome>,
+    /// Quiet time for an unchanged state after it was notified.
+    pub renotify_after: Duration,
+}
+
+impl<'a> Policy<'a> {
+    /// The settings of `rule`.
+    #[must_use]
+    pub fn of(rule: &'a Rule) -> Self {
+        Self {
+            notify_on: &rule.notify_on,
+            renotify_after: rule.renotify_after,
+        }
+    }
+}
+
+/// What is known about the runs before this one.
+#[derive(Debug, Clone, Copy)]
+pub enum Past<'a> {
+    /// No history store (a one-shot run without audit): nothing to compare with.
+    Untracked,
+    /// The store knows no earlier run of this pair.
+    Never,
+    /// The latest recorded run.
+    Last(&'a LastState),
+}
+
+/// Why a message goes out; carried in every message so that a reader (or a
+/// receiving program) knows whether this is news, a reminder or good news.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// No run history is kept: every matching outcome is notified.
+    Untracked,
+    /// A state the receivers have not been told about: the first run, a
+    /// different outcome than last time, or a state whose notification was
+    /// never delivered.
+    New,
+    /// The same outcome as last time, notified again because
+    /// `renotify_after` has passed since the last message.
+    Repeated,
+    /// A problem that was notified is gone: the pair is `clean` or `fixed`
+    /// now (sent even when those outcomes are not in `notify_on`).
+    Recovered,
+}
+
+impl Change {
+    /// The snake_case name used in payloads and mails.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Change::Untracked => "untracked",
+            Change::New => "new",
+            Change::Repeated => "repeated",
+            Change::Recovered => "recovered",
+        }
+    }
+}
+
+/// Why a run stays quiet (logged at debug level).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quiet {
+    /// The outcome is not in the rule's `notify_on`.
+    NotWanted,
+    /// Unchanged since it was notified; a reminder is due at `until`.
+    Unchanged {
+        /// When the next reminder may go out.
+        until: DateTime<Utc>,
+    },
+}
+
+/// The verdict for one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Send a message, saying why.
+    Notify(Change),
+    /// Stay quiet.
+    Quiet(Quiet),
+}
+
+/// Outcomes that mean something is wrong or left undone: a recovery from
+/// them is news.
+fn is_problem(outcome: Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::Found | Outcome::WouldFix | Outcome::GuardTripped | Outcome::Failed
+    )
+}
+
+/// Outcomes that mean the data is in order now.
+fn is_good(outcome: Outcome) -> bool {
+    matches!(outcome, Outcome::Clean | Outcome::Fixed)
+}
+
+/// Decides whether the run that ended in `outcome` is notified.
+///
+/// With history (`Past::Never`/`Past::Last`):
+/// - a problem that was notified and is now `clean` or `fixed` → `Recovered`,
+///   whatever `notify_on` says (the receivers were told about the problem, so
+///   they are told it is over);
+/// - otherwise an outcome not in `notify_on` → quiet;
+/// - the first run, or an outcome different from the last run's → `New`
+///   (a `skipped` run in between counts as a different outcome: a skipped run
+///   says nothing about the data, so the next real outcome is announced);
+/// - the same outcome as last time → `Repeated` if the last message is at
+///   least `renotify_after` old, `New` if no message was ever delivered for
+///   the pair, else quiet until then.
+#[must_use]
+pub fn decide(
+    policy: &Policy<'_>,
+    outcome: Outcome,
+    past: Past<'_>,
+    now: DateTime<Utc>,
+) -> Decision {
+    let wanted = policy.notify_on.contains(&outcome);
+    let last = match past {
+        Past::Untracked if wanted => return Decision::Notify(Change::Untracked),
+        Past::Never if wanted => return Decision::Notify(Change::New),
+        Past::Untracked | Past::Never => return Decision::Quiet(Quiet::NotWanted),
+        Past::Last(last) => last,
+    };
+    let previous = last.outcome;
+    if is_good(outcome)
+        && is_problem(previous)
+        && policy.notify_on.contains(&previous)
+        && last.last_notified_at.is_some()
+    {
+        return Decision::Notify(Change::Recovered);
+    }
+    if !wanted {
+        return Decision::Quiet(Quiet::NotWanted);
+    }
+    if previous != outcome {
+        return Decision::Notify(Change::New);
+    }
+    let Some(notified_at) = last.last_notified_at else {
+        return Decision::Notify(Change::New);
+    };
+    // A renotify_after too large for chrono means "never remind".
+    let Ok(quiet) = chrono::Duration::from_std(policy.renotify_after) else {
+        return Decision::Quiet(Quiet::Unchanged {
+            until: DateTime::<Utc>::MAX_UTC,
+        });
+    };
+    let until = notified_at
+        .checked_add_signed(quiet)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    if now >= until {
+        Decision::Notify(Change::Repeated)
+    } else {
+        Decision::Quiet(Quiet::Unchanged { until })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn at(hour: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 22, hour, 0, 0)
+            .single()
+            .expect("valid time")
+    }
+
+    fn default_on() -> BTreeSet<Outcome> {
+        Outcome::ALL
+            .into_iter()
+            .filter(|o| o.notified_by_default())
+            .collect()
+    }
+
+    fn last(outcome: Outcome, started: u32, notified: Option<u32>) -> LastState {
+        LastState {
+            outcome,
+            started_at: at(started),
+            last_notified_at: notified.map(at),
+        }
+    }
+
+    fn decide_with(
+        on: &BTreeSet<Outcome>,
+        outcome: Outcome,
+        last: Option<&LastState>,
+        now: u32,
+    ) -> Decision {
+        let policy = Policy {
+            notify_on: on,
+            renotify_after: 4 * HOUR,
+        };
+        let past = last.map_or(Past::Never, Past::Last);
+        decide(&policy, outcome, past, at(now))
+    }
+
+    #[test]
+    fn without_history_every_wanted_outcome_notifies() {
+        let on = default_on();
+        let policy = Policy {
+            notify_on: &on,
+            renotify_after: HOUR,
+        };
+        for outcome in Outcome::ALL {
+            let expected = if outcome.notified_by_default() {
+                Decision::Notify(Change::Untracked)
+            } else {
+                Decision::Quiet(Quiet::NotWanted)
+            };
+            assert_eq!(
+                decide(&policy, outcome, Past::Untracked, at(1)),
+                expected,
+                "{outcome}"
+            );
+        }
+    }
+
+    #[test]
+    fn first_run_notifies_only_wanted_outcomes() {
+        let on = default_on();
+        assert_eq!(
+            decide_with(&on, Outcome::Failed, None, 1),
+            Decision::Notify(Change::New)
+        );
+        assert_eq!(
+            decide_with(&on, Outcome::Clean, None, 1),
+            Decision::Quiet(Quiet::NotWanted)
+        );
+        assert_eq!(
+            decide_with(&on, Outcome::Skipped, None, 1),
+            Decision::Quiet(Quiet::NotWanted)
+        );
+    }
+
+    #[test]
+    fn first_failure_after_clean_notifies() {
+        let on = default_on();
+        let prev = last(Outcome::Clean, 1, None);
+        assert_eq!(
+            decide_with(&on, Outcome::Failed, Some(&prev), 2),
+            Decision::Notify(Change::New)
+        );
+    }
+
+    #[test]
+    fn unchanged_failure_is_quiet_until_renotify_after() {
+        let on = default_on();
+        let prev = last(Outcome::Failed, 2, Some(1));
+        assert_eq!(
+            decide_with(&on, Outcome::Failed, Some(&prev), 3),
+            Decision::Quiet(Quiet::Unchanged { until: at(5) })
+        );
+        assert_eq!(
+            decide_with(&on, Outcome::Failed, Some(&prev), 4),
+            Decision::Quiet(Quiet::Unchanged { until: at(5) })
+        );
+        // Exactly renotify_after later: the reminder is due.
+        assert_eq!(
+            decide_with(&on, Outcome::Failed, Some(&prev), 5),
+            Decision::Notify(Change::Repeated)
+        );
+        assert_eq!(
+            decide_with(&on, Outcome::Failed, Some(&prev), 9),
+            Decision::Notify(Change::Repeated)
+        );
+    }
+
+    #[test]
+    fn every_unchanged_outcome_follows_the_same_rule() {
+        let on = default_on();
+        for outcome in [
+            Outcome::Found,
+            Outcome::Fixed,
+            Outcome::WouldFix,
+            Outcome::GuardTripped,
+        ] {
+            let prev = last(outcome, 2, Some(2));
+            assert_eq!(
+                decide_with(&on, outcome, Some(&prev), 3),
+                Decision::Quiet(Quiet::Unchanged { until: at(6) }),
+                "{outcome}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_change_between_problems_notifies_at_once() {
+        let on = default_on();
+        // Notified a minute ago as found; now the guard trips: that is news.
+        let prev = last(Outcome::Found, 2, Some(2));
+        assert_eq!(
+            decide_with(&on, Outcome::GuardTripped, Some(&prev), 2),
+            Decision::Notify(Change::New)
+        );
+        let prev = last(Outcome::GuardTripped, 2, Some(2));
+        assert_eq!(
+            decide_with(&on, Outcome::Failed, Some(&prev), 2),
+            Decision::Notify(Change::New)
+        );
+        let prev = last(Outcome::Clean, 2, Some(1));
+        assert_eq!(
+            decide_with(&on, Outcome::Found, Some(&prev), 2),
+            Decision::Notify(Change::New)
+        );
+    }
+
+    #[test]
+    fn recovery_to_clean_is_notified_even_when_clean_is_not_wanted() {
+        let on = default_on();
+        assert!(!on.contains(&Outcome::Clean));
+        for problem in [
+            Outcome::Found,
+            Outcome::WouldFix,
+            Outcome::GuardTripped,
+            Outcome::Failed,
+        ] {
+            let prev = last(problem, 2, Some(1));
+            assert_eq!(
+                decide_with(&on, Outcome::Clean, Some(&prev), 3),
+                Decision::Notify(Change::Recovered),
+                "{problem}"
+            );
+        }
+    }
+
+    #[test]
+    fn recovery_by_a_fix_is_notified_even_when_fixed_is_not_wanted() {
+        let on: BTreeSet<Outcome> = [Outcome::Failed].into();
+        let prev = last(Outcome::Failed, 2, Some(2));
+        assert_eq!(
+            decide_with(&on, Outcome::Fixed, Some(&prev), 3),
+            Decision::Notify(Change::Recovered)
+        );
+        // And when it is wanted, it is still labelled a recovery.
+        let on = default_on();
+        assert_eq!(
+            decide_with(&on, Outcome::Fixed, Some(&prev), 3),
+            Decision::Notify(Change::Recovered)
+        );
+    }
+
+    #[test]
+    fn no_recovery_message_for_a_problem_nobody_was_told_about() {
+        // found is not wanted: its disappearance is not news either.
+        let on: BTreeSet<Outcome> = [Outcome::Failed].into();
+        let prev = last(Outcome::Found, 2, Some(1));
+        assert_eq!(
+            decide_with(&on, Outcome::Clean, Some(&prev), 3),
+            Decision::Quiet(Quiet::NotWanted)
+        );
+        // Never notified at all (delivery failed, or nothing was configured).
+        let on = default_on();
+        let prev = last(Outcome::Failed, 2, None);
+        assert_eq!(
+            decide_with(&on, Outcome::Clean, Some(&prev), 3),
+            Decision::Quiet(Quiet::NotWanted)
+        );
+    }
+
+    #[test]
+    fn clean_after_clean_or_fixed_is_quiet() {
+        let on = default_on();
+        for previous in [Outcome::Clean, Outcome::Fixed, Outcome::Skipped] {
+            let prev = last(previous, 2, Some(2));
+            assert_eq!(
+                decide_with(&on, Outcome::Clean, Some(&prev), 3),
+                Decision::Quiet(Quiet::NotWanted),
+                "{previous}"
+            );
+        }
+    }
+
+    #[test]
+    fn clean_in_notify_on_repeats_like_any_outcome() {
+        let on: BTreeSet<Outcome> = Outcome::ALL.into();
+        let prev = last(Outcome::Clean, 2, Some(2));
+        assert_eq!(
+            decide_with(&on, Outcome::Clean, Some(&prev), 3),
+            Decision::Quiet(Quiet::Unchanged { until: at(6) })
+        );
+        let prev = last(Outcome::Fixed, 2, Some(2));
+        assert_eq!(
+            decide_with(&on, Outcome::Clean, Some(&prev), 3),
+            Decision::Notify(Change::New)
+        );
+    }
+
+    #[test]
+    fn an_undelivered_state_is_notified_on_the_next_run() {
+        let on = default_on();
+        let prev = last(Outcome::Failed, 2, None);
+        assert_eq!(
+            decide_with(&on, Outcome::Failed, Some(&prev), 3),
+            Decision::Notify(Change::New)
+        );
+    }
+
+    #[test]
+    fn a_skipped_run_in_between_makes_the_next_outcome_news() {
+        let on = default_on();
+        let prev = last(Outcome::Skipped, 3, Some(2));
+        assert_eq!(
+            decide_with(&on, Outcome::Failed, Some(&prev), 3),
+            Decision::Notify(Change::New)
+        );
+        // Skipped itself is not wanted by default.
+        let prev = last(Outcome::Failed, 3, Some(2));
+        assert_eq!(
+            decide_with(&on, Outcome::Skipped, Some(&prev), 3),
+            Decision::Quiet(Quiet::NotWanted)
+        );
+    }
+
+    #[test]
+    fn renotify_after_zero_repeats_every_run_and_huge_never_does() {
+        let on = default_on();
+        let prev = last(Outcome::Failed, 2, Some(2));
+        let every_run = Policy {
+            notify_on: &on,
+            renotify_after: Duration::ZERO,
+        };
+        assert_eq!(
+            decide(&every_run, Outcome::Failed, Past::Last(&prev), at(2)),
+            Decision::Notify(Change::Repeated)
+        );
+        let never = Policy {
+            notify_on: &on,
+            renotify_after: Duration::MAX,
+        };
+        assert!(matches!(
+            decide(&never, Outcome::Failed, Past::Last(&prev), at(23)),
+            Decision::Quiet(Quiet::Unchanged { .. })
+        ));
+    }
+
+    #[test]
+    fn a_clock_that_went_backwards_stays_quiet() {
+        let on = default_on();
+        let prev = last(Outcome::Failed, 5, Some(5));
+        assert_eq!(
+            decide_with(&on, Outcome::Failed, Some(&prev), 4),
+            Decision::Quiet(Quiet::Unchanged { until: at(9) })
+        );
+    }
+}
