@@ -6,6 +6,7 @@
 //! real `dbjanitor` binary and assert on the data left in the database, the
 //! exit status and the report.
 
+mod sinks;
 mod util;
 
 /// Exit statuses, `check`, `list`, `demo`, usage errors.
@@ -16,6 +17,8 @@ mod concurrency;
 mod config_errors;
 /// Every outcome on every engine, with the rows checked afterwards.
 mod engine;
+/// Webhook and email notifications against real HTTP and SMTP servers on loopback.
+mod notify;
 /// Every rule of the pack on every engine it claims, against faithful fixtures.
 mod rulepack;
 /// No password in logs, reports or errors.
