@@ -161,12 +161,7 @@ pub fn slack_payload(digest: &Digest) -> Value {
         attachments.push(json!({"fallback": more, "text": more, "color": "#9e9e9e"}));
     }
     json!({
-        "text": slack_escape(&format!(
-            "{} on {}{}",
-            digest.title(),
-            digest.host,
-            if digest.dry_run() { ": dry run, nothing was changed" } else { "" }
-        )),
+        "text": slack_escape(&format!("{} on {}", digest.title(), digest.host)),
         "attachments": attachments,
     })
 }
