@@ -64,7 +64,7 @@ pub fn host_name() -> String {
 /// the decision. Records of rules the config does not know (a rule removed
 /// while the daemon ran) and of rules without notifiers are left out.
 #[must_use]
-pub fn plan<'c>(
+pub fn compose<'c>(
     config: &'c Config,
     records: &[RunRecord],
     pasts: &[Past<'_>],
@@ -140,7 +140,9 @@ pub async fn send(outgoing: &Outgoing<'_>) -> Result<u32, DeliveryError> {
 /// SMTP password) in `text`.
 fn scrub(config: &NotifierConfig, text: &str) -> String {
     let mut out = match config {
-        NotifierConfig::Webhook(w) => w.url.scrub(text),
+        // A Slack or Mattermost webhook URL is a secret as a whole (the
+        // token is its path), not only its password part.
+        NotifierConfig::Webhook(w) => w.url.scrub(&text.replace(w.url.expose(), "<webhook URL>")),
         NotifierConfig::Email(e) => e.smtp.scrub(text),
     };
     let secrets: Vec<&str> = match config {
@@ -195,7 +197,7 @@ pub async fn deliver_at<H: History>(
             })
             .collect(),
     };
-    let outgoing = plan(config, records, &pasts, &host_name(), now);
+    let outgoing = compose(config, records, &pasts, &host_name(), now);
     let results = join_all(outgoing.iter().map(send)).await;
     let mut notified = vec![false; records.len()];
     for (message, result) in outgoing.iter().zip(results) {
@@ -251,4 +253,108 @@ async fn last_states<H: History>(
         );
     }
     states
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::outcome::Outcome;
+
+    /// A config with rules a (ops, dba), b (ops, only failures) and c (no
+    /// notifier), loaded the real way from a temporary folder.
+    fn config() -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let rule = |name: &str, extra: &str| {
+            format!("name: {name}\ndatabase: main\ndetect: SELECT 1\n{extra}")
+        };
+        std::fs::create_dir(dir.path().join("rules")).expect("mkdir");
+        for (file, text) in [
+            ("rules/a.yaml", rule("a", "notify: [ops, dba]\n")),
+            ("rules/b.yaml", rule("b", "notify: [ops]\nnotify_on: [failed]\n")),
+            ("rules/c.yaml", rule("c", "notify: []\n")),
+            (
+                "dbjanitor.yaml",
+                "databases: { main: { url: \"sqlite:///tmp/none.db\" } }\nrules: [rules]\n\
+                 notifiers:\n  ops: { webhook: { url: \"https://hooks.example.org/T/B/secret-token\", \
+                 headers: { X-Key: \"header-secret\" } } }\n  \
+                 dba: { email: { smtp: \"smtp://u:smtp-secret@mail:25\", tls: none, from: a@b.org, to: [c@d.org] } }\n"
+                    .to_owned(),
+            ),
+        ] {
+            std::fs::write(dir.path().join(file), text).expect("write");
+        }
+        let config = crate::config::load_with_env(
+            &dir.path().join("dbjanitor.yaml"),
+            &BTreeMap::<String, String>::new(),
+        )
+        .expect("valid config");
+        (dir, config)
+    }
+
+    fn record(rule: &str, outcome: Outcome) -> RunRecord {
+        let mut r = RunRecord::new(rule, "main", false, Utc::now());
+        r.outcome = outcome;
+        r
+    }
+
+    #[test]
+    fn compose_builds_one_digest_per_notifier() {
+        let (_dir, config) = config();
+        let records = [
+            record("a", Outcome::Fixed),
+            record("b", Outcome::Failed),
+            record("b", Outcome::Fixed),
+            record("c", Outcome::Found),
+            record("gone", Outcome::Failed),
+        ];
+        let pasts = vec![Past::Untracked; records.len()];
+        let out = compose(&config, &records, &pasts, "h", Utc::now());
+        let summary: Vec<(&str, Vec<usize>, Vec<&str>)> = out
+            .iter()
+            .map(|o| {
+                (
+                    o.notifier,
+                    o.records.clone(),
+                    o.digest.entries.iter().map(|e| e.rule.as_str()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("dba", vec![0], vec!["a"]),
+                // b's fixed run is not wanted; b's failure comes first.
+                ("ops", vec![0, 1], vec!["b", "a"]),
+            ]
+        );
+        assert_eq!(out[1].config.kind(), "webhook");
+    }
+
+    #[test]
+    fn compose_sends_nothing_when_nothing_is_news() {
+        let (_dir, config) = config();
+        let records = [record("a", Outcome::Clean), record("b", Outcome::Fixed)];
+        let pasts = vec![Past::Untracked; records.len()];
+        assert!(compose(&config, &records, &pasts, "h", Utc::now()).is_empty());
+    }
+
+    #[test]
+    fn scrub_masks_every_notifier_secret() {
+        let (_dir, config) = config();
+        let ops = config.notifiers.get("ops").expect("ops");
+        let dba = config.notifiers.get("dba").expect("dba");
+        assert_eq!(
+            scrub(
+                ops,
+                "sent to https://hooks.example.org/T/B/secret-token with header-secret"
+            ),
+            "sent to <webhook URL> with ***"
+        );
+        assert_eq!(
+            scrub(dba, "535 bad password smtp-secret"),
+            "535 bad password ***"
+        );
+    }
 }
