@@ -16,6 +16,8 @@ mod concurrency;
 mod config_errors;
 /// Every outcome on every engine, with the rows checked afterwards.
 mod engine;
+/// The README's first rule, taken from README.md, on PostgreSQL and MariaDB.
+mod readme;
 /// Every rule of the pack on every engine it claims, against faithful fixtures.
 mod rulepack;
 /// No password in logs, reports or errors.
