@@ -24,6 +24,7 @@ use crate::db::{
 use crate::outcome::{Outcome, Reason, RunRecord, Sample};
 use crate::plan::{Plan, Target};
 use crate::rule::{Batch, Mode, Rule};
+use crate::sql::is_ddl;
 
 /// Extra time the client gives a statement beyond the server-side timeout.
 const CLIENT_GRACE: Duration = Duration::from_secs(2);
@@ -286,13 +287,17 @@ impl Run<'_> {
             .await
     }
 
+    /// Runs the fix's statements in order; returns the rows changed by its
+    /// data statements (DDL "rows affected" are rows copied, not changed).
     async fn run_fix<S: Session>(&self, session: &mut S) -> Result<u64, StepError> {
         let mut changed = 0u64;
         for statement in self.fix_statements() {
-            changed = changed.saturating_add(
-                self.step(self.rule.timeout, session.execute(statement))
-                    .await?,
-            );
+            let affected = self
+                .step(self.rule.timeout, session.execute(statement))
+                .await?;
+            if !is_ddl(statement, self.dialect) {
+                changed = changed.saturating_add(affected);
+            }
         }
         Ok(changed)
     }

@@ -49,6 +49,17 @@ pub fn first_keyword(statement: &str, dialect: Dialect) -> String {
         .to_ascii_uppercase()
 }
 
+/// Whether a statement changes the schema rather than rows. Its "rows
+/// affected" (MariaDB reports every row an `ALTER TABLE` copies) are not rows
+/// the fix changed, so they do not count towards `changed` or `max_rows`.
+#[must_use]
+pub fn is_ddl(statement: &str, dialect: Dialect) -> bool {
+    matches!(
+        first_keyword(statement, dialect).as_str(),
+        "ALTER" | "CREATE" | "DROP" | "RENAME" | "TRUNCATE" | "COMMENT" | "GRANT" | "REVOKE"
+    )
+}
+
 /// Whether a statement is DDL that MySQL/MariaDB commit implicitly.
 #[must_use]
 pub fn is_implicit_commit_ddl(statement: &str) -> bool {
@@ -192,6 +203,11 @@ SELECT 1";
         );
         assert!(is_implicit_commit_ddl("  alter table t drop primary key"));
         assert!(!is_implicit_commit_ddl("UPDATE t SET created = 1"));
+        assert!(is_ddl(
+            "ALTER TABLE t DROP CONSTRAINT t_pkey",
+            Dialect::Postgres
+        ));
+        assert!(!is_ddl("DELETE FROM t", Dialect::Postgres));
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod mysql;
 mod postgres;
 mod sample;
 mod sqlite;
+mod text;
 
 use std::fmt;
 use std::future::Future;

@@ -16,23 +16,42 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use futures_util::TryStreamExt;
-use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlConnection, MySqlRow};
-use sqlx::{
-    AssertSqlSafe, Column, Connection, Decode, Executor, Row, SqlSafeStr, TypeInfo, ValueRef,
+use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlConnection, MySqlQueryResult, MySqlRow};
+use sqlx::{Connection, Decode, Row, TypeInfo, ValueRef};
+
+use super::text::{TextConn, TextDatabase};
+use super::{
+    ConnectSettings, DatabaseConfig, DbError, Detection, Session, connect_error, millis,
+    mysql_lock_name, sample,
 };
 
-use super::{
-    CLOSE_TIMEOUT, ConnectSettings, DatabaseConfig, DbError, Detection, Session, connect_error,
-    millis, mysql_lock_name, sample, sql_error,
-};
-use crate::outcome::Sample;
-use crate::secret::SecretUrl;
+impl TextDatabase for MySql {
+    fn cell(row: &MySqlRow, index: usize) -> Option<String> {
+        let value = row.try_get_raw(index).ok()?;
+        if value.is_null() {
+            return None;
+        }
+        let type_name = value.type_info().name().to_owned();
+        let raw = <&[u8] as Decode<MySql>>::decode(value).ok()?;
+        let binary = type_name.contains("BINARY")
+            || type_name.contains("BLOB")
+            || type_name == "BIT"
+            || type_name == "GEOMETRY";
+        Some(if binary {
+            sample::bytes(raw)
+        } else {
+            sample::clip(&String::from_utf8_lossy(raw))
+        })
+    }
+
+    fn rows_affected(result: &MySqlQueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
 
 /// One pinned MySQL/MariaDB connection.
 pub struct MySqlSession {
-    conn: MySqlConnection,
-    url: SecretUrl,
+    text: TextConn<MySql>,
     mariadb: bool,
     schema: String,
 }
@@ -49,33 +68,18 @@ impl MySqlSession {
             .await
             .map_err(|_| DbError::Connect(format!("timed out after {:?}", settings.timeout)))?
             .map_err(|e| connect_error(&db.url, &e))?;
-        let mut session = Self {
+        let mut text = TextConn {
             conn,
             url: db.url.clone(),
-            mariadb: false,
-            schema: String::new(),
         };
-        let row = session
-            .fetch_row("SELECT VERSION(), COALESCE(DATABASE(), '')")
+        let row = text
+            .fetch_one("SELECT VERSION(), COALESCE(DATABASE(), '')")
             .await?;
-        session.mariadb = cell(&row, 0).is_some_and(|v| v.contains("MariaDB"));
-        session.schema = cell(&row, 1).unwrap_or_default();
-        Ok(session)
-    }
-
-    async fn run(&mut self, sql: &str) -> Result<(), DbError> {
-        self.conn
-            .execute(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())))
-            .await
-            .map(|_| ())
-            .map_err(|e| sql_error(&self.url, &e))
-    }
-
-    async fn fetch_row(&mut self, sql: &str) -> Result<MySqlRow, DbError> {
-        self.conn
-            .fetch_one(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())))
-            .await
-            .map_err(|e| sql_error(&self.url, &e))
+        Ok(Self {
+            mariadb: MySql::cell(&row, 0).is_some_and(|v| v.contains("MariaDB")),
+            schema: MySql::cell(&row, 1).unwrap_or_default(),
+            text,
+        })
     }
 
     async fn get_lock(&mut self, lock_name: &str, wait: Duration) -> Result<bool, DbError> {
@@ -83,10 +87,12 @@ impl MySqlSession {
         // GET_LOCK takes whole seconds on every server version; a negative value would
         // wait forever on MySQL, so the wait is never negative.
         let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        let row = self
-            .fetch_row(&format!("SELECT GET_LOCK({name}, {seconds})"))
-            .await?;
-        match cell(&row, 0).as_deref() {
+        match self
+            .text
+            .fetch_text(&format!("SELECT GET_LOCK({name}, {seconds})"))
+            .await?
+            .as_deref()
+        {
             Some("1") => Ok(true),
             Some("0") => Ok(false),
             other => Err(DbError::Sql(format!(
@@ -97,7 +103,7 @@ impl MySqlSession {
 
     async fn release_lock(&mut self, lock_name: &str) -> Result<(), DbError> {
         let name = quote(&mysql_lock_name(&self.schema, lock_name));
-        self.run(&format!("DO RELEASE_LOCK({name})")).await
+        self.text.run(&format!("DO RELEASE_LOCK({name})")).await
     }
 }
 
@@ -106,35 +112,19 @@ fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
 }
 
-fn cell(row: &MySqlRow, i: usize) -> Option<String> {
-    let value = row.try_get_raw(i).ok()?;
-    if value.is_null() {
-        return None;
-    }
-    let type_name = value.type_info().name().to_owned();
-    let raw = <&[u8] as Decode<MySql>>::decode(value).ok()?;
-    if type_name.contains("BINARY")
-        || type_name.contains("BLOB")
-        || type_name == "BIT"
-        || type_name == "GEOMETRY"
-    {
-        Some(sample::bytes(raw))
-    } else {
-        Some(sample::clip(&String::from_utf8_lossy(raw)))
-    }
-}
-
 impl Session for MySqlSession {
     async fn begin_locked(&mut self, lock_name: &str, wait: Duration) -> Result<bool, DbError> {
         if !self.get_lock(lock_name, wait).await? {
             return Ok(false);
         }
-        self.run("START TRANSACTION").await?;
+        self.text.run("START TRANSACTION").await?;
         Ok(true)
     }
 
     async fn finish_locked(&mut self, commit: bool, lock_name: &str) -> Result<(), DbError> {
-        self.run(if commit { "COMMIT" } else { "ROLLBACK" }).await?;
+        self.text
+            .run(if commit { "COMMIT" } else { "ROLLBACK" })
+            .await?;
         self.release_lock(lock_name).await
     }
 
@@ -147,15 +137,15 @@ impl Session for MySqlSession {
     }
 
     async fn begin(&mut self) -> Result<(), DbError> {
-        self.run("START TRANSACTION").await
+        self.text.run("START TRANSACTION").await
     }
 
     async fn commit(&mut self) -> Result<(), DbError> {
-        self.run("COMMIT").await
+        self.text.run("COMMIT").await
     }
 
     async fn rollback(&mut self) -> Result<(), DbError> {
-        self.run("ROLLBACK").await
+        self.text.run("ROLLBACK").await
     }
 
     async fn set_statement_timeout(
@@ -171,60 +161,30 @@ impl Session for MySqlSession {
         } else {
             format!("max_execution_time = {}", millis(timeout))
         };
-        self.run(&format!(
-            "SET SESSION {limit}, SESSION innodb_lock_wait_timeout = {whole_seconds}, SESSION lock_wait_timeout = {whole_seconds}"
-        ))
-        .await
+        self.text
+            .run(&format!(
+                "SET SESSION {limit}, SESSION innodb_lock_wait_timeout = {whole_seconds}, SESSION lock_wait_timeout = {whole_seconds}"
+            ))
+            .await
     }
 
     async fn detect(&mut self, sql: &str, keep: usize) -> Result<Detection, DbError> {
-        let mut detection = Detection::default();
-        let mut rows = self
-            .conn
-            .fetch(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())));
-        while let Some(row) = rows
-            .try_next()
-            .await
-            .map_err(|e| sql_error(&self.url, &e))?
-        {
-            if detection.count == 0 {
-                detection.sample.columns =
-                    row.columns().iter().map(|c| c.name().to_owned()).collect();
-            }
-            if detection.sample.rows.len() < keep.min(Sample::MAX_ROWS) {
-                detection
-                    .sample
-                    .rows
-                    .push((0..row.len()).map(|i| cell(&row, i)).collect());
-            }
-            detection.count += 1;
-        }
-        Ok(detection)
+        self.text.detect(sql, keep).await
     }
 
     async fn execute(&mut self, sql: &str) -> Result<u64, DbError> {
-        self.conn
-            .execute(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())))
-            .await
-            .map(|done| done.rows_affected())
-            .map_err(|e| sql_error(&self.url, &e))
+        self.text.execute(sql).await
     }
 
     async fn prepare(&mut self, sql: &str) -> Result<(), DbError> {
-        (&mut self.conn)
-            .prepare(AssertSqlSafe(sql.to_owned()).into_sql_str())
-            .await
-            .map(|_| ())
-            .map_err(|e| sql_error(&self.url, &e))
+        self.text.prepare(sql).await
     }
 
     async fn close(self) {
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.conn.close()).await;
+        self.text.close().await;
     }
 
     async fn abort(self) {
-        // Dropping closes the socket at once; `close_hard` can wait on a TLS
-        // shutdown after an error, which is the last thing an abort should do.
-        drop(self.conn);
+        self.text.abort();
     }
 }

@@ -6,35 +6,52 @@
 //! rules. Both use the same key, so the two kinds exclude each other.
 //! Timeouts: `statement_timeout` (and `idle_in_transaction_session_timeout`,
 //! so a stalled dbjanitor cannot hold row locks) with `SET LOCAL` inside the
-//! transaction.
+//! transaction; on PostgreSQL 14+ also `client_connection_check_interval`, so
+//! a killed dbjanitor is noticed mid-statement and its locks freed.
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use futures_util::TryStreamExt;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgValueFormat};
-use sqlx::{AssertSqlSafe, Column, Connection, Executor, Row, SqlSafeStr, ValueRef};
-
-use super::{
-    CLOSE_TIMEOUT, ConnectSettings, DatabaseConfig, DbError, Detection, Session, connect_error,
-    millis, postgres_lock_key, sample, sql_error,
+use sqlx::postgres::{
+    PgConnectOptions, PgConnection, PgQueryResult, PgRow, PgValueFormat, Postgres,
 };
-use crate::outcome::Sample;
-use crate::secret::SecretUrl;
+use sqlx::{Connection, Row, ValueRef};
+
+use super::text::{TextConn, TextDatabase};
+use super::{
+    ConnectSettings, DatabaseConfig, DbError, Detection, Session, connect_error, millis,
+    postgres_lock_key, sample,
+};
 
 /// How often a waiting lock is retried.
 const LOCK_POLL: Duration = Duration::from_millis(100);
 
+/// First version with `client_connection_check_interval`.
+const PG_CONNECTION_CHECK: u32 = 140_000;
+
+impl TextDatabase for Postgres {
+    fn cell(row: &PgRow, index: usize) -> Option<String> {
+        let value = row.try_get_raw(index).ok()?;
+        if value.is_null() {
+            return None;
+        }
+        match value.format() {
+            PgValueFormat::Text => value.as_str().ok().map(sample::clip),
+            PgValueFormat::Binary => value.as_bytes().ok().map(sample::bytes),
+        }
+    }
+
+    fn rows_affected(result: &PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
+
 /// One pinned PostgreSQL connection.
 pub struct PgSession {
-    conn: PgConnection,
-    url: SecretUrl,
+    text: TextConn<Postgres>,
     /// `server_version_num`, e.g. 150019.
     version: u32,
 }
-
-/// First version with `client_connection_check_interval`.
-const PG_CONNECTION_CHECK: u32 = 140_000;
 
 impl PgSession {
     /// Connects with the URL of `db`; the error text never holds the password.
@@ -46,43 +63,23 @@ impl PgSession {
             .await
             .map_err(|_| DbError::Connect(format!("timed out after {:?}", settings.timeout)))?
             .map_err(|e| connect_error(&db.url, &e))?;
-        let mut session = Self {
+        let mut text = TextConn {
             conn,
             url: db.url.clone(),
-            version: 0,
         };
-        let row = session
-            .conn
-            .fetch_one(sqlx::raw_sql("SHOW server_version_num"))
-            .await
-            .map_err(|e| sql_error(&session.url, &e))?;
-        session.version = text_cell(&row, 0).and_then(|v| v.parse().ok()).unwrap_or(0);
-        Ok(session)
-    }
-
-    async fn run(&mut self, sql: &str) -> Result<(), DbError> {
-        self.conn
-            .execute(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())))
-            .await
-            .map(|_| ())
-            .map_err(|e| sql_error(&self.url, &e))
-    }
-
-    async fn query_bool(&mut self, sql: String) -> Result<bool, DbError> {
-        let row = self
-            .conn
-            .fetch_one(sqlx::raw_sql(AssertSqlSafe(sql)))
-            .await
-            .map_err(|e| sql_error(&self.url, &e))?;
-        let text = text_cell(&row, 0).unwrap_or_default();
-        Ok(text == "t")
+        let version = text
+            .fetch_text("SHOW server_version_num")
+            .await?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Ok(Self { text, version })
     }
 
     /// Retries `try_sql` until it returns true or `wait` has passed.
-    async fn try_lock(&mut self, try_sql: String, wait: Duration) -> Result<bool, DbError> {
+    async fn try_lock(&mut self, try_sql: &str, wait: Duration) -> Result<bool, DbError> {
         let deadline = Instant::now() + wait;
         loop {
-            if self.query_bool(try_sql.clone()).await? {
+            if self.text.fetch_text(try_sql).await?.as_deref() == Some("t") {
                 return Ok(true);
             }
             if Instant::now() + LOCK_POLL > deadline {
@@ -93,58 +90,49 @@ impl PgSession {
     }
 }
 
-fn text_cell(row: &sqlx::postgres::PgRow, i: usize) -> Option<String> {
-    let value = row.try_get_raw(i).ok()?;
-    if value.is_null() {
-        return None;
-    }
-    match value.format() {
-        PgValueFormat::Text => value.as_str().ok().map(sample::clip),
-        PgValueFormat::Binary => value.as_bytes().ok().map(sample::bytes),
-    }
-}
-
 impl Session for PgSession {
     async fn begin_locked(&mut self, lock_name: &str, wait: Duration) -> Result<bool, DbError> {
-        self.run("BEGIN").await?;
+        self.text.run("BEGIN").await?;
         let key = postgres_lock_key(lock_name);
         let locked = self
-            .try_lock(format!("SELECT pg_try_advisory_xact_lock({key})"), wait)
+            .try_lock(&format!("SELECT pg_try_advisory_xact_lock({key})"), wait)
             .await?;
         if !locked {
-            self.run("ROLLBACK").await?;
+            self.text.run("ROLLBACK").await?;
         }
         Ok(locked)
     }
 
     async fn finish_locked(&mut self, commit: bool, _lock_name: &str) -> Result<(), DbError> {
         // The transaction-level lock ends with the transaction.
-        self.run(if commit { "COMMIT" } else { "ROLLBACK" }).await
+        self.text
+            .run(if commit { "COMMIT" } else { "ROLLBACK" })
+            .await
     }
 
     async fn lock_session(&mut self, lock_name: &str, wait: Duration) -> Result<bool, DbError> {
         let key = postgres_lock_key(lock_name);
-        self.try_lock(format!("SELECT pg_try_advisory_lock({key})"), wait)
+        self.try_lock(&format!("SELECT pg_try_advisory_lock({key})"), wait)
             .await
     }
 
     async fn unlock_session(&mut self, lock_name: &str) -> Result<(), DbError> {
         let key = postgres_lock_key(lock_name);
-        self.query_bool(format!("SELECT pg_advisory_unlock({key})"))
+        self.text
+            .run(&format!("SELECT pg_advisory_unlock({key})"))
             .await
-            .map(|_| ())
     }
 
     async fn begin(&mut self) -> Result<(), DbError> {
-        self.run("BEGIN").await
+        self.text.run("BEGIN").await
     }
 
     async fn commit(&mut self) -> Result<(), DbError> {
-        self.run("COMMIT").await
+        self.text.run("COMMIT").await
     }
 
     async fn rollback(&mut self) -> Result<(), DbError> {
-        self.run("ROLLBACK").await
+        self.text.run("ROLLBACK").await
     }
 
     async fn set_statement_timeout(
@@ -160,63 +148,30 @@ impl Session for PgSession {
             "{scope} statement_timeout = {ms}; {scope} idle_in_transaction_session_timeout = {idle}"
         );
         if self.version >= PG_CONNECTION_CHECK {
-            // A killed dbjanitor is noticed within a second even mid-statement, so its
-            // locks do not outlive it until the statement ends.
             sql.push_str(&format!(
                 "; {scope} client_connection_check_interval = 1000"
             ));
         }
-        self.run(&sql).await
+        self.text.run(&sql).await
     }
 
     async fn detect(&mut self, sql: &str, keep: usize) -> Result<Detection, DbError> {
-        let mut detection = Detection::default();
-        let mut rows = self
-            .conn
-            .fetch(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())));
-        while let Some(row) = rows
-            .try_next()
-            .await
-            .map_err(|e| sql_error(&self.url, &e))?
-        {
-            if detection.count == 0 {
-                detection.sample.columns =
-                    row.columns().iter().map(|c| c.name().to_owned()).collect();
-            }
-            if detection.sample.rows.len() < keep.min(Sample::MAX_ROWS) {
-                detection
-                    .sample
-                    .rows
-                    .push((0..row.len()).map(|i| text_cell(&row, i)).collect());
-            }
-            detection.count += 1;
-        }
-        Ok(detection)
+        self.text.detect(sql, keep).await
     }
 
     async fn execute(&mut self, sql: &str) -> Result<u64, DbError> {
-        self.conn
-            .execute(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())))
-            .await
-            .map(|done| done.rows_affected())
-            .map_err(|e| sql_error(&self.url, &e))
+        self.text.execute(sql).await
     }
 
     async fn prepare(&mut self, sql: &str) -> Result<(), DbError> {
-        (&mut self.conn)
-            .prepare(AssertSqlSafe(sql.to_owned()).into_sql_str())
-            .await
-            .map(|_| ())
-            .map_err(|e| sql_error(&self.url, &e))
+        self.text.prepare(sql).await
     }
 
     async fn close(self) {
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.conn.close()).await;
+        self.text.close().await;
     }
 
     async fn abort(self) {
-        // Dropping closes the socket at once; `close_hard` can wait on a TLS
-        // shutdown after an error, which is the last thing an abort should do.
-        drop(self.conn);
+        self.text.abort();
     }
 }

@@ -11,27 +11,48 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use futures_util::TryStreamExt;
-use sqlx::sqlite::{Sqlite, SqliteConnectOptions, SqliteConnection, SqliteRow};
-use sqlx::{
-    AssertSqlSafe, Column, Connection, Decode, Executor, Row, SqlSafeStr, TypeInfo, ValueRef,
-};
+use sqlx::sqlite::{Sqlite, SqliteConnectOptions, SqliteConnection, SqliteQueryResult, SqliteRow};
+use sqlx::{Connection, Decode, Executor, Row, TypeInfo, ValueRef};
 
+use super::text::{TextConn, TextDatabase};
 use super::{
-    CLOSE_TIMEOUT, ConnectSettings, DatabaseConfig, DbError, Detection, Session, connect_error,
-    sample, sql_error,
+    ConnectSettings, DatabaseConfig, DbError, Detection, Session, connect_error, sample, sql_error,
 };
-use crate::outcome::Sample;
-use crate::secret::SecretUrl;
-
-/// One SQLite connection.
-pub struct SqliteSession {
-    conn: SqliteConnection,
-    url: SecretUrl,
-}
 
 /// SQLite's primary result code for "database is locked".
 const SQLITE_BUSY: i64 = 5;
+
+impl TextDatabase for Sqlite {
+    fn cell(row: &SqliteRow, index: usize) -> Option<String> {
+        let value = row.try_get_raw(index).ok()?;
+        if value.is_null() {
+            return None;
+        }
+        match value.type_info().name() {
+            "INTEGER" => <i64 as Decode<Sqlite>>::decode(value)
+                .ok()
+                .map(|v| v.to_string()),
+            "REAL" => <f64 as Decode<Sqlite>>::decode(value)
+                .ok()
+                .map(|v| v.to_string()),
+            "BLOB" => <&[u8] as Decode<Sqlite>>::decode(value)
+                .ok()
+                .map(sample::bytes),
+            _ => <&str as Decode<Sqlite>>::decode(value)
+                .ok()
+                .map(sample::clip),
+        }
+    }
+
+    fn rows_affected(result: &SqliteQueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
+
+/// One SQLite connection.
+pub struct SqliteSession {
+    text: TextConn<Sqlite>,
+}
 
 impl SqliteSession {
     /// Opens the database file of `db`; a missing file is an error, never created.
@@ -44,17 +65,11 @@ impl SqliteSession {
             .map_err(|_| DbError::Connect(format!("timed out after {:?}", settings.timeout)))?
             .map_err(|e| connect_error(&db.url, &e))?;
         Ok(Self {
-            conn,
-            url: db.url.clone(),
+            text: TextConn {
+                conn,
+                url: db.url.clone(),
+            },
         })
-    }
-
-    async fn run(&mut self, sql: &str) -> Result<(), DbError> {
-        self.conn
-            .execute(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())))
-            .await
-            .map(|_| ())
-            .map_err(|e| sql_error(&self.url, &e))
     }
 }
 
@@ -65,38 +80,24 @@ fn is_busy(err: &sqlx::Error) -> bool {
         .is_some_and(|code| code & 0xff == SQLITE_BUSY)
 }
 
-fn cell(row: &SqliteRow, i: usize) -> Option<String> {
-    let value = row.try_get_raw(i).ok()?;
-    if value.is_null() {
-        return None;
-    }
-    match value.type_info().name() {
-        "INTEGER" => <i64 as Decode<Sqlite>>::decode(value)
-            .ok()
-            .map(|v| v.to_string()),
-        "REAL" => <f64 as Decode<Sqlite>>::decode(value)
-            .ok()
-            .map(|v| v.to_string()),
-        "BLOB" => <&[u8] as Decode<Sqlite>>::decode(value)
-            .ok()
-            .map(sample::bytes),
-        _ => <&str as Decode<Sqlite>>::decode(value)
-            .ok()
-            .map(sample::clip),
-    }
-}
-
 impl Session for SqliteSession {
     async fn begin_locked(&mut self, _lock_name: &str, _wait: Duration) -> Result<bool, DbError> {
-        match self.conn.execute(sqlx::raw_sql("BEGIN IMMEDIATE")).await {
+        match self
+            .text
+            .conn
+            .execute(sqlx::raw_sql("BEGIN IMMEDIATE"))
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) if is_busy(&e) => Ok(false),
-            Err(e) => Err(sql_error(&self.url, &e)),
+            Err(e) => Err(sql_error(&self.text.url, &e)),
         }
     }
 
     async fn finish_locked(&mut self, commit: bool, _lock_name: &str) -> Result<(), DbError> {
-        self.run(if commit { "COMMIT" } else { "ROLLBACK" }).await
+        self.text
+            .run(if commit { "COMMIT" } else { "ROLLBACK" })
+            .await
     }
 
     async fn lock_session(&mut self, _lock_name: &str, _wait: Duration) -> Result<bool, DbError> {
@@ -108,15 +109,15 @@ impl Session for SqliteSession {
     }
 
     async fn begin(&mut self) -> Result<(), DbError> {
-        self.run("BEGIN IMMEDIATE").await
+        self.text.run("BEGIN IMMEDIATE").await
     }
 
     async fn commit(&mut self) -> Result<(), DbError> {
-        self.run("COMMIT").await
+        self.text.run("COMMIT").await
     }
 
     async fn rollback(&mut self) -> Result<(), DbError> {
-        self.run("ROLLBACK").await
+        self.text.run("ROLLBACK").await
     }
 
     async fn set_statement_timeout(
@@ -128,53 +129,22 @@ impl Session for SqliteSession {
     }
 
     async fn detect(&mut self, sql: &str, keep: usize) -> Result<Detection, DbError> {
-        let mut detection = Detection::default();
-        let mut rows = self
-            .conn
-            .fetch(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())));
-        while let Some(row) = rows
-            .try_next()
-            .await
-            .map_err(|e| sql_error(&self.url, &e))?
-        {
-            if detection.count == 0 {
-                detection.sample.columns =
-                    row.columns().iter().map(|c| c.name().to_owned()).collect();
-            }
-            if detection.sample.rows.len() < keep.min(Sample::MAX_ROWS) {
-                detection
-                    .sample
-                    .rows
-                    .push((0..row.len()).map(|i| cell(&row, i)).collect());
-            }
-            detection.count += 1;
-        }
-        Ok(detection)
+        self.text.detect(sql, keep).await
     }
 
     async fn execute(&mut self, sql: &str) -> Result<u64, DbError> {
-        self.conn
-            .execute(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())))
-            .await
-            .map(|done| done.rows_affected())
-            .map_err(|e| sql_error(&self.url, &e))
+        self.text.execute(sql).await
     }
 
     async fn prepare(&mut self, sql: &str) -> Result<(), DbError> {
-        (&mut self.conn)
-            .prepare(AssertSqlSafe(sql.to_owned()).into_sql_str())
-            .await
-            .map(|_| ())
-            .map_err(|e| sql_error(&self.url, &e))
+        self.text.prepare(sql).await
     }
 
     async fn close(self) {
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.conn.close()).await;
+        self.text.close().await;
     }
 
     async fn abort(self) {
-        // Dropping closes the socket at once; `close_hard` can wait on a TLS
-        // shutdown after an error, which is the last thing an abort should do.
-        drop(self.conn);
+        self.text.abort();
     }
 }

@@ -19,6 +19,8 @@ mod config_errors;
 mod engine;
 /// Webhook and email notifications against real HTTP and SMTP servers on loopback.
 mod notify;
+/// The README's first rule, taken from README.md, on PostgreSQL and MariaDB.
+mod readme;
 /// Every rule of the pack on every engine it claims, against faithful fixtures.
 mod rulepack;
 /// No password in logs, reports or errors.

@@ -1,0 +1,108 @@
+//! What every backend shares: rule SQL is sent as text (PostgreSQL simple
+//! query protocol, MySQL `COM_QUERY`, SQLite's own), so it means what it means
+//! in `psql` or `mariadb`, and its values come back in a form that renders as
+//! text whatever the column type. Each backend says only how to render one
+//! cell and how to read rows affected ([`TextDatabase`]).
+
+use futures_util::TryStreamExt;
+use sqlx::{AssertSqlSafe, Column, Connection, Database, Executor, Row, SqlSafeStr};
+
+use super::{CLOSE_TIMEOUT, DbError, Detection, sql_error};
+use crate::outcome::Sample;
+use crate::secret::SecretUrl;
+
+/// The per-dialect pieces of [`TextConn`].
+pub(crate) trait TextDatabase: Database {
+    /// One cell of a row as text (`None` for NULL).
+    fn cell(row: &Self::Row, index: usize) -> Option<String>;
+
+    /// Rows affected by a finished statement.
+    fn rows_affected(result: &Self::QueryResult) -> u64;
+}
+
+/// One pinned connection and the URL whose secrets its errors must not show.
+pub(crate) struct TextConn<DB: Database> {
+    pub(crate) conn: DB::Connection,
+    pub(crate) url: SecretUrl,
+}
+
+impl<DB> TextConn<DB>
+where
+    DB: TextDatabase,
+    for<'e> &'e mut DB::Connection: Executor<'e, Database = DB>,
+{
+    /// Runs statements for their effect.
+    pub(crate) async fn run(&mut self, sql: &str) -> Result<(), DbError> {
+        self.execute(sql).await.map(|_| ())
+    }
+
+    /// The first row of a query.
+    pub(crate) async fn fetch_one(&mut self, sql: &str) -> Result<DB::Row, DbError> {
+        self.conn
+            .fetch_one(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())))
+            .await
+            .map_err(|e| sql_error(&self.url, &e))
+    }
+
+    /// The first cell of the first row, as text.
+    pub(crate) async fn fetch_text(&mut self, sql: &str) -> Result<Option<String>, DbError> {
+        self.fetch_one(sql).await.map(|row| DB::cell(&row, 0))
+    }
+
+    /// Counts a query's rows as they stream past, keeping `keep` of them.
+    pub(crate) async fn detect(&mut self, sql: &str, keep: usize) -> Result<Detection, DbError> {
+        let keep = keep.min(Sample::MAX_ROWS);
+        let mut detection = Detection::default();
+        let mut rows = self
+            .conn
+            .fetch(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())));
+        while let Some(row) = rows
+            .try_next()
+            .await
+            .map_err(|e| sql_error(&self.url, &e))?
+        {
+            if detection.count == 0 {
+                detection.sample.columns =
+                    row.columns().iter().map(|c| c.name().to_owned()).collect();
+            }
+            if detection.sample.rows.len() < keep {
+                detection
+                    .sample
+                    .rows
+                    .push((0..row.len()).map(|i| DB::cell(&row, i)).collect());
+            }
+            detection.count += 1;
+        }
+        Ok(detection)
+    }
+
+    /// Runs one statement and returns its rows affected.
+    pub(crate) async fn execute(&mut self, sql: &str) -> Result<u64, DbError> {
+        self.conn
+            .execute(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())))
+            .await
+            .map(|done| DB::rows_affected(&done))
+            .map_err(|e| sql_error(&self.url, &e))
+    }
+
+    /// Parses and plans a statement on the server without running it.
+    pub(crate) async fn prepare(&mut self, sql: &str) -> Result<(), DbError> {
+        (&mut self.conn)
+            .prepare(AssertSqlSafe(sql.to_owned()).into_sql_str())
+            .await
+            .map(|_| ())
+            .map_err(|e| sql_error(&self.url, &e))
+    }
+
+    /// Closes politely, within [`CLOSE_TIMEOUT`].
+    pub(crate) async fn close(self) {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.conn.close()).await;
+    }
+
+    /// Drops the connection: the socket closes at once and the server rolls
+    /// back and releases the connection's locks. (`close_hard` can wait on a
+    /// TLS shutdown after an error, the last thing an abort should do.)
+    pub(crate) fn abort(self) {
+        drop(self.conn);
+    }
+}
