@@ -14,19 +14,28 @@
 //!    guard → fix → verify → commit) over one of the backends in [`db`].
 //! 5. [`outcome`] is what a run produced; [`report`] renders it for people and
 //!    machines; [`exit`] maps it to the process exit status.
+//! 6. [`audit`] records every run in the audit table (with its own schema
+//!    migrations) and is the [`history`] that `run --due` ([`due`]) and
+//!    notifications read; [`metrics`] exposes runs to Prometheus.
+//! 7. [`daemon`] runs every rule on its own schedule in-process and serves
+//!    `/healthz` and `/metrics`; [`logging`] writes logs to stderr and files.
 //!
 //! The binary (`src/main.rs`) only parses arguments and hands off to [`app`].
 
 pub mod app;
+pub mod audit;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod db;
 pub mod demo;
+pub mod due;
 pub mod engine;
 pub mod exit;
 pub mod history;
 pub mod logging;
+pub mod metrics;
 pub mod outcome;
 pub mod plan;
 pub mod report;
