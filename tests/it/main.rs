@@ -6,7 +6,12 @@
 //! real `dbjanitor` binary and assert on the data left in the database, the
 //! exit status and the report.
 
+#[macro_use]
 mod util;
+
+/// The audit table: migrations on every engine, a newer schema refused, one
+/// row per run, retention, `run --due` after an outage, `--metrics-file`, `--log-dir`.
+mod audit;
 
 /// Exit statuses, `check`, `list`, `demo`, usage errors.
 mod cli;
@@ -14,6 +19,9 @@ mod cli;
 mod concurrency;
 /// Configuration and rule errors: file:line:column, exit 2, nothing changed.
 mod config_errors;
+/// The daemon: a rule every second with audit rows as proof, SIGTERM during
+/// a slow fix, /healthz, /livez and /metrics parsed by a Prometheus parser.
+mod daemon;
 /// Every outcome on every engine, with the rows checked afterwards.
 mod engine;
 /// Every rule of the pack on every engine it claims, against faithful fixtures.
