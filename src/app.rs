@@ -270,22 +270,21 @@ async fn write_metrics_file(
     let mut pairs: BTreeMap<PairLabels, PairState> = BTreeMap::new();
     if let Some(store) = audit {
         let all = Plan::select(config, &Selection::default()).unwrap_or_default();
-        for target in &all.targets {
-            let last = store
-                .last_run(&target.rule.name, &target.database.name)
-                .await;
-            match last {
-                Ok(Some(last)) => {
-                    pairs.insert(
-                        PairLabels::of(&target.rule.name, &target.database.name),
-                        last,
-                    );
+        let keys: Vec<(String, String)> = all
+            .targets
+            .iter()
+            .map(|t| (t.rule.name.clone(), t.database.name.clone()))
+            .collect();
+        match store.last_runs(&keys).await {
+            Ok(lasts) => {
+                for ((rule, database), last) in keys.iter().zip(lasts) {
+                    if let Some(last) = last {
+                        pairs.insert(PairLabels::of(rule, database), last);
+                    }
                 }
-                Ok(None) => {}
-                Err(e) => {
-                    warn!(error = %e, "metrics file: the audit table is not readable; only this run's rules are written");
-                    break;
-                }
+            }
+            Err(e) => {
+                warn!(error = %e, "metrics file: the audit table is not readable; only this run's rules are written");
             }
         }
     }

@@ -471,23 +471,25 @@ impl AuditStore {
         rule: &str,
         database: &str,
     ) -> Result<Option<LastRun>, AuditError> {
-        self.migrate().await?;
-        let mut conn = Conn::open(&self.database).await?;
-        let result = tokio::time::timeout(TIMEOUT, last_run(&mut conn, rule, database)).await;
-        finish(conn, result).await
+        let pair = [(rule.to_owned(), database.to_owned())];
+        Ok(self.last_runs(&pair).await?.pop().flatten())
     }
 
-    /// When a notification was last sent for the pair.
-    async fn last_notified(
+    /// [`AuditStore::last_run`] for many pairs, on one connection (a
+    /// `--metrics-file` run reads every pair of the config).
+    pub async fn last_runs(
         &self,
-        rule: &str,
-        database: &str,
-    ) -> Result<Option<DateTime<Utc>>, AuditError> {
+        pairs: &[(String, String)],
+    ) -> Result<Vec<Option<LastRun>>, AuditError> {
+        self.migrate().await?;
         let mut conn = Conn::open(&self.database).await?;
-        let result = tokio::time::timeout(
-            TIMEOUT,
-            max_started(&mut conn, NOTIFIED_POSTGRES, NOTIFIED_OTHER, rule, database),
-        )
+        let result = tokio::time::timeout(TIMEOUT, async {
+            let mut out = Vec::with_capacity(pairs.len());
+            for (rule, database) in pairs {
+                out.push(last_run(&mut conn, rule, database).await?);
+            }
+            Ok(out)
+        })
         .await;
         finish(conn, result).await
     }
@@ -596,15 +598,22 @@ impl History for AuditStore {
         rule: &str,
         database: &str,
     ) -> Result<Option<LastState>, HistoryError> {
-        let Some(last) = self.last_run(rule, database).await? else {
-            return Ok(None);
-        };
-        let last_notified_at = self.last_notified(rule, database).await?;
-        Ok(Some(LastState {
-            outcome: last.outcome,
-            started_at: last.started_at,
-            last_notified_at,
-        }))
+        self.migrate().await?;
+        let mut conn = Conn::open(&self.database).await?;
+        let result = tokio::time::timeout(TIMEOUT, async {
+            let Some(last) = last_run(&mut conn, rule, database).await? else {
+                return Ok(None);
+            };
+            let last_notified_at =
+                max_started(&mut conn, NOTIFIED_POSTGRES, NOTIFIED_OTHER, rule, database).await?;
+            Ok(Some(LastState {
+                outcome: last.outcome,
+                started_at: last.started_at,
+                last_notified_at,
+            }))
+        })
+        .await;
+        Ok(finish(conn, result).await?)
     }
 
     async fn record(&self, records: &[RunRecord], notified: &[bool]) -> Result<(), HistoryError> {
