@@ -219,7 +219,10 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
         jobs: usize::from(args.jobs),
     };
     let records = run_plan(&plan, &options, &cancel).await;
-    // Design §3 step 9: record, then notify.
+    // Design §3 step 9. Notifications decide from the history as it was
+    // *before* these runs (state changes, renotify_after) and say which
+    // records they notified; the audit rows then store that flag. Until the
+    // notifier lands, nothing is notified.
     let notified = vec![false; records.len()];
     let audit_error = audit::record(audit.as_ref(), &records, &notified).await;
     let mut status = exit_status(&records);

@@ -94,7 +94,9 @@ impl Shared {
         let record = run_target(target, &options, &self.cancel).await;
         self.metrics.set_running(&pair, false);
         self.metrics.observe(&record);
-        // Design §3 step 9: record, then notify (the notifier hooks in here).
+        // Design §3 step 9: the notifier hooks in here, deciding from
+        // `self.history` before this run is recorded and returning whether it
+        // notified; the history then stores that flag.
         let notified = [false];
         if let Err(e) = self
             .history

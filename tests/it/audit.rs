@@ -602,3 +602,33 @@ async fn log_dir_gets_every_line_as_json() {
     bad.assert_code(2);
     assert!(bad.stderr.contains("--log-dir"), "{}", bad.stderr);
 }
+
+/// A MySQL migration killed between its DDL and its bookkeeping leaves its
+/// version row dirty: dbjanitor refuses to guess and says what to check.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_mysql_migration_is_refused_with_instructions() {
+    let app = jobs(Engine::MySql).await;
+    let audit = TestDb::new(Engine::MySql).await;
+    store(&audit).migrate().await.expect("schema");
+    audit
+        .exec(&format!(
+            "UPDATE dbjanitor_schema_version SET dirty = TRUE WHERE version = {SCHEMA_VERSION}"
+        ))
+        .await;
+    let out = audited(&app, &audit).rule(STUCK).run(&["run"]);
+    out.assert_code(2);
+    assert!(
+        out.stderr
+            .contains(&format!("audit schema migration {SCHEMA_VERSION}"))
+            && out.stderr.contains("interrupted")
+            && out.stderr.contains("SET dirty = FALSE"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM job WHERE state = 'stuck'")
+            .await,
+        3,
+        "nothing ran"
+    );
+}
