@@ -364,10 +364,12 @@ for label, path in sorted(rendered.items()):
         ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
         if ports.get("metrics") != 9187:
             err("Deployment: container port 9187 must be named metrics")
-        for probe in ("livenessProbe", "readinessProbe"):
+        # readiness follows the databases (/healthz); startup and liveness only
+        # the process (/livez): a restart cannot bring a database back.
+        for probe, path in (("readinessProbe", "/healthz"), ("livenessProbe", "/livez"), ("startupProbe", "/livez")):
             hg = (c.get(probe) or {}).get("httpGet") or {}
-            if hg.get("path") != "/healthz":
-                err("Deployment: %s must GET /healthz" % probe)
+            if hg.get("path") != path:
+                err("Deployment: %s must GET %s" % (probe, path))
         svc = objects.get(("Service", "dbjanitor-metrics"))
         if svc is None:
             err("daemon: no Service dbjanitor-metrics")
@@ -378,7 +380,7 @@ for label, path in sorted(rendered.items()):
             sp = {p.get("name"): p for p in svc["spec"]["ports"]}
             if sp.get("metrics", {}).get("port") != 9187:
                 err("Service dbjanitor-metrics: port 9187 must be named metrics")
-        summary.append("daemon: %d objects %s, %d rule file(s); %d replicas, probes /healthz, Service port 9187"
+        summary.append("daemon: %d objects %s, %d rule file(s); %d replicas, readiness /healthz, liveness /livez, Service port 9187"
                        % (len(docs), kinds, n_rules, w["spec"]["replicas"]))
 
 for line in summary:

@@ -4,22 +4,34 @@
 //! Errors are sorted here into the exit statuses of [`crate::exit`]: anything
 //! wrong with the config or the command line is [`AppError::Usage`] (exit 2,
 //! nothing ran); anything else that stops the command is exit 1.
+//!
+//! The audit table takes part in that sorting (README "Audit history"): a
+//! schema newer than this binary, or a half-applied MySQL migration, stops
+//! `run` and `daemon` before any rule runs (exit 2: a person must act, a
+//! retry cannot help). An audit database that does not answer stops only
+//! `run --due` (exit 1: it cannot tell what is due); a plain `run` runs its
+//! rules all the same, prints the whole report, and exits 1 if the runs could
+//! not be recorded, so the gap in the history is seen.
 
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use std::collections::BTreeMap;
 
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::audit::{self, AuditError, AuditStore, RunHistory};
 use crate::check::{CheckResult, prepare_target};
-use crate::cli::{CheckArgs, Cli, Command, OutputFormat, RunArgs};
+use crate::cli::{CheckArgs, Cli, Command, DaemonArgs, OutputFormat, RunArgs};
 use crate::config::{self, Config};
 use crate::engine::{RunOptions, run_plan};
 use crate::exit;
 use crate::history::MemoryHistory;
+use crate::metrics::{self, PairLabels, PairState};
 use crate::notify;
-use crate::outcome::exit_status;
+use crate::outcome::{RunRecord, exit_status};
 use crate::plan::{Plan, Selection, Target};
 use crate::report;
 
@@ -45,7 +57,14 @@ impl AppError {
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
-    crate::logging::init(cli.log_format);
+    // Kept until this function returns: the log files are flushed when it drops.
+    let _log_guard = match crate::logging::init(cli.log_format, cli.log_dir.as_deref()) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::code(exit::USAGE);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -73,6 +92,7 @@ async fn dispatch(cli: Cli) -> Result<u8, AppError> {
         Command::Run(args) => run(&cli.config, &args).await,
         Command::Check(args) => check(&cli.config, &args).await,
         Command::List => list(&cli.config),
+        Command::Daemon(args) => daemon(&cli.config, &args).await,
         Command::Demo(args) => crate::demo::run(args.path.as_deref()).await,
     }
 }
@@ -98,7 +118,8 @@ pub fn cancel_on_signal(token: &CancellationToken) {
     });
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGINT or SIGTERM (each call waits for a new one).
+pub(crate) async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -135,6 +156,20 @@ fn print_stdout(text: &str) -> Result<(), AppError> {
     }
 }
 
+/// Opens the audit store of `config` and brings its schema up to date before
+/// anything runs. A schema this binary must not touch is a usage error (exit
+/// 2); an unreachable database is returned for the caller to weigh.
+async fn open_audit(config: &Config) -> Result<Option<(AuditStore, Option<AuditError>)>, AppError> {
+    let Some(store) = AuditStore::from_config(config) else {
+        return Ok(None);
+    };
+    match store.migrate().await {
+        Ok(_) => Ok(Some((store, None))),
+        Err(e) if e.needs_operator() => Err(AppError::Usage(format!("error: {e}"))),
+        Err(e) => Ok(Some((store, Some(e)))),
+    }
+}
+
 async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
     let config = load_config(config_path)?;
     let selection = Selection {
@@ -142,8 +177,42 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
         tags: args.tags.clone(),
         database: args.database.clone(),
     };
-    let plan =
+    let mut plan =
         Plan::select(&config, &selection).map_err(|e| AppError::Usage(format!("error: {e}")))?;
+    if args.due && config.audit.is_none() {
+        return Err(AppError::Usage(format!(
+            "error: `run --due` needs the audit history to know when each rule last ran, and {} has no `audit:` section \
+             (add `audit: {{ database: <name> }}`, naming one of its databases); nothing was run",
+            config.path.display()
+        )));
+    }
+    let audit = match open_audit(&config).await? {
+        Some((_, Some(e))) if args.due => {
+            return Err(AppError::Other(anyhow::Error::new(e).context(
+                "`run --due` cannot tell which rules are due without the audit database; nothing was run",
+            )));
+        }
+        Some((store, Some(e))) => {
+            warn!(error = %e, "the audit database is not usable; the rules run anyway and recording is retried after them");
+            Some(store)
+        }
+        Some((store, None)) => Some(store),
+        None => None,
+    };
+    if args.due
+        && let Some(store) = &audit
+    {
+        let all = plan.targets.len();
+        plan.targets = crate::due::filter(plan.targets, store, chrono::Utc::now())
+            .await
+            .map_err(|e| {
+                AppError::Other(
+                    anyhow::Error::new(e)
+                        .context("`run --due` cannot read the last runs; nothing was run"),
+                )
+            })?;
+        info!(due = plan.targets.len(), of = all, "rules due now");
+    }
     let cancel = CancellationToken::new();
     cancel_on_signal(&cancel);
     let options = RunOptions {
@@ -151,22 +220,108 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
         jobs: usize::from(args.jobs),
     };
     let mut records = run_plan(&plan, &options, &cancel).await;
-    // After run_plan every transaction is committed or rolled back: delivery
-    // cannot change what was fixed, and its failures only land in the report.
-    // One-shot runs keep no history yet (the audit table will supply one).
-    notify::deliver(&config, &mut records, None::<&MemoryHistory>).await;
+    // Design §3 step 9. After run_plan every transaction is committed or
+    // rolled back: delivery cannot change what was fixed, and its failures
+    // only land in the report. Notifications decide from the history as it
+    // was *before* these runs (state changes, renotify_after) and say which
+    // records they notified; the audit rows then store that flag.
+    let notified = notify::deliver(&config, &mut records, audit.as_ref()).await;
+    let audit_error = audit::record(audit.as_ref(), &records, &notified).await;
+    let mut status = exit_status(&records);
+    if audit_error.is_some() {
+        status = exit::RULE_FAILED;
+    }
+    if let Some(path) = &args.metrics_file
+        && let Err(e) = write_metrics_file(path, &config, audit.as_ref(), &records, status).await
+    {
+        tracing::error!(error = %format!("{e:#}"), "the metrics file was not written");
+        status = exit::RULE_FAILED;
+    }
     let rendered = match args.output {
-        OutputFormat::Text => report::text(&records, args.dry_run),
+        OutputFormat::Text => {
+            let mut text = report::text(&records, args.dry_run);
+            if let Some(e) = &audit_error {
+                text.push_str(&format!("audit: not recorded: {e}\n"));
+            }
+            text
+        }
         OutputFormat::Json => {
-            let mut json = report::json(&records, args.dry_run).map_err(|e| {
-                AppError::Other(anyhow::Error::new(e).context("cannot render the JSON report"))
-            })?;
+            let mut json =
+                report::json_with(&records, args.dry_run, status, audit_error.as_deref()).map_err(
+                    |e| {
+                        AppError::Other(
+                            anyhow::Error::new(e).context("cannot render the JSON report"),
+                        )
+                    },
+                )?;
             json.push('\n');
             json
         }
     };
     print_stdout(&rendered)?;
-    Ok(exit_status(&records))
+    Ok(status)
+}
+
+/// `--metrics-file`: this run's pairs, plus, when the audit table is
+/// available, the last recorded run of every other enabled pair, so that a
+/// `--due` run that ran nothing does not make the other rules' series vanish.
+async fn write_metrics_file(
+    path: &Path,
+    config: &Config,
+    audit: Option<&AuditStore>,
+    records: &[RunRecord],
+    status: u8,
+) -> anyhow::Result<()> {
+    let mut pairs: BTreeMap<PairLabels, PairState> = BTreeMap::new();
+    if let Some(store) = audit {
+        let all = Plan::select(config, &Selection::default()).unwrap_or_default();
+        let keys: Vec<(String, String)> = all
+            .targets
+            .iter()
+            .map(|t| (t.rule.name.clone(), t.database.name.clone()))
+            .collect();
+        match store.last_runs(&keys).await {
+            Ok(lasts) => {
+                for ((rule, database), last) in keys.iter().zip(lasts) {
+                    if let Some(last) = last {
+                        pairs.insert(PairLabels::of(rule, database), last);
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "metrics file: the audit table is not readable; only this run's rules are written");
+            }
+        }
+    }
+    for record in records {
+        let key = PairLabels::of(&record.rule, &record.database);
+        let mut state = PairState::from(record);
+        if state.last_success_at.is_none() {
+            state.last_success_at = pairs.get(&key).and_then(|p| p.last_success_at);
+        }
+        pairs.insert(key, state);
+    }
+    let text = metrics::textfile(&pairs, records.len(), status, chrono::Utc::now());
+    let target = path.to_path_buf();
+    tokio::task::spawn_blocking(move || metrics::write_atomically(&target, &text))
+        .await
+        .map_err(anyhow::Error::new)?
+        .map_err(|e| anyhow::Error::new(e).context(format!("cannot write {}", path.display())))
+}
+
+async fn daemon(config_path: &Path, args: &DaemonArgs) -> Result<u8, AppError> {
+    let config = load_config(config_path)?;
+    let history = match open_audit(&config).await? {
+        Some((store, problem)) => {
+            if let Some(e) = problem {
+                warn!(error = %e, "the audit database is not usable yet; runs are recorded once it is");
+            }
+            RunHistory::Audit(store)
+        }
+        None => RunHistory::Memory(MemoryHistory::default()),
+    };
+    crate::daemon::run(&config, history, args.listen).await?;
+    Ok(exit::SUCCESS)
 }
 
 async fn check(config_path: &Path, args: &CheckArgs) -> Result<u8, AppError> {

@@ -25,6 +25,10 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Also write logs to daily rolling files in this folder (`dbjanitor.log.YYYY-MM-DD`).
+    #[arg(long, global = true, value_name = "DIR", env = "DBJANITOR_LOG_DIR")]
+    pub log_dir: Option<PathBuf>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -39,6 +43,8 @@ pub enum Command {
     Check(CheckArgs),
     /// List rules, databases, schedules and next runs.
     List,
+    /// Run every enabled rule on its own schedule until SIGTERM/SIGINT; serve /healthz and /metrics.
+    Daemon(DaemonArgs),
     /// Run the whole job on an embedded SQLite database with two seeded incidents.
     Demo(DemoArgs),
 }
@@ -68,6 +74,23 @@ pub struct RunArgs {
     /// Report format on stdout.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+
+    /// Only the rules whose schedule ticked since their last run recorded in the
+    /// audit database (each at most once); for a timer or CronJob firing every minute.
+    #[arg(long)]
+    pub due: bool,
+
+    /// Write Prometheus metrics of this run to PATH (textfile-collector format, atomically).
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+}
+
+/// `dbjanitor daemon`.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Serve /healthz, /livez and /metrics on this address (e.g. 127.0.0.1:9187).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `dbjanitor check`.

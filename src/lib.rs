@@ -16,19 +16,28 @@
 //!    machines; [`exit`] maps it to the process exit status.
 //! 6. [`notify`] tells people about it afterwards (webhook, email; one digest
 //!    per notifier; quiet repeats where [`history`] remembers past runs).
+//! 7. [`audit`] records every run in the audit table (with its own schema
+//!    migrations) and is the [`history`] that `run --due` ([`due`]) and
+//!    notifications read; [`metrics`] exposes runs to Prometheus.
+//! 8. [`daemon`] runs every rule on its own schedule in-process and serves
+//!    `/healthz` and `/metrics`; [`logging`] writes logs to stderr and files.
 //!
 //! The binary (`src/main.rs`) only parses arguments and hands off to [`app`].
 
 pub mod app;
+pub mod audit;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod db;
 pub mod demo;
+pub mod due;
 pub mod engine;
 pub mod exit;
 pub mod history;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod outcome;
 pub mod plan;

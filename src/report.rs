@@ -21,15 +21,30 @@ pub struct JsonReport<'a> {
     pub rules: &'a [RunRecord],
     /// The process exit status.
     pub exit_code: u8,
+    /// Why the runs could not be recorded in the audit table (they ran all the same).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_error: Option<&'a str>,
 }
 
 /// Renders the JSON report (pretty-printed, one document).
 pub fn json(records: &[RunRecord], dry_run: bool) -> Result<String, serde_json::Error> {
+    json_with(records, dry_run, exit_status(records), None)
+}
+
+/// Renders the JSON report with the exit status the process will return and
+/// the audit failure, if any (an audit failure raises the status to 1).
+pub fn json_with(
+    records: &[RunRecord],
+    dry_run: bool,
+    exit_code: u8,
+    audit_error: Option<&str>,
+) -> Result<String, serde_json::Error> {
     serde_json::to_string_pretty(&JsonReport {
         version: 1,
         dry_run,
         rules: records,
-        exit_code: exit_status(records),
+        exit_code,
+        audit_error,
     })
 }
 

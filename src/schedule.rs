@@ -242,4 +242,134 @@ mod tests {
             "2026-01-01T00:10:00+00:00"
         );
     }
+
+    /// The next `n` ticks after `from`, in UTC, as the daemon's loop would fire them.
+    fn ticks(schedule: &str, tz: Tz, from: &str, n: usize) -> Vec<String> {
+        let s = Schedule::parse(schedule).unwrap_or_else(|e| panic!("{e}"));
+        let mut at = utc(from);
+        (0..n)
+            .map(|_| {
+                at = s
+                    .next_after(at, tz)
+                    .unwrap_or_else(|| panic!("no tick after {at}"));
+                at.format("%m-%dT%H:%M").to_string()
+            })
+            .collect()
+    }
+
+    /// Both transitions, in both hemispheres: a daily job at a wall-clock
+    /// time that does not exist runs once, at the first instant after the gap;
+    /// one that happens twice runs once, at its first occurrence; an hourly or
+    /// every-30-minutes job keeps its real-time cadence (every real hour runs,
+    /// the skipped hour does not exist, the repeated hour runs twice).
+    #[test]
+    fn daylight_saving_in_several_timezones() {
+        use chrono_tz::{America, Australia, Europe};
+        let cases: [(&str, Tz, &str, [&str; 3]); 8] = [
+            // Berlin, spring forward 2026-03-29 02:00 CET -> 03:00 CEST.
+            (
+                "30 2 * * *",
+                Europe::Berlin,
+                "2026-03-28T12:00:00Z",
+                ["03-29T01:00", "03-30T00:30", "03-31T00:30"],
+            ),
+            // Berlin, fall back 2026-10-25 03:00 CEST -> 02:00 CET.
+            (
+                "30 2 * * *",
+                Europe::Berlin,
+                "2026-10-24T12:00:00Z",
+                ["10-25T00:30", "10-26T01:30", "10-27T01:30"],
+            ),
+            (
+                "0 * * * *",
+                Europe::Berlin,
+                "2026-10-24T23:30:00Z",
+                ["10-25T00:00", "10-25T01:00", "10-25T02:00"],
+            ),
+            // New York, spring forward 2026-03-08 02:00 EST -> 03:00 EDT.
+            (
+                "30 2 * * *",
+                America::New_York,
+                "2026-03-07T12:00:00Z",
+                ["03-08T07:00", "03-09T06:30", "03-10T06:30"],
+            ),
+            // New York, fall back 2026-11-01 02:00 EDT -> 01:00 EST.
+            (
+                "30 1 * * *",
+                America::New_York,
+                "2026-10-31T12:00:00Z",
+                ["11-01T05:30", "11-02T06:30", "11-03T06:30"],
+            ),
+            (
+                "*/30 * * * *",
+                America::New_York,
+                "2026-11-01T05:15:00Z",
+                ["11-01T05:30", "11-01T06:00", "11-01T06:30"],
+            ),
+            // Sydney (southern hemisphere): fall back 2026-04-05 03:00 AEDT -> 02:00 AEST,
+            (
+                "30 2 * * *",
+                Australia::Sydney,
+                "2026-04-04T00:00:00Z",
+                ["04-04T15:30", "04-05T16:30", "04-06T16:30"],
+            ),
+            // and spring forward 2026-10-04 02:00 AEST -> 03:00 AEDT.
+            (
+                "30 2 * * *",
+                Australia::Sydney,
+                "2026-10-03T00:00:00Z",
+                ["10-03T16:00", "10-04T15:30", "10-05T15:30"],
+            ),
+        ];
+        for (schedule, tz, from, expected) in cases {
+            assert_eq!(
+                ticks(schedule, tz, from, 3),
+                expected,
+                "{schedule} in {tz} from {from}"
+            );
+        }
+    }
+
+    /// `run --due` compares the last tick with the last run; the daemon fires
+    /// `next_after`. They must agree on every instant of a DST night, or a
+    /// rule would run twice (or never) around the change: the last tick at or
+    /// before `t` is at or before `t`, and the next tick after it is after `t`.
+    #[test]
+    fn last_tick_agrees_with_next_tick_across_dst() {
+        use chrono_tz::{America, Australia, Europe};
+        let nights: [(Tz, &str); 6] = [
+            (Europe::Berlin, "2026-03-28T20:00:00Z"),
+            (Europe::Berlin, "2026-10-24T20:00:00Z"),
+            (America::New_York, "2026-03-08T02:00:00Z"),
+            (America::New_York, "2026-11-01T02:00:00Z"),
+            (Australia::Sydney, "2026-04-04T12:00:00Z"),
+            (Australia::Sydney, "2026-10-03T12:00:00Z"),
+        ];
+        for schedule in [
+            "30 2 * * *",
+            "0 * * * *",
+            "*/20 * * * *",
+            "0 3 * * *",
+            "15 1 * * *",
+        ] {
+            let s = Schedule::parse(schedule).unwrap_or_else(|e| panic!("{e}"));
+            for (tz, start) in nights {
+                let start = utc(start);
+                for step in 0..(12 * 12) {
+                    let t = start + chrono::Duration::minutes(5 * step);
+                    let last = s
+                        .last_at_or_before(t, tz)
+                        .unwrap_or_else(|| panic!("no tick before {t}"));
+                    assert!(last <= t, "{schedule} {tz}: last {last} after {t}");
+                    let next = s
+                        .next_after(last, tz)
+                        .unwrap_or_else(|| panic!("no tick after {last}"));
+                    assert!(
+                        next > t,
+                        "{schedule} {tz} at {t}: tick {next} between last {last} and now"
+                    );
+                }
+            }
+        }
+    }
 }

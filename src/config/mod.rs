@@ -52,6 +52,26 @@ pub struct AuditConfig {
     pub keep: Option<Duration>,
 }
 
+/// Settings of `dbjanitor daemon` (`daemon:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// After SIGTERM, how long running rules may take to finish before they
+    /// are cancelled (rolled back). Keep it below the supervisor's own limit
+    /// (`TimeoutStopSec=`, `terminationGracePeriodSeconds`).
+    pub shutdown_grace: Duration,
+}
+
+/// [`DaemonConfig::shutdown_grace`] when the config does not say.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+}
+
 /// Values rules inherit (`defaults:`).
 #[derive(Debug, Clone)]
 pub struct Defaults {
@@ -95,6 +115,8 @@ pub struct Config {
     pub notifiers: BTreeMap<String, Arc<NotifierConfig>>,
     /// Audit history, if configured.
     pub audit: Option<AuditConfig>,
+    /// Daemon settings.
+    pub daemon: DaemonConfig,
     /// Values rules inherit.
     pub defaults: Defaults,
 }
@@ -199,6 +221,14 @@ impl Loader<'_> {
         let audit = raw
             .audit
             .and_then(|audit| self.audit(path, &audit, &databases));
+        let mut daemon = DaemonConfig::default();
+        if let Some(grace) = raw
+            .daemon
+            .and_then(|d| d.shutdown_grace)
+            .and_then(|g| self.duration(path, &g))
+        {
+            daemon.shutdown_grace = grace;
+        }
         let mut rules: Vec<Arc<Rule>> = Vec::new();
         let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
         for file in self.rule_files(path, base, &raw.rules) {
@@ -223,6 +253,7 @@ impl Loader<'_> {
             rules,
             notifiers,
             audit,
+            daemon,
             defaults,
         })
     }

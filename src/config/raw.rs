@@ -26,6 +26,8 @@ pub(crate) struct RawConfig {
     pub(crate) notifiers: BTreeMap<String, Spanned<RawNotifier>>,
     #[serde(default)]
     pub(crate) audit: Option<Spanned<RawAudit>>,
+    #[serde(default)]
+    pub(crate) daemon: Option<RawDaemon>,
 }
 
 /// One entry of `databases:`.
@@ -94,6 +96,13 @@ pub(crate) struct RawEmail {
 pub(crate) struct RawAudit {
     pub(crate) database: Spanned<String>,
     pub(crate) keep: Option<Spanned<String>>,
+}
+
+/// `daemon:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDaemon {
+    pub(crate) shutdown_grace: Option<Spanned<String>>,
 }
 
 /// One rule file.

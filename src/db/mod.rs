@@ -226,7 +226,8 @@ pub(crate) fn connect_error(url: &SecretUrl, err: &sqlx::Error) -> DbError {
     DbError::Connect(url.scrub(&describe(err)))
 }
 
-fn describe(err: &sqlx::Error) -> String {
+/// A driver error as text: the server's message and code, or the error itself.
+pub(crate) fn describe(err: &sqlx::Error) -> String {
     match err.as_database_error() {
         Some(db) => match db.code() {
             Some(code) => format!("{} (code {code})", db.message()),

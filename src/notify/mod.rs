@@ -161,10 +161,10 @@ fn scrub(config: &NotifierConfig, text: &str) -> String {
 /// Call it after `run_plan`, with the records it returned. Failures never
 /// propagate: each is logged and added to `notify_errors` of the records the
 /// failed notifier carried. With a `history`, the policy compares each run
-/// with the pair's last state, and afterwards the runs are recorded in it
-/// with these flags (`History::record`), so callers need not record them
-/// again. Without one (a one-shot run without audit table), every outcome in
-/// a rule's `notify_on` is notified.
+/// with the pair's last state *before* these runs; the caller then records
+/// the runs with the returned flags (`History::record`, or the audit table),
+/// where it can report a recording failure. Without a history (a one-shot run
+/// without audit table), every outcome in a rule's `notify_on` is notified.
 pub async fn deliver<H: History>(
     config: &Config,
     records: &mut [RunRecord],
@@ -225,11 +225,6 @@ pub async fn deliver_at<H: History>(
                 }
             }
         }
-    }
-    if let Some(history) = history
-        && let Err(error) = history.record(records, &notified).await
-    {
-        warn!(%error, "cannot record the runs in the history");
     }
     notified
 }

@@ -114,7 +114,7 @@ async fn sigkill_during_a_fix_leaves_no_partial_change() {
 }
 
 /// Polls until the fix's UPDATE has run and the slow statement is executing.
-async fn wait_until_update_ran(db: &TestDb) {
+pub(crate) async fn wait_until_update_ran(db: &TestDb) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let running = match db.engine {

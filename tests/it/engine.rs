@@ -86,20 +86,6 @@ fn expected_states(fixed: bool) -> Vec<(String, String)> {
     .collect()
 }
 
-macro_rules! on_every_engine {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use crate::util::Engine;
-            #[tokio::test(flavor = "multi_thread")]
-            async fn postgres() { super::$name(Engine::Postgres).await }
-            #[tokio::test(flavor = "multi_thread")]
-            async fn mysql() { super::$name(Engine::MySql).await }
-            #[tokio::test(flavor = "multi_thread")]
-            async fn sqlite() { super::$name(Engine::Sqlite).await }
-        }
-    )*};
-}
-
 on_every_engine!(
     clean,
     found_changes_nothing,

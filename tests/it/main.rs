@@ -7,7 +7,12 @@
 //! exit status and the report.
 
 mod sinks;
+#[macro_use]
 mod util;
+
+/// The audit table: migrations on every engine, a newer schema refused, one
+/// row per run, retention, `run --due` after an outage, `--metrics-file`, `--log-dir`.
+mod audit;
 
 /// Exit statuses, `check`, `list`, `demo`, usage errors.
 mod cli;
@@ -15,6 +20,9 @@ mod cli;
 mod concurrency;
 /// Configuration and rule errors: file:line:column, exit 2, nothing changed.
 mod config_errors;
+/// The daemon: a rule every second with audit rows as proof, SIGTERM during
+/// a slow fix, /healthz, /livez and /metrics parsed by a Prometheus parser.
+mod daemon;
 /// Every outcome on every engine, with the rows checked afterwards.
 mod engine;
 /// Webhook and email notifications against real HTTP and SMTP servers on loopback.

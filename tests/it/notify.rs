@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use dbjanitor::engine::{RunOptions, run_plan};
-use dbjanitor::history::MemoryHistory;
+use dbjanitor::history::{History, MemoryHistory};
 use dbjanitor::notify::deliver_at;
 use dbjanitor::plan::{Plan, Selection};
 use serde_json::Value;
@@ -646,6 +646,11 @@ async fn with_history_only_changes_recoveries_and_reminders_are_sent() {
             let mut records = run_plan(plan, &RunOptions::default(), cancel).await;
             let now = Utc::now() + chrono::Duration::hours(hours);
             let notified = deliver_at(config, &mut records, Some(history), now).await;
+            // The caller records the runs with the flags, as `run` and the daemon do.
+            history
+                .record(&records, &notified)
+                .await
+                .expect("record history");
             (records[0].outcome.to_string(), notified)
         }
     };
@@ -704,4 +709,42 @@ async fn without_history_every_matching_run_is_sent() {
     let requests = sink.requests().await;
     assert_eq!(requests.len(), 2);
     assert_eq!(requests[1].json["runs"][0]["change"], "untracked");
+}
+
+/// With an audit table, one-shot runs (CronJob, timer) remember what they
+/// notified: the second identical run is quiet, and the audit rows say so.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_table_quiets_repeats_of_one_shot_runs() {
+    let db = jobs().await;
+    let sink = HttpSink::ok().await;
+    let case = found_case(&db, &sink).config("audit: { database: main }");
+    for _ in 0..2 {
+        case.run(&["run"]).assert_code(0);
+    }
+    let requests = sink.requests().await;
+    assert_eq!(
+        requests.len(),
+        1,
+        "the repeat of an unchanged state is quiet"
+    );
+    assert_eq!(requests[0].json["runs"][0]["change"], "new");
+    let rows = db
+        .rows("SELECT outcome, notified FROM dbjanitor_runs ORDER BY id")
+        .await;
+    let rows: Vec<(String, String)> = rows
+        .into_iter()
+        .map(|r| {
+            (
+                r[0].clone().unwrap_or_default(),
+                r[1].clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("found".to_owned(), "1".to_owned()),
+            ("found".to_owned(), "0".to_owned())
+        ]
+    );
 }

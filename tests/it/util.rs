@@ -20,6 +20,22 @@ use sqlx::postgres::PgConnection;
 use sqlx::sqlite::{Sqlite, SqliteConnectOptions, SqliteConnection};
 use sqlx::{AssertSqlSafe, Connection, Decode, Executor, Row, TypeInfo, ValueRef};
 
+/// Declares a module per test function with one `#[tokio::test]` per engine
+/// (`name::postgres`, `name::mysql`, `name::sqlite`), each calling `name(engine)`.
+macro_rules! on_every_engine {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use crate::util::Engine;
+            #[tokio::test(flavor = "multi_thread")]
+            async fn postgres() { super::$name(Engine::Postgres).await }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn mysql() { super::$name(Engine::MySql).await }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn sqlite() { super::$name(Engine::Sqlite).await }
+        }
+    )*};
+}
+
 /// The three engines dbjanitor supports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {

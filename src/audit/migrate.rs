@@ -1,0 +1,392 @@
+//! Versioned migrations of the audit schema, applied by the binary itself.
+//!
+//! Each migration is an SQL file per dialect under `src/audit/migrations/`,
+//! embedded at compile time; a migration, once released, is never edited (a
+//! test builds every earlier version from these very files and upgrades it).
+//! `dbjanitor_schema_version` holds one row per applied migration.
+//!
+//! Concurrency: two pods starting at once must not both apply a migration.
+//! Each dialect serialises migrations with its own lock, held from reading the
+//! version to recording the new one:
+//!
+//! - PostgreSQL: one transaction (DDL is transactional) under
+//!   `pg_advisory_xact_lock` on the key of the lock name `dbjanitor.audit.migrate`;
+//!   a failure rolls the whole upgrade back.
+//! - SQLite: one `BEGIN IMMEDIATE` transaction (DDL is transactional; the
+//!   write lock excludes every other writer).
+//! - MySQL/MariaDB: DDL commits implicitly, so there is no transaction to hide
+//!   behind. `GET_LOCK` serialises the migrators; every MySQL migration is a
+//!   single statement (applied whole or not at all); and its version row is
+//!   written with `dirty = 1` *before* the statement and set to 0 after it. A
+//!   process that dies in between leaves the row dirty, and every later start
+//!   refuses to touch the schema until a person has looked (the error says
+//!   what to check and which row to fix), rather than guessing.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use sqlx::{Connection, Executor, Row};
+
+use super::{AuditError, Conn};
+use crate::db::{Dialect, mysql_lock_name, postgres_lock_key};
+use crate::sql::split_statements;
+
+/// One migration: its version, name and SQL per dialect.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// 1, 2, ...: applied in order, each exactly once.
+    pub version: u32,
+    /// File name without the number, e.g. `create_runs`.
+    pub name: &'static str,
+    /// PostgreSQL SQL.
+    pub postgres: &'static str,
+    /// MySQL/MariaDB SQL (a single statement).
+    pub mysql: &'static str,
+    /// SQLite SQL.
+    pub sqlite: &'static str,
+}
+
+impl Migration {
+    /// The SQL for `dialect`.
+    #[must_use]
+    pub fn sql(&self, dialect: Dialect) -> &'static str {
+        match dialect {
+            Dialect::Postgres => self.postgres,
+            Dialect::MySql => self.mysql,
+            Dialect::Sqlite => self.sqlite,
+        }
+    }
+}
+
+macro_rules! migration {
+    ($version:literal, $name:literal) => {
+        Migration {
+            version: $version,
+            name: $name,
+            postgres: include_str!(concat!(
+                "migrations/postgres/000",
+                $version,
+                "_",
+                $name,
+                ".sql"
+            )),
+            mysql: include_str!(concat!(
+                "migrations/mysql/000",
+                $version,
+                "_",
+                $name,
+                ".sql"
+            )),
+            sqlite: include_str!(concat!(
+                "migrations/sqlite/000",
+                $version,
+                "_",
+                $name,
+                ".sql"
+            )),
+        }
+    };
+}
+
+/// Every migration, in order. Append only.
+pub const MIGRATIONS: [Migration; 2] = [migration!(1, "create_runs"), migration!(2, "notified")];
+
+/// The schema version this binary writes and reads.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Name of the lock that serialises migrators (PostgreSQL key, MySQL lock name).
+pub const MIGRATION_LOCK: &str = "dbjanitor.audit.migrate";
+
+/// How long a migrator waits for another one before giving up.
+const LOCK_WAIT: Duration = Duration::from_secs(60);
+
+/// What a migration call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migrated {
+    /// Version found (0: no schema yet).
+    pub from: u32,
+    /// Version left.
+    pub to: u32,
+}
+
+const VERSION_TABLE_PG: &str = "CREATE TABLE IF NOT EXISTS dbjanitor_schema_version (\
+    version integer PRIMARY KEY, name varchar(100) NOT NULL, applied_at timestamptz NOT NULL, \
+    dirty boolean NOT NULL DEFAULT false, applied_by varchar(64) NOT NULL)";
+const VERSION_TABLE_MYSQL: &str = "CREATE TABLE IF NOT EXISTS dbjanitor_schema_version (\
+    version INT NOT NULL PRIMARY KEY, name VARCHAR(100) NOT NULL, applied_at DATETIME(6) NOT NULL, \
+    dirty BOOLEAN NOT NULL DEFAULT FALSE, applied_by VARCHAR(64) NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
+const VERSION_TABLE_SQLITE: &str = "CREATE TABLE IF NOT EXISTS dbjanitor_schema_version (\
+    version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL, \
+    dirty INTEGER NOT NULL DEFAULT 0, applied_by TEXT NOT NULL)";
+
+/// The applied versions: (highest version, a dirty version if any).
+type Applied = (u32, Option<(u32, String)>);
+
+fn applied(rows: Vec<(i64, String, bool)>) -> Applied {
+    let mut highest = 0u32;
+    let mut dirty = None;
+    for (version, name, is_dirty) in rows {
+        let version = u32::try_from(version).unwrap_or(u32::MAX);
+        highest = highest.max(version);
+        if is_dirty {
+            dirty = Some((version, name));
+        }
+    }
+    (highest, dirty)
+}
+
+const SELECT_VERSIONS: &str = "SELECT version, name, dirty FROM dbjanitor_schema_version";
+
+/// Checks what was found against what this binary knows.
+fn check(found: &Applied, dialect: Dialect) -> Result<(), AuditError> {
+    if let Some((version, name)) = &found.1 {
+        return Err(AuditError::Dirty {
+            version: *version,
+            name: name.clone(),
+            dialect,
+        });
+    }
+    if found.0 > SCHEMA_VERSION {
+        return Err(AuditError::SchemaTooNew {
+            found: found.0,
+            known: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}
+
+fn pending(from: u32, target: u32) -> impl Iterator<Item = &'static Migration> {
+    MIGRATIONS
+        .iter()
+        .filter(move |m| m.version > from && m.version <= target)
+}
+
+/// Brings the schema on `conn` up to `target` (at most [`SCHEMA_VERSION`]).
+pub(super) async fn migrate(conn: &mut Conn, target: u32) -> Result<Migrated, AuditError> {
+    let target = target.min(SCHEMA_VERSION);
+    match conn {
+        Conn::Postgres(c, url) => {
+            let err = |e: sqlx::Error| AuditError::sql(url, &e);
+            let mut tx = c.begin().await.map_err(err)?;
+            let wait = format!("{}ms", LOCK_WAIT.as_millis());
+            sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+                .bind(wait)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(postgres_lock_key(MIGRATION_LOCK))
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            (&mut *tx).execute(VERSION_TABLE_PG).await.map_err(err)?;
+            let rows: Vec<(i32, String, bool)> = sqlx::query_as(SELECT_VERSIONS)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(err)?;
+            let found = applied(
+                rows.into_iter()
+                    .map(|(v, n, d)| (i64::from(v), n, d))
+                    .collect(),
+            );
+            check(&found, Dialect::Postgres)?;
+            for migration in pending(found.0, target) {
+                for statement in split_statements(migration.postgres, Dialect::Postgres) {
+                    (&mut *tx)
+                        .execute(sqlx::AssertSqlSafe(statement.to_owned()))
+                        .await
+                        .map_err(|e| AuditError::migration(migration, url, &e))?;
+                }
+                sqlx::query(
+                    "INSERT INTO dbjanitor_schema_version (version, name, applied_at, dirty, applied_by) VALUES ($1, $2, $3, false, $4)",
+                )
+                .bind(i32::try_from(migration.version).unwrap_or(i32::MAX))
+                .bind(migration.name)
+                .bind(Utc::now())
+                .bind(super::VERSION)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            }
+            tx.commit().await.map_err(err)?;
+            Ok(Migrated {
+                from: found.0,
+                to: found.0.max(target),
+            })
+        }
+        Conn::Sqlite(c, url) => {
+            let err = |e: sqlx::Error| AuditError::sql(url, &e);
+            // BEGIN IMMEDIATE: the write lock before reading the version.
+            c.execute("BEGIN IMMEDIATE").await.map_err(err)?;
+            let result = migrate_sqlite(c, url, target).await;
+            let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+            c.execute(sqlx::AssertSqlSafe(end.to_owned()))
+                .await
+                .map_err(err)?;
+            result
+        }
+        Conn::MySql(c, url, schema) => {
+            let err = |e: sqlx::Error| AuditError::sql(url, &e);
+            let lock = mysql_lock_name(schema, MIGRATION_LOCK);
+            let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+                .bind(&lock)
+                .bind(i64::try_from(LOCK_WAIT.as_secs()).unwrap_or(60))
+                .fetch_one(&mut *c)
+                .await
+                .map_err(err)?;
+            if got != Some(1) {
+                return Err(AuditError::Sql(format!(
+                    "another process has been migrating the audit schema for over {}s (lock {lock:?})",
+                    LOCK_WAIT.as_secs()
+                )));
+            }
+            let result = migrate_mysql(c, url, target).await;
+            // On error the caller drops the connection, which releases the lock too.
+            sqlx::query("DO RELEASE_LOCK(?)")
+                .bind(&lock)
+                .execute(&mut *c)
+                .await
+                .map_err(err)?;
+            result
+        }
+    }
+}
+
+async fn migrate_sqlite(
+    c: &mut sqlx::SqliteConnection,
+    url: &crate::secret::SecretUrl,
+    target: u32,
+) -> Result<Migrated, AuditError> {
+    let err = |e: sqlx::Error| AuditError::sql(url, &e);
+    c.execute(VERSION_TABLE_SQLITE).await.map_err(err)?;
+    let rows: Vec<(i64, String, bool)> = sqlx::query_as(SELECT_VERSIONS)
+        .fetch_all(&mut *c)
+        .await
+        .map_err(err)?;
+    let found = applied(rows);
+    check(&found, Dialect::Sqlite)?;
+    for migration in pending(found.0, target) {
+        for statement in split_statements(migration.sqlite, Dialect::Sqlite) {
+            c.execute(sqlx::AssertSqlSafe(statement.to_owned()))
+                .await
+                .map_err(|e| AuditError::migration(migration, url, &e))?;
+        }
+        sqlx::query(
+            "INSERT INTO dbjanitor_schema_version (version, name, applied_at, dirty, applied_by) VALUES (?, ?, ?, 0, ?)",
+        )
+        .bind(i64::from(migration.version))
+        .bind(migration.name)
+        .bind(Utc::now())
+        .bind(super::VERSION)
+        .execute(&mut *c)
+        .await
+        .map_err(err)?;
+    }
+    Ok(Migrated {
+        from: found.0,
+        to: found.0.max(target),
+    })
+}
+
+async fn migrate_mysql(
+    c: &mut sqlx::MySqlConnection,
+    url: &crate::secret::SecretUrl,
+    target: u32,
+) -> Result<Migrated, AuditError> {
+    let err = |e: sqlx::Error| AuditError::sql(url, &e);
+    c.execute(VERSION_TABLE_MYSQL).await.map_err(err)?;
+    let rows = sqlx::query(SELECT_VERSIONS)
+        .fetch_all(&mut *c)
+        .await
+        .map_err(err)?;
+    let mut found_rows = Vec::with_capacity(rows.len());
+    for row in rows {
+        let version: i32 = row.try_get(0).map_err(err)?;
+        let name: String = row.try_get(1).map_err(err)?;
+        let dirty: bool = row.try_get(2).map_err(err)?;
+        found_rows.push((i64::from(version), name, dirty));
+    }
+    let found = applied(found_rows);
+    check(&found, Dialect::MySql)?;
+    for migration in pending(found.0, target) {
+        let version = i32::try_from(migration.version).unwrap_or(i32::MAX);
+        sqlx::query(
+            "INSERT INTO dbjanitor_schema_version (version, name, applied_at, dirty, applied_by) VALUES (?, ?, ?, TRUE, ?)",
+        )
+        .bind(version)
+        .bind(migration.name)
+        .bind(Utc::now())
+        .bind(super::VERSION)
+        .execute(&mut *c)
+        .await
+        .map_err(err)?;
+        for statement in split_statements(migration.mysql, Dialect::MySql) {
+            c.execute(sqlx::AssertSqlSafe(statement.to_owned()))
+                .await
+                .map_err(|e| AuditError::migration(migration, url, &e))?;
+        }
+        sqlx::query("UPDATE dbjanitor_schema_version SET dirty = FALSE WHERE version = ?")
+            .bind(version)
+            .execute(&mut *c)
+            .await
+            .map_err(err)?;
+    }
+    Ok(Migrated {
+        from: found.0,
+        to: found.0.max(target),
+    })
+}
+
+/// Reads the schema version without changing anything (0: no schema).
+pub(super) async fn current_version(conn: &mut Conn) -> Result<u32, AuditError> {
+    let sql = "SELECT COALESCE(MAX(version), 0) FROM dbjanitor_schema_version";
+    let version: i64 = match conn {
+        Conn::Postgres(c, url) => sqlx::query_scalar::<_, i32>(sql)
+            .fetch_one(&mut *c)
+            .await
+            .map(i64::from)
+            .map_err(|e| AuditError::sql(url, &e))?,
+        Conn::MySql(c, url, _) => sqlx::query_scalar::<_, i32>(sql)
+            .fetch_one(&mut *c)
+            .await
+            .map(i64::from)
+            .map_err(|e| AuditError::sql(url, &e))?,
+        Conn::Sqlite(c, url) => sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(&mut *c)
+            .await
+            .map_err(|e| AuditError::sql(url, &e))?,
+    };
+    Ok(u32::try_from(version).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_numbered_in_order_and_single_statement_on_mysql() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version as usize, i + 1);
+            assert_eq!(
+                split_statements(m.mysql, Dialect::MySql).len(),
+                1,
+                "MySQL migration {} must be one statement (DDL is not transactional there)",
+                m.version
+            );
+            for dialect in Dialect::ALL {
+                assert!(!split_statements(m.sql(dialect), dialect).is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn a_newer_or_dirty_schema_is_refused() {
+        assert!(check(&(SCHEMA_VERSION, None), Dialect::Postgres).is_ok());
+        let newer = check(&(SCHEMA_VERSION + 1, None), Dialect::Postgres)
+            .expect_err("newer schema must be refused")
+            .to_string();
+        assert!(newer.contains(&format!("version {}", SCHEMA_VERSION + 1)));
+        assert!(newer.contains(&format!("knows up to version {SCHEMA_VERSION}")));
+        assert!(check(&(1, Some((1, "create_runs".into()))), Dialect::MySql).is_err());
+    }
+}

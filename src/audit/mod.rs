@@ -1,0 +1,706 @@
+//! The audit history: one row per (rule, database) run in `dbjanitor_runs`,
+//! in the database named by `audit.database`.
+//!
+//! Why a table and not only logs: `run --due` (a CronJob pod has no disk that
+//! outlives it) needs each rule's last run, notifications need the last state
+//! and the last notification time ([`History`]), and an operator needs to see
+//! what was changed, when, by which host and which dbjanitor version, in the
+//! database they already back up.
+//!
+//! The schema is created and upgraded by the binary itself ([`migrate`]); a
+//! schema newer than this binary knows is refused before any rule runs, so an
+//! older pod left behind during an upgrade stops with a clear message instead
+//! of writing into a table it does not understand.
+//!
+//! Every operation opens its own connection and closes it, like the engine:
+//! nothing is pooled, and the audit database may come and go between runs.
+//! Failures are [`AuditError`]s for the caller to report; they never change
+//! what a rule did.
+
+mod migrate;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use sqlx::Connection;
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+
+pub use migrate::{MIGRATION_LOCK, MIGRATIONS, Migrated, Migration, SCHEMA_VERSION};
+
+use crate::config::Config;
+use crate::db::{DatabaseConfig, Dialect, describe};
+use crate::history::{History, HistoryError, LastState};
+use crate::outcome::{Outcome, RunRecord};
+use crate::secret::SecretUrl;
+
+/// The dbjanitor version written into every row.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Longest `message` or `error` kept in a row, in characters.
+pub const MAX_TEXT_CHARS: usize = 4000;
+
+/// Rows deleted per retention batch (each its own statement and transaction).
+pub const PRUNE_BATCH: u32 = 1000;
+
+/// Most retention batches per call; the rest waits for the next call.
+const PRUNE_MAX_BATCHES: u32 = 100;
+
+/// Retention runs at most this often per process (a CronJob pod runs it once).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Connecting, and each operation, gives up after this.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the audit history could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The schema was written by a newer dbjanitor.
+    #[error(
+        "the audit schema in the database is version {found}, but this dbjanitor ({VERSION}) knows up to version {known}: \
+         a newer dbjanitor has upgraded it. Run that version (or newer) instead; nothing was run"
+    )]
+    SchemaTooNew {
+        /// Version found in `dbjanitor_schema_version`.
+        found: u32,
+        /// [`SCHEMA_VERSION`].
+        known: u32,
+    },
+    /// A MySQL migration was interrupted between its DDL and its bookkeeping.
+    #[error(
+        "audit schema migration {version} ({name}) was interrupted on {dialect} (DDL there commits implicitly, so it may be half applied). \
+         Compare dbjanitor_runs with src/audit/migrations/{dialect}/{version:04}_{name}.sql, then either \
+         `UPDATE dbjanitor_schema_version SET dirty = FALSE WHERE version = {version}` if it is applied, or \
+         `DELETE FROM dbjanitor_schema_version WHERE version = {version}` to have it applied again; nothing was run"
+    )]
+    Dirty {
+        /// The interrupted migration.
+        version: u32,
+        /// Its name.
+        name: String,
+        /// The dialect it ran on.
+        dialect: Dialect,
+    },
+    /// A migration statement failed (rolled back, except on MySQL: see [`AuditError::Dirty`]).
+    #[error("audit schema migration {version} ({name}) failed: {error}")]
+    Migration {
+        /// The migration.
+        version: u32,
+        /// Its name.
+        name: &'static str,
+        /// The server's message, scrubbed of secrets.
+        error: String,
+    },
+    /// The audit database could not be reached.
+    #[error("cannot connect to the audit database: {0}")]
+    Connect(String),
+    /// A statement failed.
+    #[error("audit database: {0}")]
+    Sql(String),
+    /// An operation took longer than [`TIMEOUT`].
+    #[error("audit database: no answer within {}s", TIMEOUT.as_secs())]
+    Timeout,
+}
+
+impl AuditError {
+    /// Whether a person must act before dbjanitor may run against this
+    /// database: retrying cannot help (exit status 2, like a config error).
+    #[must_use]
+    pub fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            AuditError::SchemaTooNew { .. } | AuditError::Dirty { .. }
+        )
+    }
+
+    fn sql(url: &SecretUrl, err: &sqlx::Error) -> Self {
+        AuditError::Sql(url.scrub(&describe(err)))
+    }
+
+    fn migration(migration: &Migration, url: &SecretUrl, err: &sqlx::Error) -> Self {
+        AuditError::Migration {
+            version: migration.version,
+            name: migration.name,
+            error: url.scrub(&describe(err)),
+        }
+    }
+}
+
+impl From<AuditError> for HistoryError {
+    fn from(e: AuditError) -> Self {
+        HistoryError(e.to_string())
+    }
+}
+
+/// One connection to the audit database, of the concrete type for its
+/// dialect (parameters are bound, never spliced into the SQL).
+pub(crate) enum Conn {
+    /// PostgreSQL.
+    Postgres(PgConnection, SecretUrl),
+    /// MySQL/MariaDB, with the current schema (for lock names).
+    MySql(MySqlConnection, SecretUrl, String),
+    /// SQLite.
+    Sqlite(SqliteConnection, SecretUrl),
+}
+
+impl Conn {
+    async fn open(db: &DatabaseConfig) -> Result<Self, AuditError> {
+        let url = db.url.clone();
+        let connect_err = |e: sqlx::Error| AuditError::Connect(url.scrub(&describe(&e)));
+        let connect = async {
+            match db.dialect {
+                Dialect::Postgres => {
+                    let options = PgConnectOptions::from_str(url.expose())
+                        .map_err(connect_err)?
+                        .application_name("dbjanitor-audit");
+                    let conn = PgConnection::connect_with(&options)
+                        .await
+                        .map_err(connect_err)?;
+                    Ok(Conn::Postgres(conn, url.clone()))
+                }
+                Dialect::MySql => {
+                    // Times are bound as UTC DATETIME values; the session time
+                    // zone is pinned to UTC so NOW() agrees if anyone uses it.
+                    let options = MySqlConnectOptions::from_str(url.expose())
+                        .map_err(connect_err)?
+                        .timezone(Some(String::from("+00:00")));
+                    let mut conn = MySqlConnection::connect_with(&options)
+                        .await
+                        .map_err(connect_err)?;
+                    let schema: Option<String> = sqlx::query_scalar("SELECT DATABASE()")
+                        .fetch_one(&mut conn)
+                        .await
+                        .map_err(|e| AuditError::sql(&url, &e))?;
+                    Ok(Conn::MySql(conn, url.clone(), schema.unwrap_or_default()))
+                }
+                Dialect::Sqlite => {
+                    let options = SqliteConnectOptions::from_str(url.expose())
+                        .map_err(connect_err)?
+                        .busy_timeout(TIMEOUT);
+                    let conn = SqliteConnection::connect_with(&options)
+                        .await
+                        .map_err(connect_err)?;
+                    Ok(Conn::Sqlite(conn, url.clone()))
+                }
+            }
+        };
+        tokio::time::timeout(TIMEOUT, connect)
+            .await
+            .map_err(|_| AuditError::Timeout)?
+    }
+
+    async fn close(self) {
+        let _ = tokio::time::timeout(crate::db::CLOSE_TIMEOUT, async {
+            match self {
+                Conn::Postgres(c, _) => c.close().await,
+                Conn::MySql(c, _, _) => c.close().await,
+                Conn::Sqlite(c, _) => c.close().await,
+            }
+        })
+        .await;
+    }
+}
+
+/// Ends an operation on `conn`: closes it politely after a success; after an
+/// error or a timeout drops it, so the server rolls back whatever was open and
+/// releases the migration lock.
+async fn finish<T>(
+    conn: Conn,
+    result: Result<Result<T, AuditError>, tokio::time::error::Elapsed>,
+) -> Result<T, AuditError> {
+    let result = result.map_err(|_| AuditError::Timeout).and_then(|r| r);
+    if result.is_ok() {
+        conn.close().await;
+    }
+    result
+}
+
+/// The last recorded run of a pair, as `--metrics-file` reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LastRun {
+    /// Its outcome.
+    pub outcome: Outcome,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Its wall time.
+    pub duration_ms: u64,
+    /// Rows detect found.
+    pub detected: Option<u64>,
+    /// Rows the fix changed.
+    pub changed: Option<u64>,
+    /// When the pair last succeeded (clean, found, fixed), if ever.
+    pub last_success_at: Option<DateTime<Utc>>,
+}
+
+/// The audit history of one config: where it lives and how long it keeps rows.
+#[derive(Debug)]
+pub struct AuditStore {
+    database: Arc<DatabaseConfig>,
+    keep: Option<Duration>,
+    host: String,
+    migrated: tokio::sync::Mutex<bool>,
+    last_prune: Mutex<Option<Instant>>,
+}
+
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(MAX_TEXT_CHARS) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+fn count(value: Option<u64>) -> Option<i64> {
+    value.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+fn parse_outcome(text: &str) -> Result<Outcome, AuditError> {
+    Outcome::ALL
+        .into_iter()
+        .find(|o| o.as_str() == text)
+        .ok_or_else(|| AuditError::Sql(format!("unknown outcome {text:?} in dbjanitor_runs")))
+}
+
+/// Binds the columns of [`INSERT_POSTGRES`]/[`INSERT_OTHER`] in order.
+macro_rules! bind_run {
+    ($query:expr, $record:expr, $notified:expr, $host:expr) => {{
+        let r: &RunRecord = $record;
+        let duration_ms = i64::try_from(r.duration_ms).unwrap_or(i64::MAX);
+        $query
+            .bind(r.rule.clone())
+            .bind(r.database.clone())
+            .bind(r.started_at)
+            .bind(r.started_at + chrono::Duration::milliseconds(duration_ms))
+            .bind(duration_ms)
+            .bind(r.outcome.as_str())
+            .bind(r.reason.map(|x| x.as_str()))
+            .bind(r.message.as_deref().map(clip))
+            .bind(r.error.as_deref().map(clip))
+            .bind(count(r.detected))
+            .bind(count(r.changed))
+            .bind(count(r.remaining))
+            .bind(count(r.batches))
+            .bind(r.dry_run)
+            .bind($notified)
+            .bind($host.to_owned())
+            .bind(VERSION)
+    }};
+}
+
+const INSERT_POSTGRES: &str = "INSERT INTO dbjanitor_runs (rule, database_name, started_at, finished_at, duration_ms, \
+    outcome, reason, message, error, detected, changed, remaining, batches, dry_run, notified, host, dbjanitor_version) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
+const INSERT_OTHER: &str = "INSERT INTO dbjanitor_runs (rule, database_name, started_at, finished_at, duration_ms, \
+    outcome, reason, message, error, detected, changed, remaining, batches, dry_run, notified, host, dbjanitor_version) \
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+/// The last non-dry run of a pair, with the columns [`LastRun`] needs.
+const LAST_POSTGRES: &str = "SELECT outcome, started_at, duration_ms, detected, changed FROM dbjanitor_runs \
+    WHERE rule = $1 AND database_name = $2 AND NOT dry_run ORDER BY started_at DESC, id DESC LIMIT 1";
+const LAST_OTHER: &str = "SELECT outcome, started_at, duration_ms, detected, changed FROM dbjanitor_runs \
+    WHERE rule = ? AND database_name = ? AND dry_run = 0 ORDER BY started_at DESC, id DESC LIMIT 1";
+const NOTIFIED_POSTGRES: &str = "SELECT MAX(started_at) FROM dbjanitor_runs WHERE rule = $1 AND database_name = $2 AND notified";
+const NOTIFIED_OTHER: &str = "SELECT MAX(started_at) FROM dbjanitor_runs WHERE rule = ? AND database_name = ? AND notified = 1";
+const SUCCESS_POSTGRES: &str = "SELECT MAX(started_at) FROM dbjanitor_runs WHERE rule = $1 AND database_name = $2 \
+    AND NOT dry_run AND outcome IN ('clean', 'found', 'fixed')";
+const SUCCESS_OTHER: &str = "SELECT MAX(started_at) FROM dbjanitor_runs WHERE rule = ? AND database_name = ? \
+    AND dry_run = 0 AND outcome IN ('clean', 'found', 'fixed')";
+const PRUNE_POSTGRES: &str = "DELETE FROM dbjanitor_runs WHERE id IN \
+    (SELECT id FROM dbjanitor_runs WHERE started_at < $1 ORDER BY started_at LIMIT $2)";
+const PRUNE_MYSQL: &str =
+    "DELETE FROM dbjanitor_runs WHERE started_at < ? ORDER BY started_at LIMIT ?";
+const PRUNE_SQLITE: &str = "DELETE FROM dbjanitor_runs WHERE id IN \
+    (SELECT id FROM dbjanitor_runs WHERE started_at < ? ORDER BY started_at LIMIT ?)";
+
+/// Runs `$body` on whichever connection `conn` is, with `$sql` set to the
+/// dialect's text (`$pg` for PostgreSQL, `$other` for MySQL and SQLite, or
+/// one text each). The body is expanded once per arm, so each arm binds and
+/// decodes with its own concrete database type.
+macro_rules! on_each {
+    ($conn:expr, $pg:expr, $other:expr, |$c:ident, $sql:ident, $url:ident| $body:expr) => {
+        on_each!($conn, $pg, $other, $other, |$c, $sql, $url| $body)
+    };
+    ($conn:expr, $pg:expr, $my:expr, $lite:expr, |$c:ident, $sql:ident, $url:ident| $body:expr) => {
+        match $conn {
+            Conn::Postgres($c, $url) => {
+                let $sql: &'static str = $pg;
+                $body
+            }
+            Conn::MySql($c, $url, _) => {
+                let $sql: &'static str = $my;
+                $body
+            }
+            Conn::Sqlite($c, $url) => {
+                let $sql: &'static str = $lite;
+                $body
+            }
+        }
+    };
+}
+
+impl AuditStore {
+    /// A store for `database`, keeping rows for `keep` (forever if `None`).
+    /// Nothing is opened until the first call.
+    #[must_use]
+    pub fn new(database: Arc<DatabaseConfig>, keep: Option<Duration>) -> Self {
+        Self {
+            database,
+            keep,
+            host: gethostname::gethostname().to_string_lossy().into_owned(),
+            migrated: tokio::sync::Mutex::new(false),
+            last_prune: Mutex::new(None),
+        }
+    }
+
+    /// The store of `config.audit`, if the config has one.
+    #[must_use]
+    pub fn from_config(config: &Config) -> Option<Self> {
+        let audit = config.audit.as_ref()?;
+        let database = config.databases.get(&audit.database)?;
+        Some(Self::new(Arc::clone(database), audit.keep))
+    }
+
+    /// The audit database's name in the config.
+    #[must_use]
+    pub fn database(&self) -> &str {
+        &self.database.name
+    }
+
+    /// Creates or upgrades the schema to [`SCHEMA_VERSION`]; refuses a newer
+    /// or half-migrated one. Cheap after the first success in a process.
+    pub async fn migrate(&self) -> Result<Migrated, AuditError> {
+        let mut migrated = self.migrated.lock().await;
+        if *migrated {
+            return Ok(Migrated {
+                from: SCHEMA_VERSION,
+                to: SCHEMA_VERSION,
+            });
+        }
+        let result = self.migrate_to(SCHEMA_VERSION).await?;
+        if result.from != result.to {
+            tracing::info!(
+                database = %self.database.name,
+                from = result.from,
+                to = result.to,
+                "audit schema upgraded"
+            );
+        }
+        *migrated = true;
+        Ok(result)
+    }
+
+    /// Brings the schema up to `version` exactly (never down). `migrate`
+    /// calls it with [`SCHEMA_VERSION`]; tests use it to build older schemas.
+    pub async fn migrate_to(&self, version: u32) -> Result<Migrated, AuditError> {
+        let mut conn = Conn::open(&self.database).await?;
+        let result = tokio::time::timeout(TIMEOUT, migrate::migrate(&mut conn, version)).await;
+        finish(conn, result).await
+    }
+
+    /// The schema version in the database (0: none yet); changes nothing.
+    pub async fn schema_version(&self) -> Result<u32, AuditError> {
+        let mut conn = Conn::open(&self.database).await?;
+        let result = tokio::time::timeout(TIMEOUT, migrate::current_version(&mut conn)).await;
+        finish(conn, result).await
+    }
+
+    /// Inserts one row per record (in one transaction), then applies
+    /// retention if it is due. `notified[i]` belongs to `records[i]`.
+    pub async fn record_runs(
+        &self,
+        records: &[RunRecord],
+        notified: &[bool],
+    ) -> Result<(), AuditError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.migrate().await?;
+        let mut conn = Conn::open(&self.database).await?;
+        let result =
+            tokio::time::timeout(TIMEOUT, insert(&mut conn, records, notified, &self.host)).await;
+        finish(conn, result).await?;
+        if let Err(e) = self.prune_if_due().await {
+            // Retention is housekeeping: the runs are recorded.
+            tracing::warn!(error = %e, "audit retention failed; it is retried later");
+        }
+        Ok(())
+    }
+
+    async fn prune_if_due(&self) -> Result<u64, AuditError> {
+        if self.keep.is_none() {
+            return Ok(0);
+        }
+        {
+            let Ok(mut last) = self.last_prune.lock() else {
+                return Ok(0);
+            };
+            if last.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
+                return Ok(0);
+            }
+            *last = Some(Instant::now());
+        }
+        self.prune().await
+    }
+
+    /// Deletes rows older than `audit.keep`, [`PRUNE_BATCH`] at a time (each
+    /// batch its own statement, so no long lock on the table), at most
+    /// 100 batches per call. Returns the rows deleted.
+    pub async fn prune(&self) -> Result<u64, AuditError> {
+        let Some(cutoff) = self
+            .keep
+            .and_then(|keep| chrono::Duration::from_std(keep).ok())
+            .and_then(|keep| Utc::now().checked_sub_signed(keep))
+        else {
+            return Ok(0);
+        };
+        let mut conn = Conn::open(&self.database).await?;
+        let result = tokio::time::timeout(TIMEOUT, prune(&mut conn, cutoff)).await;
+        let deleted = finish(conn, result).await?;
+        if deleted > 0 {
+            tracing::info!(deleted, database = %self.database.name, "audit retention: old runs deleted");
+        }
+        Ok(deleted)
+    }
+
+    /// The last non-dry run of `rule` on `database`, with its last success.
+    pub async fn last_run(
+        &self,
+        rule: &str,
+        database: &str,
+    ) -> Result<Option<LastRun>, AuditError> {
+        let pair = [(rule.to_owned(), database.to_owned())];
+        Ok(self.last_runs(&pair).await?.pop().flatten())
+    }
+
+    /// [`AuditStore::last_run`] for many pairs, on one connection (a
+    /// `--metrics-file` run reads every pair of the config).
+    pub async fn last_runs(
+        &self,
+        pairs: &[(String, String)],
+    ) -> Result<Vec<Option<LastRun>>, AuditError> {
+        self.migrate().await?;
+        let mut conn = Conn::open(&self.database).await?;
+        let result = tokio::time::timeout(TIMEOUT, async {
+            let mut out = Vec::with_capacity(pairs.len());
+            for (rule, database) in pairs {
+                out.push(last_run(&mut conn, rule, database).await?);
+            }
+            Ok(out)
+        })
+        .await;
+        finish(conn, result).await
+    }
+}
+
+async fn insert(
+    conn: &mut Conn,
+    records: &[RunRecord],
+    notified: &[bool],
+    host: &str,
+) -> Result<(), AuditError> {
+    on_each!(conn, INSERT_POSTGRES, INSERT_OTHER, |c, sql, url| {
+        let err = |e: sqlx::Error| AuditError::sql(url, &e);
+        let mut tx = c.begin().await.map_err(err)?;
+        for (i, record) in records.iter().enumerate() {
+            let was_notified = notified.get(i).copied().unwrap_or(false);
+            bind_run!(sqlx::query(sql), record, was_notified, host)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+        }
+        tx.commit().await.map_err(err)
+    })
+}
+
+async fn prune(conn: &mut Conn, cutoff: DateTime<Utc>) -> Result<u64, AuditError> {
+    let mut total = 0u64;
+    for _ in 0..PRUNE_MAX_BATCHES {
+        let limit = i64::from(PRUNE_BATCH);
+        let batch = on_each!(
+            &mut *conn,
+            PRUNE_POSTGRES,
+            PRUNE_MYSQL,
+            PRUNE_SQLITE,
+            |c, sql, url| sqlx::query(sql)
+                .bind(cutoff)
+                .bind(limit)
+                .execute(&mut *c)
+                .await
+                .map_err(|e| AuditError::sql(url, &e))?
+                .rows_affected()
+        );
+        total += batch;
+        if batch < u64::from(PRUNE_BATCH) {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+/// Columns of [`LAST_POSTGRES`]/[`LAST_OTHER`].
+type LastRow = (String, DateTime<Utc>, i64, Option<i64>, Option<i64>);
+
+async fn last_run(
+    conn: &mut Conn,
+    rule: &str,
+    database: &str,
+) -> Result<Option<LastRun>, AuditError> {
+    let row: Option<LastRow> = on_each!(&mut *conn, LAST_POSTGRES, LAST_OTHER, |c, sql, url| {
+        sqlx::query_as(sql)
+            .bind(rule)
+            .bind(database)
+            .fetch_optional(&mut *c)
+            .await
+            .map_err(|e| AuditError::sql(url, &e))?
+    });
+    let Some((outcome, started_at, duration_ms, detected, changed)) = row else {
+        return Ok(None);
+    };
+    let last_success_at =
+        max_started(conn, SUCCESS_POSTGRES, SUCCESS_OTHER, rule, database).await?;
+    Ok(Some(LastRun {
+        outcome: parse_outcome(&outcome)?,
+        started_at,
+        duration_ms: u64::try_from(duration_ms).unwrap_or(0),
+        detected: detected.and_then(|v| u64::try_from(v).ok()),
+        changed: changed.and_then(|v| u64::try_from(v).ok()),
+        last_success_at,
+    }))
+}
+
+/// `SELECT MAX(started_at) ...` for one pair.
+async fn max_started(
+    conn: &mut Conn,
+    pg: &'static str,
+    other: &'static str,
+    rule: &str,
+    database: &str,
+) -> Result<Option<DateTime<Utc>>, AuditError> {
+    on_each!(conn, pg, other, |c, sql, url| {
+        sqlx::query_scalar::<_, Option<DateTime<Utc>>>(sql)
+            .bind(rule)
+            .bind(database)
+            .fetch_one(&mut *c)
+            .await
+            .map_err(|e| AuditError::sql(url, &e))
+    })
+}
+
+/// The audit table as run history: the last non-dry run of a pair (a dry run
+/// changes nothing, so it neither makes a rule "not due" nor counts as a
+/// state for notifications), and the last run that sent a notification.
+impl History for AuditStore {
+    async fn last_state(
+        &self,
+        rule: &str,
+        database: &str,
+    ) -> Result<Option<LastState>, HistoryError> {
+        self.migrate().await?;
+        let mut conn = Conn::open(&self.database).await?;
+        let result = tokio::time::timeout(TIMEOUT, async {
+            let Some(last) = last_run(&mut conn, rule, database).await? else {
+                return Ok(None);
+            };
+            let last_notified_at =
+                max_started(&mut conn, NOTIFIED_POSTGRES, NOTIFIED_OTHER, rule, database).await?;
+            Ok(Some(LastState {
+                outcome: last.outcome,
+                started_at: last.started_at,
+                last_notified_at,
+            }))
+        })
+        .await;
+        Ok(finish(conn, result).await?)
+    }
+
+    async fn record(&self, records: &[RunRecord], notified: &[bool]) -> Result<(), HistoryError> {
+        Ok(self.record_runs(records, notified).await?)
+    }
+}
+
+/// Where a process keeps its run history: the audit table when the config
+/// has one (it survives restarts and is shared by every replica and by
+/// `run --due`), else memory.
+#[derive(Debug)]
+pub enum RunHistory {
+    /// The audit table.
+    Audit(AuditStore),
+    /// In-process memory (no `audit:` in the config).
+    Memory(crate::history::MemoryHistory),
+}
+
+impl RunHistory {
+    /// The audit store, if that is where history goes.
+    #[must_use]
+    pub fn audit(&self) -> Option<&AuditStore> {
+        match self {
+            RunHistory::Audit(store) => Some(store),
+            RunHistory::Memory(_) => None,
+        }
+    }
+}
+
+impl History for RunHistory {
+    async fn last_state(
+        &self,
+        rule: &str,
+        database: &str,
+    ) -> Result<Option<LastState>, HistoryError> {
+        match self {
+            RunHistory::Audit(store) => store.last_state(rule, database).await,
+            RunHistory::Memory(memory) => memory.last_state(rule, database).await,
+        }
+    }
+
+    async fn record(&self, records: &[RunRecord], notified: &[bool]) -> Result<(), HistoryError> {
+        match self {
+            RunHistory::Audit(store) => store.record(records, notified).await,
+            RunHistory::Memory(memory) => memory.record(records, notified).await,
+        }
+    }
+}
+
+/// Records the runs of one `run` invocation in the audit table, if the config
+/// has one: design §3 step 9, after the rules and before notifications.
+///
+/// Returns the error text on failure (already logged), so the caller can put
+/// it in the report and the exit status; it never touches `records`.
+pub async fn record(
+    store: Option<&AuditStore>,
+    records: &[RunRecord],
+    notified: &[bool],
+) -> Option<String> {
+    let store = store?;
+    match store.record_runs(records, notified).await {
+        Ok(()) => None,
+        Err(e) => {
+            tracing::error!(error = %e, database = %store.database(), "the runs could not be recorded in the audit table");
+            Some(e.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_texts_are_clipped_on_a_character_boundary() {
+        let long = "é".repeat(MAX_TEXT_CHARS + 10);
+        let clipped = clip(&long);
+        assert_eq!(clipped.chars().count(), MAX_TEXT_CHARS + 1);
+        assert!(clipped.ends_with('…'));
+        assert_eq!(clip("short"), "short");
+    }
+
+    #[test]
+    fn outcomes_round_trip() {
+        for outcome in Outcome::ALL {
+            assert_eq!(parse_outcome(outcome.as_str()).ok(), Some(outcome));
+        }
+        assert!(parse_outcome("exploded").is_err());
+    }
+}

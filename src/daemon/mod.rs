@@ -1,0 +1,304 @@
+//! `dbjanitor daemon`: every enabled rule on its own schedule, in-process.
+//!
+//! Built on croner (through [`crate::schedule`]) and a small tokio loop per
+//! (rule, database) pair rather than on tokio-cron-scheduler, whose defects
+//! matter here (shared/crates.md): it needs 6 or 7 cron fields, freezes a
+//! timezone's UTC offset (DST not followed), overlaps a slow job with its next
+//! tick, and does not wait for running jobs on shutdown. The loop below:
+//!
+//! - computes each next tick in the rule's timezone with croner, so DST
+//!   changes are followed; it sleeps at most [`MAX_SLEEP`] at a time and
+//!   re-reads the wall clock, so a clock step cannot make it fire early, late
+//!   or twice; after a pause (a suspended VM) it fires once, not once per
+//!   missed tick;
+//! - never runs one pair twice at once in the process: a tick that finds the
+//!   previous run still going is skipped, logged and counted
+//!   (`dbjanitor_overlap_skips_total`). Pairs sharing a lock key queue behind
+//!   each other, as in `run`. Other processes (a second replica, a timer) are
+//!   kept out by the advisory locks: they count `skipped` (lock held);
+//! - on SIGTERM/SIGINT starts nothing new, lets running rules finish within
+//!   `daemon.shutdown_grace` (default 30s), then cancels them (the engine
+//!   drops their connections: rolled back, locks released), records them,
+//!   and exits 0. A second signal cancels at once.
+//!
+//! Run history goes to the audit table when the config has one (so `run
+//! --due`, another replica and the next start see it), else to memory.
+
+mod http;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+
+pub use http::{HEALTH_INTERVAL, HEALTH_TIMEOUT, Health};
+
+use crate::audit::RunHistory;
+use crate::config::Config;
+use crate::engine::{RunOptions, run_target};
+use crate::history::History;
+use crate::metrics::{DaemonMetrics, PairLabels};
+use crate::notify;
+use crate::plan::{Plan, Selection, Target};
+
+/// Longest single sleep before the wall clock is read again.
+pub const MAX_SLEEP: Duration = Duration::from_secs(30);
+
+/// After cancelling, how long to wait for the cancelled runs to be recorded.
+const AFTER_CANCEL: Duration = Duration::from_secs(15);
+
+/// What every pair's loop shares.
+struct Shared {
+    /// Notifier settings for [`notify::deliver`].
+    config: Arc<Config>,
+    history: Arc<RunHistory>,
+    metrics: Arc<DaemonMetrics>,
+    /// Cancelled on the first signal: start nothing new.
+    stop: CancellationToken,
+    /// Cancelled when the grace period is over: running rules roll back.
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    /// One mutex per lock key, so pairs sharing a key queue within the process.
+    lock_keys: HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// Resets a pair's "running" flag however its run ends.
+struct Running(Arc<AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Shared {
+    /// One run of one pair, then its bookkeeping: metrics and run history.
+    async fn run(&self, target: &Target) {
+        let pair = PairLabels::of(&target.rule.name, &target.database.name);
+        let (db, lock) = target.lock_key();
+        let key = (db.to_owned(), lock.to_owned());
+        let queue = self.lock_keys.get(&key).cloned().unwrap_or_default();
+        let _turn = tokio::select! {
+            turn = queue.lock_owned() => turn,
+            () = self.stop.cancelled() => return,
+        };
+        self.metrics.set_running(&pair, true);
+        let options = RunOptions {
+            dry_run: false,
+            jobs: 1,
+        };
+        let mut record = run_target(target, &options, &self.cancel).await;
+        self.metrics.set_running(&pair, false);
+        self.metrics.observe(&record);
+        // Design §3 step 9: notifications decide from `self.history` as it was
+        // before this run, then the history stores whether it notified.
+        let notified = notify::deliver(
+            &self.config,
+            std::slice::from_mut(&mut record),
+            Some(self.history.as_ref()),
+        )
+        .await;
+        if let Err(e) = self
+            .history
+            .record(std::slice::from_ref(&record), &notified)
+            .await
+        {
+            self.metrics.audit_error(1);
+            tracing::error!(error = %e, "the run could not be recorded in the run history");
+        }
+    }
+}
+
+/// Sleeps until the wall clock reaches `tick`; `false` if `stop` came first.
+async fn sleep_until(tick: DateTime<Utc>, stop: &CancellationToken) -> bool {
+    loop {
+        let now = Utc::now();
+        if now >= tick {
+            return true;
+        }
+        let wait = (tick - now).to_std().unwrap_or_default().min(MAX_SLEEP);
+        tokio::select! {
+            () = stop.cancelled() => return false,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// The schedule loop of one pair: until `stop`, wait for the next tick and
+/// start a run unless the previous one is still going.
+async fn pair_loop(target: Target, shared: Arc<Shared>) {
+    let Some(schedule) = target.rule.schedule.clone() else {
+        return;
+    };
+    let tz = target.rule.timezone;
+    let pair = PairLabels::of(&target.rule.name, &target.database.name);
+    let running = Arc::new(AtomicBool::new(false));
+    let mut after = Utc::now();
+    loop {
+        let Some(tick) = schedule.next_after(after, tz) else {
+            info!(
+                schedule = schedule.text(),
+                "the schedule has no further ticks"
+            );
+            return;
+        };
+        shared.metrics.set_next_run(&pair, tick);
+        if !sleep_until(tick, &shared.stop).await {
+            return;
+        }
+        // Fire each tick once; after a pause, continue from now (no catch-up burst).
+        after = Utc::now().max(tick);
+        if running.swap(true, Ordering::SeqCst) {
+            shared.metrics.overlap_skip(&pair);
+            warn!(
+                tick = %tick.to_rfc3339(),
+                "the previous run is still going: this tick is skipped (overlap)"
+            );
+            continue;
+        }
+        let guard = Running(Arc::clone(&running));
+        let (target, task_shared) = (target.clone(), Arc::clone(&shared));
+        shared.tracker.spawn(async move {
+            let _guard = guard;
+            task_shared.run(&target).await;
+        });
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT; returns after the drain.
+pub async fn run(
+    config: &Config,
+    history: RunHistory,
+    listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let plan = Plan::select(config, &Selection::default()).context("selecting the rules")?;
+    let (scheduled, unscheduled): (Vec<Target>, Vec<Target>) = plan
+        .targets
+        .into_iter()
+        .partition(|t| t.rule.schedule.is_some());
+    for target in &unscheduled {
+        warn!(rule = %target.rule.name, database = %target.database.name,
+            "the rule has no schedule: the daemon never runs it (use `dbjanitor run`)");
+    }
+    if scheduled.is_empty() {
+        warn!("no enabled rule has a schedule: the daemon has nothing to run");
+    }
+    let pairs: Vec<PairLabels> = scheduled
+        .iter()
+        .map(|t| PairLabels::of(&t.rule.name, &t.database.name))
+        .collect();
+    let metrics = Arc::new(DaemonMetrics::new(
+        &pairs,
+        &config.databases.keys().cloned().collect::<Vec<_>>(),
+    ));
+    let health = Arc::new(Health::default());
+    let stop = CancellationToken::new();
+    let cancel = CancellationToken::new();
+    {
+        // First signal: stop starting runs. Second: cancel the running ones now.
+        let (stop, cancel) = (stop.clone(), cancel.clone());
+        tokio::spawn(async move {
+            crate::app::wait_for_signal().await;
+            stop.cancel();
+            crate::app::wait_for_signal().await;
+            warn!("second signal: cancelling running rules now");
+            cancel.cancel();
+        });
+    }
+    let server_stop = CancellationToken::new();
+    let server = match listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            let local = listener.local_addr().unwrap_or(addr);
+            info!(address = %local, "serving /healthz, /livez and /metrics");
+            Some(tokio::spawn(http::serve(
+                listener,
+                Arc::clone(&health),
+                Arc::clone(&metrics),
+                server_stop.clone(),
+            )))
+        }
+        None => None,
+    };
+    tokio::spawn(http::watch(
+        config.databases.values().cloned().collect(),
+        Arc::clone(&health),
+        Arc::clone(&metrics),
+        stop.clone(),
+    ));
+    let lock_keys = scheduled
+        .iter()
+        .map(|t| {
+            let (db, lock) = t.lock_key();
+            ((db.to_owned(), lock.to_owned()), Arc::default())
+        })
+        .collect();
+    let tracker = TaskTracker::new();
+    let shared = Arc::new(Shared {
+        config: Arc::new(config.clone()),
+        history: Arc::new(history),
+        metrics,
+        stop: stop.clone(),
+        cancel: cancel.clone(),
+        tracker: tracker.clone(),
+        lock_keys,
+    });
+    info!(
+        pairs = scheduled.len(),
+        grace_s = config.daemon.shutdown_grace.as_secs(),
+        "daemon started"
+    );
+    let loops: Vec<_> = scheduled
+        .into_iter()
+        .map(|target| {
+            let span =
+                info_span!("rule", rule = %target.rule.name, database = %target.database.name);
+            tokio::spawn(pair_loop(target, Arc::clone(&shared)).instrument(span))
+        })
+        .collect();
+
+    stop.cancelled().await;
+    health.set_stopping();
+    for handle in loops {
+        let _ = handle.await;
+    }
+    tracker.close();
+    let grace = config.daemon.shutdown_grace;
+    info!(
+        running = tracker.len(),
+        grace_s = grace.as_secs(),
+        "stopping: no new runs; waiting for the running ones"
+    );
+    tokio::select! {
+        () = tracker.wait() => {}
+        () = tokio::time::sleep(grace) => {
+            warn!(running = tracker.len(), "shutdown grace period over: cancelling the running rules (rolled back, locks released)");
+            cancel.cancel();
+        }
+        () = cancel.cancelled() => {}
+    }
+    if tokio::time::timeout(AFTER_CANCEL, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            running = tracker.len(),
+            "some cancelled runs did not finish recording; exiting anyway"
+        );
+    }
+    server_stop.cancel();
+    if let Some(server) = server {
+        let _ = server.await;
+    }
+    info!("daemon stopped");
+    Ok(())
+}

@@ -1,0 +1,488 @@
+//! Prometheus metrics: the daemon's live `/metrics`, and the one-shot
+//! `--metrics-file` of `run` for node_exporter's textfile collector.
+//!
+//! Both are encoded by `prometheus-client` (the Prometheus project's own Rust
+//! client) in the OpenMetrics text format, which Prometheus scrapes natively.
+//! The textfile holds gauges only: a gauge is written the same way in the
+//! OpenMetrics and the classic text format, so node_exporter (which reads the
+//! classic format and takes `# EOF` for a comment) reads it with its types.
+//!
+//! Every series is labelled by `rule` and `database` (names from the config;
+//! never a URL). Series for every scheduled pair exist from the start at 0, so
+//! `rate()` and absence alerts work before the first run.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+
+use chrono::{DateTime, Utc};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::audit::LastRun;
+use crate::outcome::{Outcome, RunRecord};
+
+/// The content type of [`DaemonMetrics::encode`].
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Run durations, in seconds: from a quick clean detect to an hour of batches.
+const DURATION_BUCKETS: [f64; 12] = [
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
+/// Labels of a (rule, database) pair.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct PairLabels {
+    /// Rule name.
+    pub rule: String,
+    /// Database name from the config.
+    pub database: String,
+}
+
+impl PairLabels {
+    /// The labels of a record's pair.
+    #[must_use]
+    pub fn of(rule: &str, database: &str) -> Self {
+        Self {
+            rule: rule.to_owned(),
+            database: database.to_owned(),
+        }
+    }
+}
+
+/// Labels of a pair and an outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// Rule name.
+    pub rule: String,
+    /// Database name from the config.
+    pub database: String,
+    /// One of the seven outcomes.
+    pub outcome: String,
+}
+
+/// Labels of a database.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DatabaseLabels {
+    /// Database name from the config.
+    pub database: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+fn seconds(t: DateTime<Utc>) -> f64 {
+    // Millisecond precision is plenty for a timestamp gauge.
+    #[allow(clippy::cast_precision_loss)]
+    let ms = t.timestamp_millis() as f64;
+    ms / 1000.0
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn ms_to_seconds(ms: u64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+/// Whether an outcome counts as a success for `last_success_timestamp_seconds`:
+/// the run completed as intended (`skipped` ran nothing; `guard_tripped` and
+/// `failed` need a person).
+#[must_use]
+pub fn is_success(outcome: Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::Clean | Outcome::Found | Outcome::Fixed | Outcome::WouldFix
+    )
+}
+
+/// The daemon's live metrics.
+pub struct DaemonMetrics {
+    registry: Registry,
+    runs: Family<OutcomeLabels, Counter>,
+    detected: Family<PairLabels, Counter>,
+    changed: Family<PairLabels, Counter>,
+    duration: Family<PairLabels, Histogram>,
+    last_success: Family<PairLabels, FloatGauge>,
+    last_run: Family<PairLabels, FloatGauge>,
+    next_run: Family<PairLabels, FloatGauge>,
+    lock_skips: Family<PairLabels, Counter>,
+    overlap_skips: Family<PairLabels, Counter>,
+    running: Family<PairLabels, Gauge>,
+    database_up: Family<DatabaseLabels, Gauge>,
+    audit_errors: Counter,
+}
+
+impl std::fmt::Debug for DaemonMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DaemonMetrics")
+    }
+}
+
+impl DaemonMetrics {
+    /// Registers every metric, with series at 0 for each pair in `pairs`.
+    #[must_use]
+    pub fn new(pairs: &[PairLabels], databases: &[String]) -> Self {
+        let mut registry = Registry::with_prefix("dbjanitor");
+        let runs = Family::<OutcomeLabels, Counter>::default();
+        let detected = Family::<PairLabels, Counter>::default();
+        let changed = Family::<PairLabels, Counter>::default();
+        let duration = Family::<PairLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(DURATION_BUCKETS)) as fn() -> Histogram,
+        );
+        let last_success = Family::<PairLabels, FloatGauge>::default();
+        let last_run = Family::<PairLabels, FloatGauge>::default();
+        let next_run = Family::<PairLabels, FloatGauge>::default();
+        let lock_skips = Family::<PairLabels, Counter>::default();
+        let overlap_skips = Family::<PairLabels, Counter>::default();
+        let running = Family::<PairLabels, Gauge>::default();
+        let database_up = Family::<DatabaseLabels, Gauge>::default();
+        let audit_errors = Counter::default();
+        registry.register(
+            "runs",
+            "Finished runs of a rule on a database, by outcome",
+            runs.clone(),
+        );
+        registry.register(
+            "rows_detected",
+            "Rows found by detect queries (before any fix)",
+            detected.clone(),
+        );
+        registry.register(
+            "rows_changed",
+            "Rows changed by committed fixes",
+            changed.clone(),
+        );
+        registry.register_with_unit(
+            "run_duration",
+            "Wall time of one run, lock included",
+            Unit::Seconds,
+            duration.clone(),
+        );
+        registry.register(
+            "last_success_timestamp_seconds",
+            "Start of the last run that ended clean, found or fixed (Unix time)",
+            last_success.clone(),
+        );
+        registry.register(
+            "last_run_timestamp_seconds",
+            "Start of the last finished run, whatever its outcome (Unix time)",
+            last_run.clone(),
+        );
+        registry.register(
+            "next_run_timestamp_seconds",
+            "Next scheduled tick (Unix time)",
+            next_run.clone(),
+        );
+        registry.register(
+            "lock_skips",
+            "Runs skipped because another process held the rule's lock",
+            lock_skips.clone(),
+        );
+        registry.register(
+            "overlap_skips",
+            "Ticks skipped because this process was still running the previous run",
+            overlap_skips.clone(),
+        );
+        registry.register(
+            "running",
+            "1 while a run of the pair is in progress in this process",
+            running.clone(),
+        );
+        registry.register(
+            "database_up",
+            "1 if the database answered the last health check",
+            database_up.clone(),
+        );
+        registry.register(
+            "audit_errors",
+            "Runs that could not be recorded in the audit table",
+            audit_errors.clone(),
+        );
+        for pair in pairs {
+            for outcome in Outcome::ALL {
+                drop(runs.get_or_create(&OutcomeLabels {
+                    rule: pair.rule.clone(),
+                    database: pair.database.clone(),
+                    outcome: outcome.as_str().to_owned(),
+                }));
+            }
+            drop(detected.get_or_create(pair));
+            drop(changed.get_or_create(pair));
+            drop(duration.get_or_create(pair));
+            drop(lock_skips.get_or_create(pair));
+            drop(overlap_skips.get_or_create(pair));
+            drop(running.get_or_create(pair));
+        }
+        for database in databases {
+            drop(database_up.get_or_create(&DatabaseLabels {
+                database: database.clone(),
+            }));
+        }
+        Self {
+            registry,
+            runs,
+            detected,
+            changed,
+            duration,
+            last_success,
+            last_run,
+            next_run,
+            lock_skips,
+            overlap_skips,
+            running,
+            database_up,
+            audit_errors,
+        }
+    }
+
+    /// Counts a finished run.
+    pub fn observe(&self, record: &RunRecord) {
+        let pair = PairLabels::of(&record.rule, &record.database);
+        self.runs
+            .get_or_create(&OutcomeLabels {
+                rule: record.rule.clone(),
+                database: record.database.clone(),
+                outcome: record.outcome.as_str().to_owned(),
+            })
+            .inc();
+        if let Some(detected) = record.detected {
+            self.detected.get_or_create(&pair).inc_by(detected);
+        }
+        if record.outcome == Outcome::Fixed
+            && let Some(changed) = record.changed
+        {
+            self.changed.get_or_create(&pair).inc_by(changed);
+        }
+        self.duration
+            .get_or_create(&pair)
+            .observe(ms_to_seconds(record.duration_ms));
+        self.last_run
+            .get_or_create(&pair)
+            .set(seconds(record.started_at));
+        if is_success(record.outcome) {
+            self.last_success
+                .get_or_create(&pair)
+                .set(seconds(record.started_at));
+        }
+        if record.outcome == Outcome::Skipped {
+            self.lock_skips.get_or_create(&pair).inc();
+        }
+    }
+
+    /// Counts a tick skipped because the previous run was still going.
+    pub fn overlap_skip(&self, pair: &PairLabels) {
+        self.overlap_skips.get_or_create(pair).inc();
+    }
+
+    /// Marks a run of `pair` as started (`true`) or finished.
+    pub fn set_running(&self, pair: &PairLabels, running: bool) {
+        self.running.get_or_create(pair).set(i64::from(running));
+    }
+
+    /// Publishes the next tick of `pair`.
+    pub fn set_next_run(&self, pair: &PairLabels, at: DateTime<Utc>) {
+        self.next_run.get_or_create(pair).set(seconds(at));
+    }
+
+    /// Publishes a database health check result.
+    pub fn set_database_up(&self, database: &str, up: bool) {
+        self.database_up
+            .get_or_create(&DatabaseLabels {
+                database: database.to_owned(),
+            })
+            .set(i64::from(up));
+    }
+
+    /// Counts runs the audit table did not get.
+    pub fn audit_error(&self, runs: u64) {
+        self.audit_errors.inc_by(runs);
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// What `--metrics-file` says about one pair: this run's record, or the last
+/// run recorded in the audit table for pairs that did not run this time.
+pub type PairState = LastRun;
+
+impl From<&RunRecord> for LastRun {
+    fn from(record: &RunRecord) -> Self {
+        Self {
+            outcome: record.outcome,
+            started_at: record.started_at,
+            duration_ms: record.duration_ms,
+            detected: record.detected,
+            changed: record.changed,
+            last_success_at: is_success(record.outcome).then_some(record.started_at),
+        }
+    }
+}
+
+/// Renders the textfile of one `run`: per pair, the last run's start,
+/// duration, counts and outcome (one series per outcome, 1 for the actual
+/// one), the last success; and the invocation's own time, exit status and
+/// number of pairs run.
+#[must_use]
+pub fn textfile(
+    pairs: &BTreeMap<PairLabels, PairState>,
+    ran: usize,
+    exit_code: u8,
+    now: DateTime<Utc>,
+) -> String {
+    let mut registry = Registry::with_prefix("dbjanitor");
+    let last_run = Family::<PairLabels, FloatGauge>::default();
+    let duration = Family::<PairLabels, FloatGauge>::default();
+    let detected = Family::<PairLabels, Gauge>::default();
+    let changed = Family::<PairLabels, Gauge>::default();
+    let outcome = Family::<OutcomeLabels, Gauge>::default();
+    let last_success = Family::<PairLabels, FloatGauge>::default();
+    let run_time = FloatGauge::default();
+    let run_exit = Gauge::<i64>::default();
+    let run_pairs = Gauge::<i64>::default();
+    registry.register(
+        "last_run_timestamp_seconds",
+        "Start of the last run of the rule on the database (Unix time)",
+        last_run.clone(),
+    );
+    registry.register(
+        "last_run_duration_seconds",
+        "Wall time of the last run",
+        duration.clone(),
+    );
+    registry.register(
+        "last_run_rows_detected",
+        "Rows detect found in the last run",
+        detected.clone(),
+    );
+    registry.register(
+        "last_run_rows_changed",
+        "Rows the fix changed in the last run (would change, in a dry run)",
+        changed.clone(),
+    );
+    registry.register(
+        "last_run_outcome",
+        "1 for the outcome of the last run, 0 for the others",
+        outcome.clone(),
+    );
+    registry.register(
+        "last_success_timestamp_seconds",
+        "Start of the last run that ended clean, found, fixed or would_fix (Unix time)",
+        last_success.clone(),
+    );
+    registry.register(
+        "textfile_run_timestamp_seconds",
+        "When the dbjanitor run that wrote this file finished (Unix time)",
+        run_time.clone(),
+    );
+    registry.register(
+        "textfile_run_exit_code",
+        "Exit status of the dbjanitor run that wrote this file",
+        run_exit.clone(),
+    );
+    registry.register(
+        "textfile_run_pairs",
+        "(rule, database) pairs run by the dbjanitor run that wrote this file",
+        run_pairs.clone(),
+    );
+    let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    for (pair, state) in pairs {
+        last_run.get_or_create(pair).set(seconds(state.started_at));
+        duration
+            .get_or_create(pair)
+            .set(ms_to_seconds(state.duration_ms));
+        if let Some(v) = state.detected {
+            detected.get_or_create(pair).set(to_i64(v));
+        }
+        if let Some(v) = state.changed {
+            changed.get_or_create(pair).set(to_i64(v));
+        }
+        for o in Outcome::ALL {
+            outcome
+                .get_or_create(&OutcomeLabels {
+                    rule: pair.rule.clone(),
+                    database: pair.database.clone(),
+                    outcome: o.as_str().to_owned(),
+                })
+                .set(i64::from(o == state.outcome));
+        }
+        if let Some(at) = state.last_success_at {
+            last_success.get_or_create(pair).set(seconds(at));
+        }
+    }
+    run_time.set(seconds(now));
+    run_exit.set(i64::from(exit_code));
+    run_pairs.set(i64::try_from(ran).unwrap_or(i64::MAX));
+    let mut out = String::new();
+    // Encoding into a String cannot fail.
+    let _ = encode(&mut out, &registry);
+    out
+}
+
+/// Writes `text` to `path` atomically: a temporary file in the same folder,
+/// flushed to disk, readable by others (node_exporter runs as its own user),
+/// then renamed over `path`. A reader sees the old file or the new one, never
+/// half of one.
+pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".dbjanitor-metrics-")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    tmp.write_all(text.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn textfile_has_one_series_per_outcome_and_gauges_only() {
+        let mut pairs = BTreeMap::new();
+        let mut record = RunRecord::new("r", "d", false, Utc::now());
+        record.outcome = Outcome::Fixed;
+        record.detected = Some(3);
+        record.changed = Some(3);
+        pairs.insert(PairLabels::of("r", "d"), PairState::from(&record));
+        let text = textfile(&pairs, 1, 0, Utc::now());
+        assert!(
+            text.contains(
+                "dbjanitor_last_run_outcome{rule=\"r\",database=\"d\",outcome=\"fixed\"} 1"
+            )
+        );
+        assert!(text.contains(
+            "dbjanitor_last_run_outcome{rule=\"r\",database=\"d\",outcome=\"failed\"} 0"
+        ));
+        assert!(!text.contains("counter") && !text.contains("# UNIT"));
+    }
+
+    #[test]
+    fn atomic_write_replaces_the_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("m.prom");
+        write_atomically(&path, "a 1\n").expect("write");
+        write_atomically(&path, "a 2\n").expect("write");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "a 2\n");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 1);
+    }
+}

@@ -1,0 +1,333 @@
+//! `dbjanitor daemon` as a supervisor runs it: a rule every second against a
+//! real database with the audit rows as proof, the HTTP endpoints, and
+//! SIGTERM in the middle of a slow fix (finished within the grace period, or
+//! cancelled: rolled back and the lock released), always exiting 0.
+//!
+//! Nothing here asserts timing: the tests poll for a state with a generous
+//! deadline and then assert on content.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use crate::audit::{STUCK, audit_rows, audited, jobs, parse_metrics, sample};
+use crate::util::{Engine, RunOutput, TestDb};
+
+on_every_engine!(
+    a_rule_every_second_with_audit_rows_as_proof,
+    sigterm_cancels_a_slow_fix_after_the_grace_period,
+);
+
+const DEADLINE: Duration = Duration::from_secs(90);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `(status, headers and body)` of `GET path`, or `None` while nobody listens.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, response))
+}
+
+fn body(response: &str) -> &str {
+    response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// Polls `check` until it returns `Some`, panicking with `what` after the deadline.
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// Waits for the daemon to exit on its own (it must, after SIGTERM).
+async fn exited(mut child: Child) -> RunOutput {
+    let deadline = Instant::now() + DEADLINE;
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = RunOutput::from(child.wait_with_output().expect("wait"));
+            panic!(
+                "the daemon did not exit after SIGTERM\nstderr:\n{}",
+                out.stderr
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    RunOutput::from(child.wait_with_output().expect("wait"))
+}
+
+async fn a_rule_every_second_with_audit_rows_as_proof(engine: Engine) {
+    let app = jobs(engine).await;
+    let audit = TestDb::new(engine).await;
+    let case = audited(&app, &audit).rule(&format!("{STUCK}schedule: \"@every 1s\"\n"));
+    let port = free_port();
+    let child = case.spawn(&["daemon", "--listen", &format!("127.0.0.1:{port}")]);
+    // The schema is migrated before the server starts: once /livez answers,
+    // the audit table exists.
+    eventually("/livez", async || {
+        http_get(port, "/livez").filter(|r| r.0 == 200)
+    })
+    .await;
+    let rows = eventually("3 audit rows", async || {
+        let rows = audit_rows(&audit).await;
+        (rows.len() >= 3).then_some(rows)
+    })
+    .await;
+    let healthz = eventually("/healthz 200", async || {
+        http_get(port, "/healthz").filter(|r| r.0 == 200)
+    })
+    .await;
+    assert!(
+        body(&healthz.1).contains("database main: ok"),
+        "{}",
+        healthz.1
+    );
+    let (status, response) = http_get(port, "/metrics").expect("/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text")
+    );
+    sigterm(&child);
+    let out = exited(child).await;
+    out.assert_code(0);
+
+    // The audit rows: the first run fixed the three stuck jobs, the next ones were clean.
+    assert_eq!(
+        rows[0],
+        (
+            "jobs.stuck".to_owned(),
+            "fixed".to_owned(),
+            "3".to_owned(),
+            "3".to_owned(),
+            false
+        ),
+        "{engine:?}"
+    );
+    for row in &rows[1..] {
+        assert_eq!(
+            (row.1.as_str(), row.2.as_str()),
+            ("clean", "0"),
+            "{engine:?}: {rows:?}"
+        );
+    }
+    // One run per tick: never two runs with the same start second.
+    let all = audit.scalar("SELECT count(*) FROM dbjanitor_runs").await;
+    let per_second = audit
+        .rows("SELECT started_at FROM dbjanitor_runs")
+        .await
+        .into_iter()
+        .map(|r| {
+            r[0].clone()
+                .unwrap_or_default()
+                .chars()
+                .take(19)
+                .collect::<String>()
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    assert_eq!(i64::try_from(per_second).expect("count"), all, "{engine:?}");
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM job WHERE state = 'failed'")
+            .await,
+        3
+    );
+
+    // /metrics, read by a Prometheus text-format parser.
+    let metrics = parse_metrics(body(&response));
+    let pair = [("rule", "jobs.stuck"), ("database", "main")];
+    let outcome = |o: &'static str| [("rule", "jobs.stuck"), ("database", "main"), ("outcome", o)];
+    assert_eq!(
+        sample(&metrics, "dbjanitor_runs_total", &outcome("fixed")),
+        Some(1.0)
+    );
+    let clean = sample(&metrics, "dbjanitor_runs_total", &outcome("clean")).expect("clean");
+    assert!(clean >= 2.0, "{clean}");
+    assert_eq!(
+        sample(&metrics, "dbjanitor_runs_total", &outcome("failed")),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&metrics, "dbjanitor_rows_detected_total", &pair),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&metrics, "dbjanitor_rows_changed_total", &pair),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&metrics, "dbjanitor_lock_skips_total", &pair),
+        Some(0.0)
+    );
+    assert!(sample(&metrics, "dbjanitor_overlap_skips_total", &pair).is_some());
+    assert_eq!(
+        sample(&metrics, "dbjanitor_run_duration_seconds_count", &pair),
+        Some(clean + 1.0)
+    );
+    let last_success =
+        sample(&metrics, "dbjanitor_last_success_timestamp_seconds", &pair).expect("last success");
+    let now = chrono::Utc::now().timestamp() as f64;
+    assert!(
+        last_success > now - 600.0 && last_success <= now + 1.0,
+        "{last_success}"
+    );
+    assert!(
+        sample(&metrics, "dbjanitor_next_run_timestamp_seconds", &pair)
+            .is_some_and(|t| t >= last_success)
+    );
+    assert_eq!(
+        sample(&metrics, "dbjanitor_database_up", &[("database", "main")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "dbjanitor_database_up",
+            &[("database", "janitor")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&metrics, "dbjanitor_audit_errors_total", &[]),
+        Some(0.0)
+    );
+}
+
+/// A fix that runs an UPDATE, then a slow statement, in one transaction.
+fn slow_rule(engine: Engine) -> (String, String) {
+    let slow = match engine {
+        Engine::Postgres => "SELECT pg_sleep(5)",
+        Engine::MySql => "DO SLEEP(5)",
+        Engine::Sqlite => {
+            "SELECT count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 400000000) SELECT x FROM c)"
+        }
+    };
+    let rule = format!(
+        "name: jobs.killed\ndatabase: main\nschedule: \"@every 1s\"\ndetect: SELECT id FROM job WHERE state = 'stuck'\nfix: |\n  UPDATE job SET state = 'failed' WHERE state = 'stuck';\n  {slow}\nmax_rows: 5\ntimeout: 120s\nlock: {{ name: jobs, wait: 30s }}\n"
+    );
+    let fast = rule.replace(&format!("\n  {slow}"), "");
+    (rule, fast)
+}
+
+async fn sigterm_cancels_a_slow_fix_after_the_grace_period(engine: Engine) {
+    let app = jobs(engine).await;
+    let audit = TestDb::new(engine).await;
+    let (slow, fast) = slow_rule(engine);
+    // Kept until the end: the config folder must outlive the daemon.
+    let case = audited(&app, &audit)
+        .config("daemon: { shutdown_grace: 1s }")
+        .rule(&slow);
+    let child = case.spawn(&["daemon"]);
+    crate::concurrency::wait_until_update_ran(&app).await;
+    // Let the next tick come while the fix is still running: it is skipped.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sigterm(&child);
+    let out = exited(child).await;
+    out.assert_code(0);
+    assert!(
+        out.stderr.contains("this tick is skipped (overlap)"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("cancelling the running rules"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM job WHERE state = 'stuck'")
+            .await,
+        3,
+        "{engine:?}: the cancelled fix was rolled back"
+    );
+    let rows = audit
+        .rows("SELECT outcome, reason FROM dbjanitor_runs WHERE rule = 'jobs.killed'")
+        .await;
+    assert_eq!(
+        rows,
+        vec![vec![
+            Some("failed".to_owned()),
+            Some("cancelled".to_owned())
+        ]],
+        "{engine:?}"
+    );
+    // The lock went with the connection: the next run takes it and fixes.
+    let next = audited(&app, &audit)
+        .rule(&fast)
+        .run(&["run", "--output", "json"]);
+    next.assert_code(0);
+    assert_eq!(next.outcome("jobs.killed", "main"), "fixed", "{engine:?}");
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM job WHERE state = 'failed'")
+            .await,
+        3
+    );
+}
+
+/// Within the grace period a running fix finishes and is committed.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_a_slow_fix_finish_within_the_grace_period() {
+    for engine in [Engine::Postgres, Engine::MySql] {
+        let app = jobs(engine).await;
+        let audit = TestDb::new(engine).await;
+        let (slow, _) = slow_rule(engine);
+        let case = audited(&app, &audit)
+            .config("daemon: { shutdown_grace: 60s }")
+            .rule(&slow);
+        let child = case.spawn(&["daemon"]);
+        crate::concurrency::wait_until_update_ran(&app).await;
+        sigterm(&child);
+        let out = exited(child).await;
+        out.assert_code(0);
+        assert!(
+            out.stderr.contains("stopping: no new runs"),
+            "{}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("cancelling"), "{}", out.stderr);
+        assert_eq!(
+            app.scalar("SELECT count(*) FROM job WHERE state = 'failed'")
+                .await,
+            3,
+            "{engine:?}: the fix finished and was committed"
+        );
+        let outcomes: Vec<String> = audit_rows(&audit).await.into_iter().map(|r| r.1).collect();
+        assert_eq!(
+            outcomes,
+            ["fixed"],
+            "{engine:?}: one run, no new one after SIGTERM"
+        );
+    }
+}
