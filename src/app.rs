@@ -58,13 +58,20 @@ impl AppError {
 /// Runs the parsed command line and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
     // Kept until this function returns: the log files are flushed when it drops.
-    let _log_guard = match crate::logging::init(cli.log_format, cli.log_dir.as_deref()) {
-        Ok(guard) => guard,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::code(exit::USAGE);
-        }
+    // The demo's story is its report; its per-rule log lines would only interleave.
+    let default_filter = if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
     };
+    let _log_guard =
+        match crate::logging::init(cli.log_format, cli.log_dir.as_deref(), default_filter) {
+            Ok(guard) => guard,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::code(exit::USAGE);
+            }
+        };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

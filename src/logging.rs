@@ -1,7 +1,7 @@
 //! Logs go to stderr (the report owns stdout), filtered by `RUST_LOG`, and,
 //! with `--log-dir`, also to daily rolling files.
 //!
-//! The default filter is `info`. Driver crates log each statement at debug
+//! The default filter is `info` (`warn` for `demo`). Driver crates log each statement at debug
 //! level; statements never contain passwords (URLs are never logged, and the
 //! config's secrets print redacted), so `RUST_LOG=debug` is safe to use.
 //!
@@ -44,8 +44,13 @@ pub struct LogDirError {
 
 /// Installs the global subscriber: stderr, plus daily files in `dir` if given.
 /// Safe to call once per process (a second call leaves the first in place).
-pub fn init(format: LogFormat, dir: Option<&Path>) -> Result<LogGuard, LogDirError> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+pub fn init(
+    format: LogFormat,
+    dir: Option<&Path>,
+    default_filter: &str,
+) -> Result<LogGuard, LogDirError> {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let Some(dir) = dir else {
         install(format, filter, std::io::stderr, true);
         return Ok(LogGuard { _file: None });
