@@ -59,13 +59,16 @@ pub async fn filter<H: History>(
     history: &H,
     now: DateTime<Utc>,
 ) -> Result<Vec<Target>, HistoryError> {
+    let scheduled: Vec<(&str, &str)> = targets
+        .iter()
+        .filter(|t| t.rule.schedule.is_some())
+        .map(|t| (t.rule.name.as_str(), t.database.name.as_str()))
+        .collect();
+    let mut states = history.last_states(&scheduled).await?.into_iter();
     let mut due = Vec::with_capacity(targets.len());
     for target in targets {
         let last = if target.rule.schedule.is_some() {
-            history
-                .last_state(&target.rule.name, &target.database.name)
-                .await?
-                .map(|s| s.started_at)
+            states.next().flatten().map(|s| s.started_at)
         } else {
             None
         };

@@ -40,6 +40,21 @@ pub trait History: Send + Sync {
         database: &str,
     ) -> impl Future<Output = Result<Option<LastState>, HistoryError>> + Send;
 
+    /// [`History::last_state`] for many pairs at once, in order. Stores that
+    /// pay per connection (the audit table) answer them all on one.
+    fn last_states(
+        &self,
+        pairs: &[(&str, &str)],
+    ) -> impl Future<Output = Result<Vec<Option<LastState>>, HistoryError>> + Send {
+        async move {
+            let mut states = Vec::with_capacity(pairs.len());
+            for (rule, database) in pairs {
+                states.push(self.last_state(rule, database).await?);
+            }
+            Ok(states)
+        }
+    }
+
     /// Records finished runs; `notified[i]` says whether a notification was
     /// sent for `records[i]`.
     fn record(

@@ -598,19 +598,38 @@ impl History for AuditStore {
         rule: &str,
         database: &str,
     ) -> Result<Option<LastState>, HistoryError> {
+        Ok(self.last_states(&[(rule, database)]).await?.pop().flatten())
+    }
+
+    /// One connection for every pair: `run --due` and notifications ask for
+    /// all the pairs of a run at once.
+    async fn last_states(
+        &self,
+        pairs: &[(&str, &str)],
+    ) -> Result<Vec<Option<LastState>>, HistoryError> {
         self.migrate().await?;
         let mut conn = Conn::open(&self.database).await?;
         let result = tokio::time::timeout(TIMEOUT, async {
-            let Some(last) = last_run(&mut conn, rule, database).await? else {
-                return Ok(None);
-            };
-            let last_notified_at =
-                max_started(&mut conn, NOTIFIED_POSTGRES, NOTIFIED_OTHER, rule, database).await?;
-            Ok(Some(LastState {
-                outcome: last.outcome,
-                started_at: last.started_at,
-                last_notified_at,
-            }))
+            let mut states = Vec::with_capacity(pairs.len());
+            for (rule, database) in pairs {
+                let state = match last_run(&mut conn, rule, database).await? {
+                    Some(last) => Some(LastState {
+                        outcome: last.outcome,
+                        started_at: last.started_at,
+                        last_notified_at: max_started(
+                            &mut conn,
+                            NOTIFIED_POSTGRES,
+                            NOTIFIED_OTHER,
+                            rule,
+                            database,
+                        )
+                        .await?,
+                    }),
+                    None => None,
+                };
+                states.push(state);
+            }
+            Ok(states)
         })
         .await;
         Ok(finish(conn, result).await?)
@@ -652,6 +671,16 @@ impl History for RunHistory {
         match self {
             RunHistory::Audit(store) => store.last_state(rule, database).await,
             RunHistory::Memory(memory) => memory.last_state(rule, database).await,
+        }
+    }
+
+    async fn last_states(
+        &self,
+        pairs: &[(&str, &str)],
+    ) -> Result<Vec<Option<LastState>>, HistoryError> {
+        match self {
+            RunHistory::Audit(store) => store.last_states(pairs).await,
+            RunHistory::Memory(memory) => memory.last_states(pairs).await,
         }
     }
 

@@ -229,25 +229,23 @@ pub async fn deliver_at<H: History>(
     notified
 }
 
-/// The last state of every record's pair; `Err(())` where the store failed
-/// (logged once per pair).
+/// The last state of every record's pair; `Err(())` everywhere when the
+/// store failed (logged once): then every run is notified as untracked.
 async fn last_states<H: History>(
     history: &H,
     records: &[RunRecord],
 ) -> Vec<Result<Option<LastState>, ()>> {
-    let mut states = Vec::with_capacity(records.len());
-    for record in records {
-        states.push(
-            history
-                .last_state(&record.rule, &record.database)
-                .await
-                .map_err(|error| {
-                    warn!(rule = %record.rule, database = %record.database, %error,
-                        "cannot read the run history; notifying as if there were none");
-                }),
-        );
+    let pairs: Vec<(&str, &str)> = records
+        .iter()
+        .map(|r| (r.rule.as_str(), r.database.as_str()))
+        .collect();
+    match history.last_states(&pairs).await {
+        Ok(states) => states.into_iter().map(Ok).collect(),
+        Err(error) => {
+            warn!(%error, "cannot read the run history; notifying as if there were none");
+            vec![Err(()); records.len()]
+        }
     }
-    states
 }
 
 #[cfg(test)]
