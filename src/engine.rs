@@ -283,7 +283,7 @@ impl Run<'_> {
         session: &mut S,
         keep: usize,
     ) -> Result<Detection, StepError> {
-        self.step(self.rule.timeout, session.detect(self.detect_sql(), keep))
+        self.step(self.rule.timeout, session.detect(self.detect_sql(), keep, None))
             .await
     }
 
@@ -292,11 +292,11 @@ impl Run<'_> {
     async fn run_fix<S: Session>(&self, session: &mut S) -> Result<u64, StepError> {
         let mut changed = 0u64;
         for statement in self.fix_statements() {
-            let affected = self
+            let executed = self
                 .step(self.rule.timeout, session.execute(statement))
                 .await?;
-            if !is_ddl(statement, self.dialect) {
-                changed = changed.saturating_add(affected);
+            if executed.modifies_data && !is_ddl(statement, self.dialect) {
+                changed = changed.saturating_add(executed.rows);
             }
         }
         Ok(changed)

@@ -36,6 +36,14 @@ pub(crate) struct RawConfig {
 pub(crate) struct RawDatabase {
     pub(crate) url: Option<Spanned<String>>,
     pub(crate) url_file: Option<Spanned<String>>,
+    pub(crate) lock: Option<Spanned<RawDatabaseLock>>,
+}
+
+/// `lock:` of a database: which kind of lock its rules take.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDatabaseLock {
+    pub(crate) kind: Spanned<String>,
 }
 
 /// `defaults:`.

@@ -168,12 +168,21 @@ impl Session for MySqlSession {
             .await
     }
 
-    async fn detect(&mut self, sql: &str, keep: usize) -> Result<Detection, DbError> {
+    async fn detect(
+        &mut self,
+        sql: &str,
+        keep: usize,
+        _limit: Option<u64>,
+    ) -> Result<Detection, DbError> {
         self.text.detect(sql, keep).await
     }
 
-    async fn execute(&mut self, sql: &str) -> Result<u64, DbError> {
-        self.text.execute(sql).await
+    async fn execute(&mut self, sql: &str) -> Result<super::Executed, DbError> {
+        let rows = self.text.execute(sql).await?;
+        Ok(super::Executed {
+            rows,
+            modifies_data: !crate::sql::is_ddl(sql, super::Dialect::MySql),
+        })
     }
 
     async fn prepare(&mut self, sql: &str) -> Result<(), DbError> {
@@ -186,5 +195,14 @@ impl Session for MySqlSession {
 
     async fn abort(self) {
         self.text.abort();
+    }
+
+    async fn abort_after_commit(self) -> super::CommitOutcome {
+        self.text.abort();
+        super::CommitOutcome::Unknown("the COMMIT reply was lost".to_owned())
+    }
+
+    fn abandon_bound(&self) -> Duration {
+        Duration::from_secs(28_800)
     }
 }

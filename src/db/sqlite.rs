@@ -128,12 +128,21 @@ impl Session for SqliteSession {
         Ok(())
     }
 
-    async fn detect(&mut self, sql: &str, keep: usize) -> Result<Detection, DbError> {
+    async fn detect(
+        &mut self,
+        sql: &str,
+        keep: usize,
+        _limit: Option<u64>,
+    ) -> Result<Detection, DbError> {
         self.text.detect(sql, keep).await
     }
 
-    async fn execute(&mut self, sql: &str) -> Result<u64, DbError> {
-        self.text.execute(sql).await
+    async fn execute(&mut self, sql: &str) -> Result<super::Executed, DbError> {
+        let rows = self.text.execute(sql).await?;
+        Ok(super::Executed {
+            rows,
+            modifies_data: !crate::sql::is_ddl(sql, super::Dialect::Sqlite),
+        })
     }
 
     async fn prepare(&mut self, sql: &str) -> Result<(), DbError> {
@@ -146,5 +155,14 @@ impl Session for SqliteSession {
 
     async fn abort(self) {
         self.text.abort();
+    }
+
+    async fn abort_after_commit(self) -> super::CommitOutcome {
+        self.text.abort();
+        super::CommitOutcome::Unknown("the COMMIT reply was lost".to_owned())
+    }
+
+    fn abandon_bound(&self) -> Duration {
+        Duration::ZERO
     }
 }

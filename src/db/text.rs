@@ -52,7 +52,10 @@ where
     /// Counts a query's rows as they stream past, keeping `keep` of them.
     pub(crate) async fn detect(&mut self, sql: &str, keep: usize) -> Result<Detection, DbError> {
         let keep = keep.min(Sample::MAX_ROWS);
-        let mut detection = Detection::default();
+        let mut detection = Detection {
+            complete: true,
+            ..Detection::default()
+        };
         let mut rows = self
             .conn
             .fetch(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())));
