@@ -33,7 +33,7 @@ use crate::outcome::Outcome;
 use crate::rule::{Batch, DialectSql, LockSpec, Mode, Rule};
 use crate::schedule::Schedule;
 use crate::secret::SecretUrl;
-use crate::sql::{is_implicit_commit_ddl, split_statements};
+use crate::sql::{implicit_commit, split_statements};
 use raw::{OneOrMany, RawConfig, RawDatabase, RawRule, RawSql};
 
 /// Statement timeout when neither the rule nor `defaults` says.
@@ -633,35 +633,11 @@ impl Loader<'_> {
             None => defaults.timezone,
         };
         let detect = self.dialect_sql(file, &raw.detect, "detect", &dialects);
-        for &dialect in &dialects {
-            let count = detect.statements(dialect).len();
-            if count > 1 {
-                self.err(
-                    file,
-                    raw.detect.referenced,
-                    format!(
-                        "detect for {dialect} holds {count} statements; it must be a single SELECT"
-                    ),
-                );
-            }
-        }
+        self.check_detect(file, &raw.detect, &detect, &dialects);
         let mode = raw.mode.unwrap_or_default();
         let fix = raw.fix.as_ref().map(|fix| {
             let sql = self.dialect_sql(file, fix, "fix", &dialects);
-            let ddl = sql
-                .statements(Dialect::MySql)
-                .into_iter()
-                .find(|s| is_implicit_commit_ddl(s));
-            if let (Mode::Transactional, true, Some(ddl)) = (mode, dialects.contains(&Dialect::MySql), ddl) {
-                let keyword = crate::sql::first_keyword(ddl, Dialect::MySql);
-                self.err(
-                    file,
-                    fix.referenced,
-                    format!(
-                        "the MySQL fix runs {keyword}, which commits implicitly and cannot be rolled back: set `mode: autocommit`"
-                    ),
-                );
-            }
+            self.check_fix(file, fix, &sql, &dialects, mode);
             sql
         });
         let max_rows = match (&raw.max_rows, &raw.fix) {
@@ -772,6 +748,85 @@ impl Loader<'_> {
     }
 
     /// Converts `detect:`/`fix:` and checks there is SQL for every dialect.
+    /// Detect must be one query (SELECT, WITH ... SELECT, VALUES, TABLE) on
+    /// every dialect the rule runs on; the server checks it again at run time.
+    fn check_detect(
+        &mut self,
+        file: &Path,
+        raw: &Spanned<RawSql>,
+        detect: &DialectSql,
+        dialects: &[Dialect],
+    ) {
+        for &dialect in dialects {
+            let statements = detect.statements(dialect);
+            if statements.len() > 1 {
+                let count = statements.len();
+                self.err(
+                    file,
+                    raw.referenced,
+                    format!(
+                        "detect for {dialect} holds {count} statements; it must be a single SELECT"
+                    ),
+                );
+            } else if let Some(statement) = statements.first()
+                && !crate::sql::is_query(statement, dialect)
+            {
+                let keyword = crate::sql::main_keyword(statement, dialect);
+                self.err(
+                    file,
+                    raw.referenced,
+                    format!(
+                        "detect for {dialect} is a {keyword} statement; it must be a read-only query (SELECT, WITH ... SELECT, VALUES or TABLE)"
+                    ),
+                );
+            }
+        }
+    }
+
+    /// A fix must not control transactions (dbjanitor owns them), must not
+    /// hide writes in a query's CTE (they would not be counted), and in a
+    /// transactional MySQL rule must not commit implicitly.
+    fn check_fix(
+        &mut self,
+        file: &Path,
+        raw: &Spanned<RawSql>,
+        fix: &DialectSql,
+        dialects: &[Dialect],
+        mode: Mode,
+    ) {
+        for &dialect in dialects {
+            for statement in fix.statements(dialect) {
+                if let Some(words) = crate::sql::transaction_control(statement, dialect) {
+                    self.err(
+                        file,
+                        raw.referenced,
+                        format!(
+                            "the {dialect} fix runs {words}; dbjanitor opens, commits and rolls back the fix's transaction itself, so a fix may not control transactions"
+                        ),
+                    );
+                } else if crate::sql::hides_dml(statement, dialect) {
+                    self.err(
+                        file,
+                        raw.referenced,
+                        format!(
+                            "the {dialect} fix hides a data-modifying statement inside a WITH query; its rows would not be counted against max_rows: make the INSERT/UPDATE/DELETE the main statement"
+                        ),
+                    );
+                } else if let (Dialect::MySql, Mode::Transactional, Some(words)) =
+                    (dialect, mode, implicit_commit(statement))
+                {
+                    self.err(
+                        file,
+                        raw.referenced,
+                        format!(
+                            "the MySQL fix runs {words}, which commits implicitly and cannot be rolled back: set `mode: autocommit`"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
     fn dialect_sql(
         &mut self,
         file: &Path,

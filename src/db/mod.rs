@@ -203,7 +203,8 @@ pub trait Session: Send + Sized {
     /// Opens a plain transaction (one batch of a batch rule).
     fn begin(&mut self) -> impl Future<Output = Result<(), DbError>> + Send;
 
-    /// Commits the open transaction.
+    /// Commits the open transaction (a batch, or the transaction of
+    /// `begin_locked` via `finish_locked`).
     fn commit(&mut self) -> impl Future<Output = Result<(), DbError>> + Send;
 
     /// Rolls back the open transaction.
@@ -309,6 +310,27 @@ pub(crate) fn describe(err: &sqlx::Error) -> String {
         },
         None => err.to_string(),
     }
+}
+
+/// Refuses a fix statement that would end (or split) the transaction it runs
+/// in, before it reaches the server; `implicit` adds MySQL's implicitly
+/// committing statements.
+pub(crate) fn refuse_transaction_end(
+    sql: &str,
+    dialect: Dialect,
+    implicit: bool,
+) -> Result<(), DbError> {
+    if let Some(words) = crate::sql::transaction_control(sql, dialect) {
+        return Err(DbError::Unsafe(format!(
+            "the fix statement runs {words}, which would end or split dbjanitor's transaction; it was not run"
+        )));
+    }
+    if implicit && let Some(words) = crate::sql::implicit_commit(sql) {
+        return Err(DbError::Unsafe(format!(
+            "the fix statement runs {words}, which commits the open transaction implicitly; it was not run (use `mode: autocommit`)"
+        )));
+    }
+    Ok(())
 }
 
 /// Longest wait for a connection to close; after it the socket is just dropped.

@@ -16,7 +16,8 @@ use sqlx::{Connection, Decode, Executor, Row, TypeInfo, ValueRef};
 
 use super::text::{TextConn, TextDatabase};
 use super::{
-    ConnectSettings, DatabaseConfig, DbError, Detection, Session, connect_error, sample, sql_error,
+    CommitOutcome, ConnectSettings, DatabaseConfig, DbError, Detection, Dialect, Executed, Session,
+    connect_error, refuse_transaction_end, sample, sql_error,
 };
 
 /// SQLite's primary result code for "database is locked".
@@ -52,7 +53,14 @@ impl TextDatabase for Sqlite {
 /// One SQLite connection.
 pub struct SqliteSession {
     text: TextConn<Sqlite>,
+    /// Whether dbjanitor opened a transaction (then a marker savepoint is set).
+    in_transaction: bool,
 }
+
+/// A savepoint set right after BEGIN: if a fix statement ended the
+/// transaction, releasing it fails ("no such savepoint"), which is how a
+/// session without `unsafe` FFI learns that the transaction is gone.
+const MARKER: &str = "dbjanitor_marker";
 
 impl SqliteSession {
     /// Opens the database file of `db`; a missing file is an error, never created.
@@ -69,7 +77,46 @@ impl SqliteSession {
                 conn,
                 url: db.url.clone(),
             },
+            in_transaction: false,
         })
+    }
+
+    /// `BEGIN IMMEDIATE` (the write lock) and the marker savepoint.
+    async fn begin_immediate(&mut self) -> Result<bool, DbError> {
+        match self
+            .text
+            .conn
+            .execute(sqlx::raw_sql("BEGIN IMMEDIATE"))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_busy(&e) => return Ok(false),
+            Err(e) => return Err(sql_error(&self.text.url, &e)),
+        }
+        self.text.run(&format!("SAVEPOINT {MARKER}")).await?;
+        self.in_transaction = true;
+        Ok(true)
+    }
+
+    /// Ends the transaction (COMMIT or ROLLBACK).
+    async fn end(&mut self, sql: &str) -> Result<(), DbError> {
+        self.in_transaction = false;
+        self.text.run(sql).await
+    }
+
+    /// Whether dbjanitor's transaction is still open: the marker savepoint
+    /// can be released and set again only inside it.
+    async fn transaction_open(&mut self) -> Result<bool, DbError> {
+        if self
+            .text
+            .run(&format!("RELEASE SAVEPOINT {MARKER}"))
+            .await
+            .is_err()
+        {
+            return Ok(false);
+        }
+        self.text.run(&format!("SAVEPOINT {MARKER}")).await?;
+        Ok(true)
     }
 }
 
@@ -82,25 +129,20 @@ fn is_busy(err: &sqlx::Error) -> bool {
 
 impl Session for SqliteSession {
     async fn begin_locked(&mut self, _lock_name: &str, _wait: Duration) -> Result<bool, DbError> {
-        match self
-            .text
-            .conn
-            .execute(sqlx::raw_sql("BEGIN IMMEDIATE"))
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if is_busy(&e) => Ok(false),
-            Err(e) => Err(sql_error(&self.text.url, &e)),
-        }
+        self.begin_immediate().await
     }
 
     async fn finish_locked(&mut self, commit: bool, _lock_name: &str) -> Result<(), DbError> {
-        self.text
-            .run(if commit { "COMMIT" } else { "ROLLBACK" })
-            .await
+        self.end(if commit { "COMMIT" } else { "ROLLBACK" }).await
     }
 
     async fn lock_session(&mut self, _lock_name: &str, _wait: Duration) -> Result<bool, DbError> {
+        // No advisory lock: probe the write lock as a transactional rule takes
+        // it, so a database busy at the start is `skipped` in every mode.
+        if !self.begin_immediate().await? {
+            return Ok(false);
+        }
+        self.end("ROLLBACK").await?;
         Ok(true)
     }
 
@@ -109,15 +151,22 @@ impl Session for SqliteSession {
     }
 
     async fn begin(&mut self) -> Result<(), DbError> {
-        self.text.run("BEGIN IMMEDIATE").await
+        if self.begin_immediate().await? {
+            Ok(())
+        } else {
+            Err(DbError::Sql(
+                "the SQLite database is locked by another writer (busy for longer than lock.wait)"
+                    .to_owned(),
+            ))
+        }
     }
 
     async fn commit(&mut self) -> Result<(), DbError> {
-        self.text.run("COMMIT").await
+        self.end("COMMIT").await
     }
 
     async fn rollback(&mut self) -> Result<(), DbError> {
-        self.text.run("ROLLBACK").await
+        self.end("ROLLBACK").await
     }
 
     async fn set_statement_timeout(
@@ -132,16 +181,37 @@ impl Session for SqliteSession {
         &mut self,
         sql: &str,
         keep: usize,
-        _limit: Option<u64>,
+        limit: Option<u64>,
     ) -> Result<Detection, DbError> {
-        self.text.detect(sql, keep).await
+        if !crate::sql::is_query(sql, Dialect::Sqlite) {
+            return Err(DbError::Unsafe(
+                "detect is not a query (SELECT, WITH ... SELECT, VALUES); it was not run"
+                    .to_owned(),
+            ));
+        }
+        // The connection refuses every write while detect runs.
+        self.text.run("PRAGMA query_only = ON").await?;
+        let detection = self
+            .text
+            .detect(sql, keep, limit)
+            .await
+            .map_err(read_only_refusal);
+        self.text.run("PRAGMA query_only = OFF").await?;
+        detection
     }
 
-    async fn execute(&mut self, sql: &str) -> Result<super::Executed, DbError> {
+    async fn execute(&mut self, sql: &str) -> Result<Executed, DbError> {
+        refuse_transaction_end(sql, Dialect::Sqlite, false)?;
         let rows = self.text.execute(sql).await?;
-        Ok(super::Executed {
+        if self.in_transaction && !self.transaction_open().await? {
+            self.in_transaction = false;
+            return Err(DbError::TransactionEnded(
+                "dbjanitor's transaction is gone after this fix statement: what the fix ran until now, this statement included, may be committed; check the rows".to_owned(),
+            ));
+        }
+        Ok(Executed {
             rows,
-            modifies_data: !crate::sql::is_ddl(sql, super::Dialect::Sqlite),
+            modifies_data: crate::sql::modifies_data(sql, Dialect::Sqlite),
         })
     }
 
@@ -157,12 +227,26 @@ impl Session for SqliteSession {
         self.text.abort();
     }
 
-    async fn abort_after_commit(self) -> super::CommitOutcome {
+    async fn abort_after_commit(self) -> CommitOutcome {
         self.text.abort();
-        super::CommitOutcome::Unknown("the COMMIT reply was lost".to_owned())
+        CommitOutcome::Unknown(
+            "SQLite did not finish the COMMIT within the timeout; whether it took effect is known only by reading the database".to_owned(),
+        )
     }
 
     fn abandon_bound(&self) -> Duration {
+        // The lock lives in this process: it ends with the connection or the process.
         Duration::ZERO
+    }
+}
+
+/// A write refused under `PRAGMA query_only` (SQLITE_READONLY, code 8) is
+/// `DbError::Unsafe`.
+fn read_only_refusal(error: DbError) -> DbError {
+    match error {
+        DbError::Sql(text) if text.contains("readonly database") => DbError::Unsafe(format!(
+            "detect tried to write, which SQLite refused (it runs with query_only): {text}"
+        )),
+        other => other,
     }
 }
