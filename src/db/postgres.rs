@@ -241,7 +241,7 @@ impl PgSession {
                 &[],
             )
             .await
-            .map_err(unsafe_detect)?;
+            .map_err(|e| unsafe_detect(sql, e))?;
         let keep = keep.min(Sample::MAX_ROWS);
         let mut detection = Detection {
             complete: true,
@@ -335,11 +335,18 @@ impl PgSession {
     }
 }
 
-/// Maps the server's refusals of a detect to [`DbError::Unsafe`].
-fn unsafe_detect(error: DbError) -> DbError {
+/// Maps the server's refusals of a detect to [`DbError::Unsafe`]: a
+/// statement that cannot be a cursor (`DELETE ... RETURNING` is a syntax
+/// error after `DECLARE ... FOR`) or a data-modifying CTE. A typo in a real
+/// SELECT stays the server's error.
+fn unsafe_detect(sql: &str, error: DbError) -> DbError {
+    let reads = matches!(
+        first_keyword(sql, Dialect::Postgres).as_str(),
+        "SELECT" | "WITH" | "VALUES" | "TABLE"
+    );
     match error {
         DbError::Sql(text)
-            if text.contains("(code 42601)")
+            if (!reads && text.contains("(code 42601)"))
                 || text.contains("data-modifying statements in WITH") =>
         {
             DbError::Unsafe(format!(

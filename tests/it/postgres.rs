@@ -7,7 +7,9 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dbjanitor::db::{CommitOutcome, ConnectSettings, DatabaseConfig, Dialect, LockKind, PgSession, Session};
+use dbjanitor::db::{
+    CommitOutcome, ConnectSettings, DatabaseConfig, DbError, Dialect, LockKind, PgSession, Session,
+};
 use dbjanitor::secret::SecretUrl;
 
 use crate::faults::{FaultProxy, When};
@@ -154,7 +156,13 @@ async fn pwn_target() -> TestDb {
     .await
 }
 
+/// Refused before anything ran (the loader: exit 2), or by the server at run
+/// time (failed, `unsafe_sql` or the server's error).
 fn assert_refused(out: &RunOutput, rule: &str) {
+    if out.code == 2 {
+        assert!(out.stderr.contains("rule01.yaml"), "{rule}: {}", out.stderr);
+        return;
+    }
     out.assert_code(1);
     let record = out.record(rule, "app");
     assert_eq!(record["outcome"], "failed", "{rule}: {}", out.stdout);
@@ -164,6 +172,51 @@ fn assert_refused(out: &RunOutput, rule: &str) {
         "{rule}: reason {reason}: {}",
         out.stdout
     );
+}
+
+/// The server-side layer on its own (the loader's checks bypassed): the
+/// session refuses transaction control in a fix, and the server refuses a
+/// second statement, DML and writes in a detect; nothing changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_session_refuses_what_the_lexer_might_miss() {
+    let db = pwn_target().await;
+    let before = db.table("job").await;
+    let mut session = PgSession::connect(&config(db.url(), LockKind::Advisory), &settings())
+        .await
+        .expect("connect");
+    assert!(session.begin_locked("jobs", Duration::ZERO).await.expect("lock"));
+    for fix in ["END", "COMMIT", "/* x */ rollback", "PREPARE TRANSACTION 'x'"] {
+        let refused = session.execute(fix).await;
+        assert!(matches!(refused, Err(DbError::Unsafe(_))), "{fix}: {refused:?}");
+    }
+    let smuggled = session
+        .execute("UPDATE job SET state = 'x' WHERE state = 'y'; COMMIT")
+        .await;
+    assert!(smuggled.is_err(), "{smuggled:?}");
+    session.abort().await;
+    for detect in [
+        "SELECT E'\\'' AS a; COMMIT; UPDATE job SET state = 'pwned'; SELECT 1 AS b --'",
+        "DELETE FROM job RETURNING id",
+        "WITH d AS (DELETE FROM job RETURNING id) SELECT id FROM d",
+        "SELECT pwn()",
+    ] {
+        for in_transaction in [false, true] {
+            let mut session =
+                PgSession::connect(&config(db.url(), LockKind::Advisory), &settings())
+                    .await
+                    .expect("connect");
+            if in_transaction {
+                assert!(session.begin_locked("jobs", Duration::ZERO).await.expect("lock"));
+            }
+            let result = session.detect(detect, 5, None).await;
+            assert!(
+                matches!(result, Err(DbError::Unsafe(_))),
+                "{detect} (in a transaction: {in_transaction}): {result:?}"
+            );
+            session.abort().await;
+        }
+    }
+    assert_eq!(db.table("job").await, before);
 }
 
 /// Smuggled statements and writes, in detect and in fix, change nothing,
