@@ -29,6 +29,9 @@ mod engine;
 mod faults;
 /// Webhook and email notifications against real HTTP and SMTP servers on loopback.
 mod notify;
+/// Through a real PgBouncer in transaction mode: every rule mode, leases,
+/// nothing left on pooled connections, audit, check --connect.
+mod pgbouncer;
 /// PostgreSQL sessions: psql's defaults, snapshots after the lock, tenants,
 /// read-only detect, lost COMMIT replies, stalled session locks.
 mod postgres;
