@@ -319,7 +319,13 @@ const PRUNE_SQLITE: &str = "DELETE FROM dbjanitor_runs WHERE id IN \
 /// arm binds and decodes with its own concrete database type.
 macro_rules! on_each {
     ($conn:expr, $other:expr, pg |$p:ident| $pg_body:expr, |$c:ident, $sql:ident, $url:ident| $body:expr) => {
-        on_each!($conn, $other, $other, pg |$p| $pg_body, |$c, $sql, $url| $body)
+        on_each!(
+            $conn,
+            $other,
+            $other,
+            pg | $p | $pg_body,
+            |$c, $sql, $url| $body
+        )
     };
     ($conn:expr, $my:expr, $lite:expr, pg |$p:ident| $pg_body:expr, |$c:ident, $sql:ident, $url:ident| $body:expr) => {
         match $conn {
@@ -496,18 +502,23 @@ async fn insert(
     notified: &[bool],
     host: &str,
 ) -> Result<(), AuditError> {
-    on_each!(conn, INSERT_OTHER, pg |c| pg::insert(c, records, notified, host).await, |c, sql, url| {
-        let err = |e: sqlx::Error| AuditError::sql(url, &e);
-        let mut tx = c.begin().await.map_err(err)?;
-        for (i, record) in records.iter().enumerate() {
-            let was_notified = notified.get(i).copied().unwrap_or(false);
-            bind_run!(sqlx::query(sql), record, was_notified, host)
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
+    on_each!(
+        conn,
+        INSERT_OTHER,
+        pg | c | pg::insert(c, records, notified, host).await,
+        |c, sql, url| {
+            let err = |e: sqlx::Error| AuditError::sql(url, &e);
+            let mut tx = c.begin().await.map_err(err)?;
+            for (i, record) in records.iter().enumerate() {
+                let was_notified = notified.get(i).copied().unwrap_or(false);
+                bind_run!(sqlx::query(sql), record, was_notified, host)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err)?;
+            }
+            tx.commit().await.map_err(err)
         }
-        tx.commit().await.map_err(err)
-    })
+    )
 }
 
 async fn prune(conn: &mut Conn, cutoff: DateTime<Utc>) -> Result<u64, AuditError> {
@@ -518,7 +529,7 @@ async fn prune(conn: &mut Conn, cutoff: DateTime<Utc>) -> Result<u64, AuditError
             &mut *conn,
             PRUNE_MYSQL,
             PRUNE_SQLITE,
-            pg |c| pg::prune_batch(c, cutoff, limit).await?,
+            pg | c | pg::prune_batch(c, cutoff, limit).await?,
             |c, sql, url| sqlx::query(sql)
                 .bind(cutoff)
                 .bind(limit)
@@ -543,14 +554,19 @@ async fn last_run(
     rule: &str,
     database: &str,
 ) -> Result<Option<LastRun>, AuditError> {
-    let row: Option<LastRow> = on_each!(&mut *conn, LAST_OTHER, pg |c| pg::last_row(c, rule, database).await?, |c, sql, url| {
-        sqlx::query_as(sql)
-            .bind(rule)
-            .bind(database)
-            .fetch_optional(&mut *c)
-            .await
-            .map_err(|e| AuditError::sql(url, &e))?
-    });
+    let row: Option<LastRow> = on_each!(
+        &mut *conn,
+        LAST_OTHER,
+        pg | c | pg::last_row(c, rule, database).await?,
+        |c, sql, url| {
+            sqlx::query_as(sql)
+                .bind(rule)
+                .bind(database)
+                .fetch_optional(&mut *c)
+                .await
+                .map_err(|e| AuditError::sql(url, &e))?
+        }
+    );
     let Some((outcome, started_at, duration_ms, detected, changed)) = row else {
         return Ok(None);
     };
@@ -574,14 +590,19 @@ async fn max_started(
     rule: &str,
     database: &str,
 ) -> Result<Option<DateTime<Utc>>, AuditError> {
-    on_each!(conn, other, pg |c| pg::max_started(c, pg, rule, database).await, |c, sql, url| {
-        sqlx::query_scalar::<_, Option<DateTime<Utc>>>(sql)
-            .bind(rule)
-            .bind(database)
-            .fetch_one(&mut *c)
-            .await
-            .map_err(|e| AuditError::sql(url, &e))
-    })
+    on_each!(
+        conn,
+        other,
+        pg | c | pg::max_started(c, pg, rule, database).await,
+        |c, sql, url| {
+            sqlx::query_scalar::<_, Option<DateTime<Utc>>>(sql)
+                .bind(rule)
+                .bind(database)
+                .fetch_one(&mut *c)
+                .await
+                .map_err(|e| AuditError::sql(url, &e))
+        }
+    )
 }
 
 /// The audit table as run history: the last non-dry run of a pair (a dry run

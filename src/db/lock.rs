@@ -118,7 +118,10 @@ mod tests {
     #[test]
     fn postgres_keys_are_pinned() {
         // A compatibility promise: these literal values never change.
-        assert_eq!(postgres_lock_key("dragonfly.scheduler"), -5_326_665_867_046_896_741);
+        assert_eq!(
+            postgres_lock_key("dragonfly.scheduler"),
+            -5_326_665_867_046_896_741
+        );
         let public = vec!["public".to_owned()];
         assert_eq!(
             postgres_schema_lock_key(&public, "dragonfly.scheduler"),
@@ -130,7 +133,10 @@ mod tests {
             postgres_schema_lock_key(&tenant1, "r"),
             postgres_lock_key("tenant1,public:r")
         );
-        assert_eq!(postgres_schema_lock_key(&tenant1, "r"), -9_170_602_778_006_415_825);
+        assert_eq!(
+            postgres_schema_lock_key(&tenant1, "r"),
+            -9_170_602_778_006_415_825
+        );
         assert_ne!(
             postgres_schema_lock_key(&tenant1, "r"),
             postgres_schema_lock_key(&tenant2, "r")

@@ -189,13 +189,10 @@ impl ServerCertVerifier for AnyHostName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
             Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::NotValidForName
                 | rustls::CertificateError::NotValidForNameContext { .. },
@@ -320,8 +317,7 @@ impl PgConn {
                 Ok((client, tokio::spawn(drive(connection))))
             }
         };
-        let result: Result<_, ConnectFailure> = match tokio::time::timeout(timeout, connect).await
-        {
+        let result: Result<_, ConnectFailure> = match tokio::time::timeout(timeout, connect).await {
             Ok(result) => result,
             Err(_) => {
                 return Err(DbError::Connect(format!(
@@ -363,10 +359,13 @@ impl PgConn {
             .simple_query(sql)
             .await
             .map_err(|e| self.error(&e))?;
-        Ok(messages.iter().find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_owned)),
-            _ => None,
-        }).flatten())
+        Ok(messages
+            .iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_owned)),
+                _ => None,
+            })
+            .flatten())
     }
 
     /// Runs ONE statement with bound parameters through the unnamed statement
@@ -401,7 +400,10 @@ impl PgConn {
         let Self { client, task, .. } = self;
         drop(client);
         let abort = task.abort_handle();
-        if tokio::time::timeout(super::CLOSE_TIMEOUT, task).await.is_err() {
+        if tokio::time::timeout(super::CLOSE_TIMEOUT, task)
+            .await
+            .is_err()
+        {
             abort.abort();
         }
     }
@@ -492,9 +494,14 @@ mod tests {
     fn sslmodes_map_like_libpq() {
         let t = target("postgres://u:pw@h/db?sslmode=disable").expect("disable");
         assert_eq!(t.tls, Tls::Disable);
-        assert_eq!(target("postgresql://h/db").expect("default").tls, Tls::Unverified);
         assert_eq!(
-            target("postgres://h/db?sslmode=require").expect("require").tls,
+            target("postgresql://h/db").expect("default").tls,
+            Tls::Unverified
+        );
+        assert_eq!(
+            target("postgres://h/db?sslmode=require")
+                .expect("require")
+                .tls,
             Tls::Unverified
         );
         assert_eq!(

@@ -38,8 +38,8 @@ use super::lease::{self, Lease};
 use super::lock::LockKind;
 use super::pgconn::PgConn;
 use super::{
-    CommitOutcome, ConnectSettings, DatabaseConfig, DbError, Detection, Dialect, Executed,
-    Session, millis, postgres_schema_lock_key, sample,
+    CommitOutcome, ConnectSettings, DatabaseConfig, DbError, Detection, Dialect, Executed, Session,
+    millis, postgres_schema_lock_key, sample,
 };
 use crate::outcome::Sample;
 use crate::secret::SecretUrl;
@@ -254,7 +254,11 @@ impl PgSession {
                 None => FETCH_CHUNK,
             };
             let fetched = self
-                .fetch(&format!("FETCH FORWARD {want} FROM dbjanitor_detect"), keep, &mut detection)
+                .fetch(
+                    &format!("FETCH FORWARD {want} FROM dbjanitor_detect"),
+                    keep,
+                    &mut detection,
+                )
                 .await?;
             if let Some(limit) = limit
                 && detection.count > limit
@@ -287,11 +291,11 @@ impl PgSession {
         let mut fetched = 0u64;
         while let Some(message) = stream.next().await {
             match message.map_err(|e| self.conn.error(&e))? {
-                SimpleQueryMessage::RowDescription(columns) => {
-                    if detection.sample.columns.is_empty() {
-                        detection.sample.columns =
-                            columns.iter().map(|c| c.name().to_owned()).collect();
-                    }
+                SimpleQueryMessage::RowDescription(columns)
+                    if detection.sample.columns.is_empty() =>
+                {
+                    detection.sample.columns =
+                        columns.iter().map(|c| c.name().to_owned()).collect();
                 }
                 SimpleQueryMessage::Row(row) => {
                     if detection.sample.rows.len() < keep {
@@ -312,7 +316,12 @@ impl PgSession {
 
     /// The wait for the lock, polled with `try_sql`, each attempt in a
     /// transaction of its own (`in_transaction`) or on the session.
-    async fn poll_lock(&mut self, try_sql: &str, wait: Duration, in_transaction: bool) -> Result<bool, DbError> {
+    async fn poll_lock(
+        &mut self,
+        try_sql: &str,
+        wait: Duration,
+        in_transaction: bool,
+    ) -> Result<bool, DbError> {
         let deadline = Instant::now() + wait;
         loop {
             let granted = if in_transaction {
@@ -469,7 +478,11 @@ pub(crate) async fn behind_pooler(
 async fn xact_status(url: &SecretUrl, xid: &str, version: u32, bound: Duration) -> CommitOutcome {
     let conn = match PgConn::connect(url, "dbjanitor", Duration::from_secs(10)).await {
         Ok(conn) => conn,
-        Err(e) => return CommitOutcome::Unknown(format!("the COMMIT reply was lost and the server cannot be asked: {e}")),
+        Err(e) => {
+            return CommitOutcome::Unknown(format!(
+                "the COMMIT reply was lost and the server cannot be asked: {e}"
+            ));
+        }
     };
     let status_sql = if version >= PG_13 {
         "SELECT pg_xact_status($1::text::xid8)"
@@ -733,7 +746,14 @@ mod tests {
 
     #[test]
     fn transaction_control_is_recognised() {
-        for sql in ["COMMIT", "end", "/* x */ ROLLBACK", "BEGIN", "prepare transaction 'x'", "SAVEPOINT a"] {
+        for sql in [
+            "COMMIT",
+            "end",
+            "/* x */ ROLLBACK",
+            "BEGIN",
+            "prepare transaction 'x'",
+            "SAVEPOINT a",
+        ] {
             assert!(is_transaction_control(sql), "{sql}");
         }
         assert!(!is_transaction_control("PREPARE q AS SELECT 1"));

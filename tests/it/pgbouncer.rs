@@ -45,7 +45,11 @@ fn pgbouncer() {
 /// The URL of `db` through the pooler.
 fn pooled(db: &TestDb) -> String {
     pgbouncer();
-    format!("postgres://postgres@127.0.0.1:{}/{}?sslmode=disable", port(), db.name)
+    format!(
+        "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
+        port(),
+        db.name
+    )
 }
 
 /// Runs `sql` through the pooler with tokio-postgres (sqlx's startup
@@ -55,7 +59,10 @@ async fn pooled_column(db: &TestDb, sql: &str) -> Vec<String> {
         .await
         .expect("connect through PgBouncer");
     tokio::spawn(connection);
-    let messages = client.simple_query(sql).await.expect("query through PgBouncer");
+    let messages = client
+        .simple_query(sql)
+        .await
+        .expect("query through PgBouncer");
     messages
         .into_iter()
         .filter_map(|m| match m {
@@ -96,7 +103,11 @@ fn mode_rule(name: &str, fix: &str, extra: &str) -> String {
 async fn every_mode_fixes_each_row_exactly_once_behind_pgbouncer() {
     let modes = [
         ("transactional", ARCHIVE_ALL, ""),
-        ("batch", ARCHIVE_BATCH, "batch: { pause: 50ms, max_batches: 100 }\n"),
+        (
+            "batch",
+            ARCHIVE_BATCH,
+            "batch: { pause: 50ms, max_batches: 100 }\n",
+        ),
         ("autocommit", ARCHIVE_ALL, "mode: autocommit\n"),
         (
             "autocommit-batch",
@@ -126,22 +137,39 @@ async fn every_mode_fixes_each_row_exactly_once_behind_pgbouncer() {
         let fixed = outcomes.iter().filter(|o| *o == "fixed").count();
         assert_eq!(fixed, 1, "{name}: {outcomes:?}");
         assert!(
-            outcomes.iter().all(|o| ["fixed", "skipped", "clean"].contains(&o.as_str())),
+            outcomes
+                .iter()
+                .all(|o| ["fixed", "skipped", "clean"].contains(&o.as_str())),
             "{name}: {outcomes:?}"
         );
-        assert_eq!(db.scalar("SELECT count(*) FROM archive").await, 40, "{name}");
-        assert_eq!(db.scalar("SELECT count(DISTINCT id) FROM archive").await, 40, "{name}");
-        assert_eq!(db.scalar("SELECT count(*) FROM job WHERE state = 'archived'").await, 40);
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM archive").await,
+            40,
+            "{name}"
+        );
+        assert_eq!(
+            db.scalar("SELECT count(DISTINCT id) FROM archive").await,
+            40,
+            "{name}"
+        );
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM job WHERE state = 'archived'")
+                .await,
+            40
+        );
         // `auto` saw the pooler and took a lease, not an advisory lock.
         assert_eq!(
-            db.scalar("SELECT count(*) FROM dbjanitor_leases WHERE name = 'archive'").await,
+            db.scalar("SELECT count(*) FROM dbjanitor_leases WHERE name = 'archive'")
+                .await,
             1,
             "{name}"
         );
         // Every run is in the audit table.
         assert_eq!(
-            db.scalar(&format!("SELECT count(*) FROM dbjanitor_runs WHERE rule = '{name}'"))
-                .await,
+            db.scalar(&format!(
+                "SELECT count(*) FROM dbjanitor_runs WHERE rule = '{name}'"
+            ))
+            .await,
             4,
             "{name}"
         );
@@ -192,7 +220,10 @@ async fn assert_nothing_left(db: &TestDb) {
                 _ => None,
             })
             .collect();
-        assert!(left.is_empty(), "settings left on a pooled connection: {left:?}");
+        assert!(
+            left.is_empty(),
+            "settings left on a pooled connection: {left:?}"
+        );
     }
     assert_ne!(pids[0], pids[1], "both server connections were inspected");
     for client in &clients {
@@ -209,17 +240,28 @@ async fn check_connect_tells_the_truth_behind_pgbouncer() {
     let good = Case::new()
         .database("app", &url)
         .rule(&mode_rule("archive", ARCHIVE_ALL, ""))
-        .rule(&mode_rule("archive-batch", ARCHIVE_BATCH, "batch: { pause: 50ms }\n"));
+        .rule(&mode_rule(
+            "archive-batch",
+            ARCHIVE_BATCH,
+            "batch: { pause: 50ms }\n",
+        ));
     for _ in 0..3 {
         good.run(&["check", "--connect"]).assert_code(0);
     }
-    let bad = Case::new().database("app", &url).rule(
-        "name: bad\ndatabase: app\ndetect: SELECT id FROM job WHERE no_such_column = 1\n",
-    );
+    let bad = Case::new()
+        .database("app", &url)
+        .rule("name: bad\ndatabase: app\ndetect: SELECT id FROM job WHERE no_such_column = 1\n");
     let out = bad.run(&["check", "--connect"]);
     out.assert_code(2);
-    assert!(out.stdout.contains("no_such_column") || out.stderr.contains("no_such_column"), "{out:?}");
-    assert_eq!(db.scalar("SELECT count(*) FROM job WHERE state = 'old'").await, 40);
+    assert!(
+        out.stdout.contains("no_such_column") || out.stderr.contains("no_such_column"),
+        "{out:?}"
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM job WHERE state = 'old'")
+            .await,
+        40
+    );
 }
 
 fn lease_expires_at(db: &TestDb) -> Vec<String> {
@@ -256,8 +298,15 @@ async fn a_killed_lease_holder_is_replaced_after_expiry() {
     ));
     let mut holder = case.spawn(&["run", "--output", "json"]);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while db.scalar("SELECT count(*) FROM job WHERE state = 'archived'").await < 4 {
-        assert!(Instant::now() < deadline, "the holder never started its batches");
+    while db
+        .scalar("SELECT count(*) FROM job WHERE state = 'archived'")
+        .await
+        < 4
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the holder never started its batches"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     holder.kill().expect("SIGKILL");
@@ -269,10 +318,20 @@ async fn a_killed_lease_holder_is_replaced_after_expiry() {
     out.assert_code(0);
     assert_eq!(out.outcome("archive", "app"), "fixed", "{}", out.stdout);
     assert!(killed_at.elapsed() < Duration::from_secs(30));
-    assert_eq!(db.scalar("SELECT count(*) FROM job WHERE state = 'old'").await, 0);
-    assert_eq!(db.scalar("SELECT count(*) FROM job WHERE state = 'archived'").await, 40);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM job WHERE state = 'old'")
+            .await,
+        0
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM job WHERE state = 'archived'")
+            .await,
+        40
+    );
     assert!(
-        db.scalar("SELECT token FROM dbjanitor_leases WHERE name = 'archive'").await >= 2,
+        db.scalar("SELECT token FROM dbjanitor_leases WHERE name = 'archive'")
+            .await
+            >= 2,
         "the second run took the lease with a higher fencing token"
     );
     assert_nothing_left(&db).await;
@@ -298,11 +357,18 @@ async fn a_holder_whose_lease_expired_does_not_commit() {
     let record = out.record("archive", "app");
     assert_eq!(record["outcome"], "failed", "{}", out.stdout);
     assert!(
-        record["error"].as_str().unwrap_or_default().contains("lease"),
+        record["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("lease"),
         "{}",
         out.stdout
     );
-    assert_eq!(db.scalar("SELECT count(*) FROM job WHERE state = 'old'").await, 40);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM job WHERE state = 'old'")
+            .await,
+        40
+    );
     assert_nothing_left(&db).await;
 }
 

@@ -12,7 +12,7 @@ use dbjanitor::db::{
 };
 use dbjanitor::secret::SecretUrl;
 
-use crate::faults::{FaultProxy, When};
+use crate::faults::FaultProxy;
 use crate::util::{Case, Engine, RunOutput, TestDb, pg_server};
 
 /// What `psql` prints for `sql` on `db` (the reference for "what psql returns").
@@ -21,7 +21,11 @@ fn psql(db: &TestDb, sql: &str) -> String {
         .args(["-X", "-A", "-t", "-d", db.url(), "-c", sql])
         .output()
         .expect("psql");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -57,7 +61,10 @@ async fn detect_sees_the_database_defaults_like_psql() {
         .rule("name: dates\ndatabase: app\ndetect: \"SELECT '01/02/2026'::date AS d, current_setting('TimeZone') AS tz\"\n");
     let out = case.run(&["run", "--output", "json"]);
     out.assert_code(0);
-    assert_eq!(psql(&db, &format!("SELECT count(*) FROM ({detect}) s")), "1");
+    assert_eq!(
+        psql(&db, &format!("SELECT count(*) FROM ({detect}) s")),
+        "1"
+    );
     assert_eq!(out.record("stuck", "app")["detected"], 1, "{}", out.stdout);
     assert_eq!(cell(&out, "stuck", "app"), "2");
     assert_eq!(psql(&db, "SELECT '01/02/2026'::date"), "2026-02-01");
@@ -66,7 +73,11 @@ async fn detect_sees_the_database_defaults_like_psql() {
         out.record("dates", "app")["sample"]["rows"][0][1],
         "America/New_York"
     );
-    assert_eq!(db.scalar("SELECT count(*) FROM job WHERE state = 'running'").await, 2);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM job WHERE state = 'running'")
+            .await,
+        2
+    );
 }
 
 async fn wait_for_advisory_lock(db: &TestDb) {
@@ -76,7 +87,10 @@ async fn wait_for_advisory_lock(db: &TestDb) {
         .await
         == 0
     {
-        assert!(Instant::now() < deadline, "the first run never took its lock");
+        assert!(
+            Instant::now() < deadline,
+            "the first run never took its lock"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -108,10 +122,24 @@ async fn a_waiting_run_sees_the_holders_commit_under_repeatable_read() {
         let second = case.run(&["run", "--output", "json"]);
         let first = RunOutput::from(first.wait_with_output().expect("wait"));
         first.assert_code(0);
-        assert_eq!(first.outcome("jobs", "app"), "fixed", "{isolation}: {}", first.stdout);
+        assert_eq!(
+            first.outcome("jobs", "app"),
+            "fixed",
+            "{isolation}: {}",
+            first.stdout
+        );
         second.assert_code(0);
-        assert_eq!(second.outcome("jobs", "app"), "clean", "{isolation}: {}", second.stdout);
-        assert_eq!(db.scalar("SELECT count(*) FROM job WHERE state = 'failed'").await, 5);
+        assert_eq!(
+            second.outcome("jobs", "app"),
+            "clean",
+            "{isolation}: {}",
+            second.stdout
+        );
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM job WHERE state = 'failed'")
+                .await,
+            5
+        );
     }
 }
 
@@ -141,8 +169,16 @@ async fn tenants_by_search_path_do_not_skip_each_other() {
     out.assert_code(0);
     assert_eq!(out.outcome("jobs", "t1"), "fixed", "{}", out.stdout);
     assert_eq!(out.outcome("jobs", "t2"), "fixed", "{}", out.stdout);
-    assert_eq!(db.scalar("SELECT count(*) FROM tenant1.job WHERE state = 'failed'").await, 2);
-    assert_eq!(db.scalar("SELECT count(*) FROM tenant2.job WHERE state = 'failed'").await, 3);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM tenant1.job WHERE state = 'failed'")
+            .await,
+        2
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM tenant2.job WHERE state = 'failed'")
+            .await,
+        3
+    );
 }
 
 async fn pwn_target() -> TestDb {
@@ -184,10 +220,23 @@ async fn the_session_refuses_what_the_lexer_might_miss() {
     let mut session = PgSession::connect(&config(db.url(), LockKind::Advisory), &settings())
         .await
         .expect("connect");
-    assert!(session.begin_locked("jobs", Duration::ZERO).await.expect("lock"));
-    for fix in ["END", "COMMIT", "/* x */ rollback", "PREPARE TRANSACTION 'x'"] {
+    assert!(
+        session
+            .begin_locked("jobs", Duration::ZERO)
+            .await
+            .expect("lock")
+    );
+    for fix in [
+        "END",
+        "COMMIT",
+        "/* x */ rollback",
+        "PREPARE TRANSACTION 'x'",
+    ] {
         let refused = session.execute(fix).await;
-        assert!(matches!(refused, Err(DbError::Unsafe(_))), "{fix}: {refused:?}");
+        assert!(
+            matches!(refused, Err(DbError::Unsafe(_))),
+            "{fix}: {refused:?}"
+        );
     }
     let smuggled = session
         .execute("UPDATE job SET state = 'x' WHERE state = 'y'; COMMIT")
@@ -206,7 +255,12 @@ async fn the_session_refuses_what_the_lexer_might_miss() {
                     .await
                     .expect("connect");
             if in_transaction {
-                assert!(session.begin_locked("jobs", Duration::ZERO).await.expect("lock"));
+                assert!(
+                    session
+                        .begin_locked("jobs", Duration::ZERO)
+                        .await
+                        .expect("lock")
+                );
             }
             let result = session.detect(detect, 5, None).await;
             assert!(
@@ -259,7 +313,11 @@ async fn detect_and_fix_cannot_escape_their_transaction() {
             }
             let out = case.run(&args);
             assert_refused(&out, name);
-            assert_eq!(db.table("job").await, before, "{name} (dry run {dry}) changed rows");
+            assert_eq!(
+                db.table("job").await,
+                before,
+                "{name} (dry run {dry}) changed rows"
+            );
         }
     }
 }
@@ -304,7 +362,11 @@ async fn a_lost_commit_reply_is_resolved_by_pg_xact_status() {
     let commit = tokio::time::timeout(Duration::from_secs(3), session.commit()).await;
     assert!(commit.is_err(), "the COMMIT reply should have been lost");
     assert_eq!(session.abort_after_commit().await, CommitOutcome::Committed);
-    assert_eq!(db.scalar("SELECT count(*) FROM job WHERE state = 'x'").await, 1);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM job WHERE state = 'x'")
+            .await,
+        1
+    );
 }
 
 /// A batch run holding a session advisory lock stalls between batches (the
@@ -323,7 +385,12 @@ async fn a_stalled_session_lock_is_released_within_the_bound() {
     let mut session = PgSession::connect(&config(&url, LockKind::Advisory), &settings())
         .await
         .expect("connect");
-    assert!(session.lock_session("jobs", Duration::ZERO).await.expect("lock"));
+    assert!(
+        session
+            .lock_session("jobs", Duration::ZERO)
+            .await
+            .expect("lock")
+    );
     session.begin().await.expect("begin");
     session
         .execute("UPDATE job SET state = 'new' WHERE id <= 5")
@@ -349,7 +416,11 @@ async fn a_stalled_session_lock_is_released_within_the_bound() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert_eq!(db.scalar("SELECT count(*) FROM job WHERE state = 'new'").await, 5);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM job WHERE state = 'new'")
+            .await,
+        5
+    );
     proxy.release();
 }
 
