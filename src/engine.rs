@@ -225,8 +225,16 @@ impl Run<'_> {
         match result {
             Ok(()) => session.close().await,
             Err(StepError::Commit(cause, pending)) => {
+                let bound = session.abandon_bound();
                 let outcome = session.abort_after_commit().await;
                 self.commit_reply_lost(record, &cause, pending, outcome);
+                if !bound.is_zero() && record.outcome == Outcome::Failed {
+                    let error = record.error.take().unwrap_or_default();
+                    record.error = Some(format!(
+                        "{error}; the connection was dropped, and the server ends that session and releases its locks within {}",
+                        humantime::format_duration(bound)
+                    ));
+                }
             }
             Err(error) => {
                 let dropped = self.dropped(session.abandon_bound(), record);
