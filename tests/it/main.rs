@@ -25,10 +25,10 @@ mod config_errors;
 mod daemon;
 /// Every outcome on every engine, with the rows checked afterwards.
 mod engine;
-/// Webhook and email notifications against real HTTP and SMTP servers on loopback.
-mod notify;
 /// monitoring/: every metric the dashboard and the alerts use is served.
 mod monitoring;
+/// Webhook and email notifications against real HTTP and SMTP servers on loopback.
+mod notify;
 /// The README's first rule, taken from README.md, on PostgreSQL and MariaDB.
 mod readme;
 /// Every rule of the pack on every engine it claims, against faithful fixtures.

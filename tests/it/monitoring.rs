@@ -104,7 +104,11 @@ async fn metric_names_exist() {
     let panels = exprs.len();
     exprs.extend(alert_exprs(&rules));
     assert!(panels >= 10, "dashboard queries found: {panels}");
-    assert!(exprs.len() >= panels + 10, "alert expressions found: {}", exprs.len() - panels);
+    assert!(
+        exprs.len() >= panels + 10,
+        "alert expressions found: {}",
+        exprs.len() - panels
+    );
 
     // What a daemon serves, once a pair has run.
     let app = jobs(Engine::Sqlite).await;
@@ -116,7 +120,9 @@ async fn metric_names_exist() {
     let daemon = loop {
         let served = http_get(port, "/metrics")
             .map(|(_, response)| body(&response).to_owned())
-            .filter(|text| text.contains("dbjanitor_runs_total{") && text.contains("outcome=\"fixed\"} 1"));
+            .filter(|text| {
+                text.contains("dbjanitor_runs_total{") && text.contains("outcome=\"fixed\"} 1")
+            });
         if let Some(text) = served {
             break text;
         }
@@ -137,7 +143,10 @@ async fn metric_names_exist() {
 
     let mut served = sample_names(&daemon);
     served.extend(sample_names(&textfile));
-    assert!(served.contains("dbjanitor_run_duration_seconds_bucket"), "{served:?}");
+    assert!(
+        served.contains("dbjanitor_run_duration_seconds_bucket"),
+        "{served:?}"
+    );
     let missing = unknown(&exprs, &served);
     assert!(
         missing.is_empty(),
