@@ -246,20 +246,21 @@ impl Run<'_> {
     }
 
     /// What dropping the connection after a failure means, truthfully: the
-    /// server (not yet) rolled back, within the session's bound.
+    /// server rolls back what was open within the session's bound; what a
+    /// mode that commits as it goes already committed stays committed.
     fn dropped(&self, bound: Duration, record: &RunRecord) -> String {
-        let released = if bound.is_zero() {
-            "the connection was closed, so SQLite rolled back the open transaction and released its lock".to_owned()
-        } else {
-            format!(
+        let committed = self.commits_as_it_goes() && record.changed.is_some();
+        match (bound.is_zero(), committed) {
+            (true, false) => "the connection was closed; SQLite rolls back the open transaction and releases its lock as it closes".to_owned(),
+            (true, true) => "the connection was closed; what was committed before (changed) stays committed".to_owned(),
+            (false, false) => format!(
                 "the connection was dropped; the server rolls back the open transaction and releases its locks within {}",
                 humantime::format_duration(bound)
-            )
-        };
-        if self.commits_as_it_goes() && record.changed.is_some() {
-            format!("{released}; what was committed before (changed) stays committed")
-        } else {
-            released
+            ),
+            (false, true) => format!(
+                "the connection was dropped; what was committed before (changed) stays committed; the server releases its locks within {}",
+                humantime::format_duration(bound)
+            ),
         }
     }
 

@@ -487,7 +487,8 @@ SELECT 1";
     #[test]
     fn postgres_e_strings_nested_comments_and_dollar_identifiers() {
         // The smuggling string of issue 8: E'\\'' is one backslash and a quote.
-        let smuggle = "SELECT E'\\'' AS a; COMMIT; UPDATE job SET state = 'pwned'; SELECT 1 AS b --'";
+        let smuggle =
+            "SELECT E'\\'' AS a; COMMIT; UPDATE job SET state = 'pwned'; SELECT 1 AS b --'";
         assert_eq!(split_statements(smuggle, Dialect::Postgres).len(), 4);
         assert_eq!(
             split_statements("SELECT e'it\\'s; x' AS a", Dialect::Postgres).len(),
@@ -503,13 +504,19 @@ SELECT 1";
             1
         );
         assert_eq!(
-            split_statements("SELECT 1 /* a /* b */ ; */; DELETE FROM t", Dialect::Postgres),
+            split_statements(
+                "SELECT 1 /* a /* b */ ; */; DELETE FROM t",
+                Dialect::Postgres
+            ),
             vec!["SELECT 1 /* a /* b */ ; */", "DELETE FROM t"]
         );
         // `x$a$` is an identifier, not a dollar quote hiding the DELETE.
         assert_eq!(
-            split_statements("SELECT 1 AS x$a$; DELETE FROM t; SELECT $a$", Dialect::Postgres)
-                .len(),
+            split_statements(
+                "SELECT 1 AS x$a$; DELETE FROM t; SELECT $a$",
+                Dialect::Postgres
+            )
+            .len(),
             3
         );
     }
@@ -529,7 +536,10 @@ SELECT 1";
             split_statements("SELECT 1--1; DELETE FROM t", Dialect::MySql).len(),
             2
         );
-        assert_eq!(split_statements("SELECT 1 -- x; y", Dialect::MySql).len(), 1);
+        assert_eq!(
+            split_statements("SELECT 1 -- x; y", Dialect::MySql).len(),
+            1
+        );
         assert_eq!(
             split_statements("SELECT [x'] ; DELETE FROM t; --']", Dialect::Sqlite).len(),
             2
@@ -540,16 +550,31 @@ SELECT 1";
     fn classifies_statements() {
         let pg = Dialect::Postgres;
         assert!(modifies_data("update t set a = 1", pg));
-        assert!(modifies_data("WITH x AS (SELECT 1) DELETE FROM t USING x", pg));
+        assert!(modifies_data(
+            "WITH x AS (SELECT 1) DELETE FROM t USING x",
+            pg
+        ));
         assert!(!modifies_data("SELECT pg_sleep(1)", pg));
         assert!(!modifies_data("ALTER TABLE t ADD c int", Dialect::MySql));
         assert!(modifies_data("REPLACE INTO t VALUES (1)", Dialect::MySql));
-        assert!(hides_dml("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", pg));
-        assert!(!hides_dml("WITH d AS (SELECT * FROM t FOR UPDATE) SELECT * FROM d", pg));
-        assert!(is_query("WITH RECURSIVE c(x) AS (SELECT 1) SELECT x FROM c", pg));
+        assert!(hides_dml(
+            "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+            pg
+        ));
+        assert!(!hides_dml(
+            "WITH d AS (SELECT * FROM t FOR UPDATE) SELECT * FROM d",
+            pg
+        ));
+        assert!(is_query(
+            "WITH RECURSIVE c(x) AS (SELECT 1) SELECT x FROM c",
+            pg
+        ));
         assert!(is_query("(SELECT 1) UNION SELECT 2", pg));
         assert!(!is_query("DELETE FROM t RETURNING id", pg));
-        assert!(!is_query("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", pg));
+        assert!(!is_query(
+            "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+            pg
+        ));
         for (sql, words) in [
             ("commit", "COMMIT"),
             ("END", "END"),
@@ -559,7 +584,11 @@ SELECT 1";
             ("SET autocommit = 1", "SET autocommit"),
             ("/* c */ BEGIN", "BEGIN"),
         ] {
-            assert_eq!(transaction_control(sql, Dialect::MySql).as_deref(), Some(words), "{sql}");
+            assert_eq!(
+                transaction_control(sql, Dialect::MySql).as_deref(),
+                Some(words),
+                "{sql}"
+            );
         }
         assert_eq!(transaction_control("SET search_path = x", pg), None);
         assert_eq!(transaction_control("DO $$ BEGIN NULL; END $$", pg), None);
@@ -594,7 +623,9 @@ SELECT 1";
         for _ in 0..3000 {
             let mut sql = String::new();
             for _ in 0..12 {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 sql.push_str(pieces[(seed >> 33) as usize % pieces.len()]);
             }
             for dialect in Dialect::ALL {

@@ -72,16 +72,17 @@ async fn detect_calling_a_writing_function_is_refused(engine: Engine) {
         &["run", "--output", "json", "--dry-run"][..],
         &["run", "--output", "json"][..],
     ] {
-        let out = Case::new()
-            .database("main", db.url())
-            .rule(rule)
-            .run(args);
+        let out = Case::new().database("main", db.url()).rule(rule).run(args);
         out.assert_code(1);
         let r = out.record("jobs.stuck", "main");
         assert_eq!(r["outcome"], "failed", "{args:?}: {r}");
         assert_eq!(r["reason"], "unsafe_sql", "{args:?}: {r}");
         assert!(text(&r, "error").contains("detect tried to write"), "{r}");
-        assert_eq!(states(&db).await, untouched(), "{args:?}: no row may change");
+        assert_eq!(
+            states(&db).await,
+            untouched(),
+            "{args:?}: no row may change"
+        );
     }
 }
 
@@ -159,10 +160,12 @@ async fn fix_that_commits_through_dynamic_sql_is_reported_truthfully_mysql() {
          fix: \"UPDATE job SET state = 'failed' WHERE state = 'stuck'; SET @c = CONCAT('COM', 'MIT'); PREPARE c FROM @c; EXECUTE c\"\n\
          max_rows: 5\n"
     );
-    let out = Case::new()
-        .database("main", db.url())
-        .rule(&rule)
-        .run(&["run", "--dry-run", "--output", "json"]);
+    let out = Case::new().database("main", db.url()).rule(&rule).run(&[
+        "run",
+        "--dry-run",
+        "--output",
+        "json",
+    ]);
     out.assert_code(1);
     let r = out.record("jobs.stuck", "main");
     assert_eq!(r["outcome"], "failed", "{r}");
@@ -184,10 +187,12 @@ async fn fix_statements_keep_the_transaction_open_sqlite() {
          fix: \"UPDATE job SET state = 'x' WHERE state = 'stuck'; UPDATE job SET state = 'failed' WHERE state = 'x'\"\n\
          max_rows: 3\n"
     );
-    let out = Case::new()
-        .database("main", db.url())
-        .rule(&rule)
-        .run(&["run", "--dry-run", "--output", "json"]);
+    let out = Case::new().database("main", db.url()).rule(&rule).run(&[
+        "run",
+        "--dry-run",
+        "--output",
+        "json",
+    ]);
     out.assert_code(0);
     let r = out.record("jobs.stuck", "main");
     assert_eq!(r["outcome"], "would_fix", "{r}");
@@ -318,7 +323,9 @@ async fn verify_failed_sample_shows_the_remaining_rows(engine: Engine) {
         .rule(&rule)
         .run(&["run"]);
     assert!(
-        text_out.stdout.contains("rows left after the fix (2 shown)"),
+        text_out
+            .stdout
+            .contains("rows left after the fix (2 shown)"),
         "{}",
         text_out.stdout
     );
@@ -452,7 +459,11 @@ async fn stalled_connection_releases_lock_within_the_stated_bound_mysql() {
     let lock = mysql_lock(&db, "jobs.stuck").await;
     let lock_sql = format!("SELECT IS_USED_LOCK('{lock}') IS NULL");
     // The session holding the lock exists right after the run…
-    assert_eq!(db.scalar(&lock_sql).await, 0, "the stalled session still holds the lock");
+    assert_eq!(
+        db.scalar(&lock_sql).await,
+        0,
+        "the stalled session still holds the lock"
+    );
     // …and is gone within the stated bound (plus generous slack for this machine).
     let released = eventually(Duration::from_secs(bound + 30), async || {
         db.scalar(&lock_sql).await == 1
