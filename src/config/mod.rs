@@ -380,11 +380,79 @@ impl Loader<'_> {
             );
             return None;
         }
+        let pragmas = self.pragmas(file, name, dialect, db.value.pragmas.as_ref());
         Some(DatabaseConfig {
             name: name.to_owned(),
             dialect,
             url: secret,
+            pragmas,
         })
+    }
+
+    /// `pragmas:` of a SQLite database: known names that change how SQL
+    /// behaves on a connection, with values the pragma accepts.
+    fn pragmas(
+        &mut self,
+        file: &Path,
+        name: &str,
+        dialect: Dialect,
+        raw: Option<&Spanned<BTreeMap<String, String>>>,
+    ) -> Vec<(String, String)> {
+        let Some(raw) = raw else {
+            return Vec::new();
+        };
+        if dialect != Dialect::Sqlite {
+            self.err(
+                file,
+                raw.referenced,
+                format!("database {name:?}: pragmas: is for SQLite databases only"),
+            );
+            return Vec::new();
+        }
+        let mut pragmas = Vec::new();
+        for (key, value) in &raw.value {
+            let value = value.trim().to_ascii_lowercase();
+            let valid = match key.as_str() {
+                "foreign_keys"
+                | "recursive_triggers"
+                | "case_sensitive_like"
+                | "defer_foreign_keys"
+                | "ignore_check_constraints"
+                | "trusted_schema"
+                | "reverse_unordered_selects"
+                | "automatic_index" => {
+                    matches!(
+                        value.as_str(),
+                        "on" | "off" | "true" | "false" | "1" | "0" | "yes" | "no"
+                    )
+                }
+                "temp_store" => matches!(
+                    value.as_str(),
+                    "default" | "file" | "memory" | "0" | "1" | "2"
+                ),
+                "cache_size" => value.parse::<i64>().is_ok(),
+                _ => {
+                    self.err(
+                        file,
+                        raw.referenced,
+                        format!(
+                            "database {name:?}: unknown pragma {key:?}; accepted: foreign_keys, recursive_triggers, case_sensitive_like, defer_foreign_keys, ignore_check_constraints, trusted_schema, reverse_unordered_selects, automatic_index, temp_store, cache_size"
+                        ),
+                    );
+                    continue;
+                }
+            };
+            if valid {
+                pragmas.push((key.clone(), value));
+            } else {
+                self.err(
+                    file,
+                    raw.referenced,
+                    format!("database {name:?}: invalid value {value:?} for pragma {key}"),
+                );
+            }
+        }
+        pragmas
     }
 
     fn defaults(

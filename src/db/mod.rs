@@ -87,6 +87,9 @@ pub struct DatabaseConfig {
     pub dialect: Dialect,
     /// The connection URL; prints redacted.
     pub url: SecretUrl,
+    /// SQLite pragmas set on every connection (`pragmas:` in the config),
+    /// validated names and values; empty for the other engines.
+    pub pragmas: Vec<(String, String)>,
 }
 
 /// What a session needs to know before it connects.

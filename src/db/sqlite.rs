@@ -76,6 +76,9 @@ impl SqliteSession {
             // to off, and rule SQL must mean what it means there (cascades would
             // change rows no count sees).
             .foreign_keys(false);
+        let options = db.pragmas.iter().fold(options, |options, (key, value)| {
+            options.pragma(key.clone(), value.clone())
+        });
         let conn = tokio::time::timeout(settings.timeout, SqliteConnection::connect_with(&options))
             .await
             .map_err(|_| DbError::Connect(format!("timed out after {:?}", settings.timeout)))?

@@ -124,6 +124,7 @@ async fn smuggled_second_statement_in_detect_is_refused_by_the_server() {
     ] {
         let db = jobs(engine).await;
         let config = DatabaseConfig {
+            pragmas: Vec::new(),
             name: "main".to_owned(),
             dialect,
             url: SecretUrl::new(db.url().to_owned()),
@@ -514,4 +515,99 @@ async fn lost_commit_reply_is_commit_unknown_mysql() {
     assert!(!error.contains("rolled back"), "{error}");
     assert_eq!(states(&db).await, fixed(), "the COMMIT reached the server");
     drop(proxy);
+}
+
+// ------------------------------------------------------------ 16.2, 16.6, 16.7
+
+/// Runs the binary on a config written as is (for keys `Case` does not write).
+fn run_with_config(config: &str, rule: &str, args: &[&str]) -> crate::util::RunOutput {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("rules")).expect("rules dir");
+    std::fs::write(dir.path().join("dbjanitor.yaml"), config).expect("config");
+    std::fs::write(dir.path().join("rules/r.yaml"), rule).expect("rule");
+    std::process::Command::new(env!("CARGO_BIN_EXE_dbjanitor"))
+        .arg("--config")
+        .arg(dir.path().join("dbjanitor.yaml"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run dbjanitor")
+        .into()
+}
+
+/// SQLite runs with `foreign_keys` off, as the sqlite3 CLI does, so a DELETE
+/// does not cascade unseen; `pragmas: {foreign_keys: on}` restores an
+/// application's setting (the cascaded rows are not counted in `changed`).
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_foreign_keys_follow_the_cli_unless_configured() {
+    let schema = "CREATE TABLE parent (id integer PRIMARY KEY); \
+         CREATE TABLE child (id integer PRIMARY KEY, parent_id integer REFERENCES parent(id) ON DELETE CASCADE); \
+         INSERT INTO parent VALUES (1), (2); INSERT INTO child VALUES (1, 1), (2, 1), (3, 1);";
+    let rule = "name: parent.gone\ndatabase: main\ndetect: SELECT id FROM parent WHERE id = 1\n\
+                fix: DELETE FROM parent WHERE id = 1\nmax_rows: 1\n";
+    for (pragmas, children_left) in [("", 3), ("    pragmas: {foreign_keys: \"on\"}\n", 0)] {
+        let db = TestDb::with_sql(Engine::Sqlite, schema).await;
+        let config = format!(
+            "databases:\n  main:\n    url: \"{}\"\n{pragmas}rules: [rules]\n",
+            db.url()
+        );
+        let out = run_with_config(&config, rule, &["run", "--output", "json"]);
+        out.assert_code(0);
+        let r = out.record("parent.gone", "main");
+        assert_eq!(r["outcome"], "fixed", "{r}");
+        assert_eq!(r["changed"], 1, "{r}");
+        assert_eq!(
+            db.scalar("SELECT COUNT(*) FROM child").await,
+            children_left,
+            "pragmas {pragmas:?}"
+        );
+    }
+}
+
+/// SQLite TEXT that is not valid UTF-8 shows as hex in the sample, never NULL.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_invalid_utf8_text_shows_as_hex() {
+    let db = TestDb::with_sql(
+        Engine::Sqlite,
+        "CREATE TABLE t (id integer PRIMARY KEY, name text); \
+         INSERT INTO t VALUES (1, CAST(X'FF00C3' AS TEXT));",
+    )
+    .await;
+    let out = Case::new()
+        .database("main", db.url())
+        .rule("name: odd\ndatabase: main\ndetect: SELECT id, name FROM t\n")
+        .run(&["run", "--output", "json"]);
+    out.assert_code(0);
+    let r = out.record("odd", "main");
+    assert_eq!(r["outcome"], "found", "{r}");
+    assert_eq!(r["sample"]["rows"][0][1], "0xff00c3", "{r}");
+}
+
+/// A busy SQLite database makes batch, autocommit and transactional rules
+/// alike `skipped` (lock_held), with nothing changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_busy_database_skips_every_mode() {
+    use sqlx::Executor;
+    let db = jobs(Engine::Sqlite).await;
+    let mut holder = db.sqlite().await;
+    holder
+        .execute("BEGIN IMMEDIATE")
+        .await
+        .expect("take the write lock");
+    for extra in ["", "batch: {pause: 0s}\n", "mode: autocommit\n"] {
+        let rule = format!(
+            "name: jobs.stuck\ndatabase: main\ndetect: \"{DETECT}\"\n\
+             fix: UPDATE job SET state = 'failed' WHERE state = 'stuck'\nmax_rows: 5\n{extra}"
+        );
+        let out = Case::new()
+            .database("main", db.url())
+            .rule(&rule)
+            .run(&["run", "--output", "json"]);
+        out.assert_code(0);
+        let r = out.record("jobs.stuck", "main");
+        assert_eq!(r["outcome"], "skipped", "{extra:?}: {r}");
+        assert_eq!(r["reason"], "lock_held", "{extra:?}: {r}");
+    }
+    holder.execute("ROLLBACK").await.expect("release");
+    assert_eq!(states(&db).await, untouched());
 }
