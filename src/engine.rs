@@ -237,6 +237,14 @@ impl Run<'_> {
                 }
             }
             Err(error) => {
+                if matches!(record.outcome, Outcome::GuardTripped | Outcome::WouldFix)
+                    && let Some(message) = record.message.take()
+                {
+                    // Decided to roll back, but the ROLLBACK itself did not complete.
+                    record.message = Some(format!(
+                        "{message} — the ROLLBACK did not complete (see error)"
+                    ));
+                }
                 let dropped = self.dropped(session.abandon_bound(), record);
                 session.abort().await;
                 let (reason, what) = describe_error(&error);
