@@ -225,10 +225,26 @@ impl Run<'_> {
         match result {
             Ok(()) => session.close().await,
             Err(StepError::Commit(cause, pending)) => {
+                let bound = session.abandon_bound();
                 let outcome = session.abort_after_commit().await;
                 self.commit_reply_lost(record, &cause, pending, outcome);
+                if !bound.is_zero() && record.outcome == Outcome::Failed {
+                    let error = record.error.take().unwrap_or_default();
+                    record.error = Some(format!(
+                        "{error}; the connection was dropped, and the server ends that session and releases its locks within {}",
+                        humantime::format_duration(bound)
+                    ));
+                }
             }
             Err(error) => {
+                if matches!(record.outcome, Outcome::GuardTripped | Outcome::WouldFix)
+                    && let Some(message) = record.message.take()
+                {
+                    // Decided to roll back, but the ROLLBACK itself did not complete.
+                    record.message = Some(format!(
+                        "{message} — the ROLLBACK did not complete (see error)"
+                    ));
+                }
                 let dropped = self.dropped(session.abandon_bound(), record);
                 session.abort().await;
                 let (reason, what) = describe_error(&error);
@@ -238,20 +254,21 @@ impl Run<'_> {
     }
 
     /// What dropping the connection after a failure means, truthfully: the
-    /// server (not yet) rolled back, within the session's bound.
+    /// server rolls back what was open within the session's bound; what a
+    /// mode that commits as it goes already committed stays committed.
     fn dropped(&self, bound: Duration, record: &RunRecord) -> String {
-        let released = if bound.is_zero() {
-            "the connection was closed, so SQLite rolled back the open transaction and released its lock".to_owned()
-        } else {
-            format!(
+        let committed = self.commits_as_it_goes() && record.changed.is_some();
+        match (bound.is_zero(), committed) {
+            (true, false) => "the connection was closed; SQLite rolls back the open transaction and releases its lock as it closes".to_owned(),
+            (true, true) => "the connection was closed; what was committed before (changed) stays committed".to_owned(),
+            (false, false) => format!(
                 "the connection was dropped; the server rolls back the open transaction and releases its locks within {}",
                 humantime::format_duration(bound)
-            )
-        };
-        if self.commits_as_it_goes() && record.changed.is_some() {
-            format!("{released}; what was committed before (changed) stays committed")
-        } else {
-            released
+            ),
+            (false, true) => format!(
+                "the connection was dropped; what was committed before (changed) stays committed; the server releases its locks within {}",
+                humantime::format_duration(bound)
+            ),
         }
     }
 

@@ -483,4 +483,163 @@ SELECT 1";
             let _ = split_statements(sql, Dialect::MySql);
         }
     }
+
+    #[test]
+    fn postgres_e_strings_nested_comments_and_dollar_identifiers() {
+        // The smuggling string of issue 8: E'\\'' is one backslash and a quote.
+        let smuggle =
+            "SELECT E'\\'' AS a; COMMIT; UPDATE job SET state = 'pwned'; SELECT 1 AS b --'";
+        assert_eq!(split_statements(smuggle, Dialect::Postgres).len(), 4);
+        assert_eq!(
+            split_statements("SELECT e'it\\'s; x' AS a", Dialect::Postgres).len(),
+            1
+        );
+        // A word ending in E is not an E'' prefix: 'abc\' ends at the quote.
+        assert_eq!(
+            split_statements("SELECT 1 AS some'x\\'; DELETE FROM t", Dialect::Postgres).len(),
+            2
+        );
+        assert_eq!(
+            split_statements("SELECT U&'d\\0061t\\+000061;' AS u", Dialect::Postgres).len(),
+            1
+        );
+        assert_eq!(
+            split_statements(
+                "SELECT 1 /* a /* b */ ; */; DELETE FROM t",
+                Dialect::Postgres
+            ),
+            vec!["SELECT 1 /* a /* b */ ; */", "DELETE FROM t"]
+        );
+        // `x$a$` is an identifier, not a dollar quote hiding the DELETE.
+        assert_eq!(
+            split_statements(
+                "SELECT 1 AS x$a$; DELETE FROM t; SELECT $a$",
+                Dialect::Postgres
+            )
+            .len(),
+            3
+        );
+    }
+
+    #[test]
+    fn mysql_executable_comments_dash_rule_and_sqlite_brackets() {
+        assert_eq!(
+            split_statements("SELECT 1 /*! ; DELETE FROM t */", Dialect::MySql).len(),
+            2
+        );
+        assert_eq!(
+            split_statements("SELECT 1 /*M!100000 ; DELETE FROM t */", Dialect::MySql).len(),
+            2
+        );
+        // `1--1` is arithmetic on MySQL, not a comment hiding the DELETE.
+        assert_eq!(
+            split_statements("SELECT 1--1; DELETE FROM t", Dialect::MySql).len(),
+            2
+        );
+        assert_eq!(
+            split_statements("SELECT 1 -- x; y", Dialect::MySql).len(),
+            1
+        );
+        assert_eq!(
+            split_statements("SELECT [x'] ; DELETE FROM t; --']", Dialect::Sqlite).len(),
+            2
+        );
+    }
+
+    #[test]
+    fn classifies_statements() {
+        let pg = Dialect::Postgres;
+        assert!(modifies_data("update t set a = 1", pg));
+        assert!(modifies_data(
+            "WITH x AS (SELECT 1) DELETE FROM t USING x",
+            pg
+        ));
+        assert!(!modifies_data("SELECT pg_sleep(1)", pg));
+        assert!(!modifies_data("ALTER TABLE t ADD c int", Dialect::MySql));
+        assert!(modifies_data("REPLACE INTO t VALUES (1)", Dialect::MySql));
+        assert!(hides_dml(
+            "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+            pg
+        ));
+        assert!(!hides_dml(
+            "WITH d AS (SELECT * FROM t FOR UPDATE) SELECT * FROM d",
+            pg
+        ));
+        assert!(is_query(
+            "WITH RECURSIVE c(x) AS (SELECT 1) SELECT x FROM c",
+            pg
+        ));
+        assert!(is_query("(SELECT 1) UNION SELECT 2", pg));
+        assert!(!is_query("DELETE FROM t RETURNING id", pg));
+        assert!(!is_query(
+            "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+            pg
+        ));
+        for (sql, words) in [
+            ("commit", "COMMIT"),
+            ("END", "END"),
+            ("rollback to savepoint a", "ROLLBACK"),
+            ("start transaction read only", "START TRANSACTION"),
+            ("PREPARE TRANSACTION 'x'", "PREPARE TRANSACTION"),
+            ("SET autocommit = 1", "SET autocommit"),
+            ("/* c */ BEGIN", "BEGIN"),
+        ] {
+            assert_eq!(
+                transaction_control(sql, Dialect::MySql).as_deref(),
+                Some(words),
+                "{sql}"
+            );
+        }
+        assert_eq!(transaction_control("SET search_path = x", pg), None);
+        assert_eq!(transaction_control("DO $$ BEGIN NULL; END $$", pg), None);
+        for sql in [
+            "ANALYZE TABLE job",
+            "optimize table job",
+            "LOCK TABLES job WRITE",
+            "FLUSH TABLES",
+            "GRANT SELECT ON t TO u",
+            "LOAD INDEX INTO CACHE t",
+            "CACHE INDEX t IN c",
+            "SET PASSWORD = 'x'",
+            "CALL cleanup()",
+            "CHECK TABLE t",
+            "TRUNCATE t",
+        ] {
+            assert!(implicit_commit(sql).is_some(), "{sql}");
+        }
+        assert!(implicit_commit("SELECT * FROM t LOCK IN SHARE MODE").is_none());
+        assert!(implicit_commit("SET @a = 1").is_none());
+    }
+
+    /// Every split of tricky text is made of pieces of the original, in
+    /// order, never panicking on any byte boundary.
+    #[test]
+    fn fuzzish_inputs_never_panic_and_keep_text() {
+        let pieces = [
+            "'", "\"", "`", "[", "]", "$$", "$a$", "E'", "U&'", "\\", "/*", "*/", "/*!", "--",
+            "-- ", "#", ";", "(", ")", "é", "x", " ", "\n", "1",
+        ];
+        let mut seed = 7u64;
+        for _ in 0..3000 {
+            let mut sql = String::new();
+            for _ in 0..12 {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                sql.push_str(pieces[(seed >> 33) as usize % pieces.len()]);
+            }
+            for dialect in Dialect::ALL {
+                let parts = split_statements(&sql, dialect);
+                let mut at = 0;
+                for part in parts {
+                    let found = sql[at..].find(part).map(|p| p + at);
+                    assert!(found.is_some(), "{sql:?} {dialect}: {part:?}");
+                    at = found.unwrap_or(at) + part.len();
+                }
+                let _ = transaction_control(&sql, dialect);
+                let _ = modifies_data(&sql, dialect);
+                let _ = implicit_commit(&sql);
+            }
+        }
+    }
 }

@@ -225,7 +225,7 @@ impl Loader<'_> {
         if let Some(grace) = raw
             .daemon
             .and_then(|d| d.shutdown_grace)
-            .and_then(|g| self.duration(path, &g))
+            .and_then(|g| self.bounded_duration(path, &g, limits::SHUTDOWN_GRACE, false))
         {
             daemon.shutdown_grace = grace;
         }
@@ -405,12 +405,80 @@ impl Loader<'_> {
             );
             return None;
         }
+        let pragmas = self.pragmas(file, name, dialect, db.value.pragmas.as_ref());
         Some(DatabaseConfig {
             name: name.to_owned(),
             dialect,
             url: secret,
             lock,
+            pragmas,
         })
+    }
+
+    /// `pragmas:` of a SQLite database: known names that change how SQL
+    /// behaves on a connection, with values the pragma accepts.
+    fn pragmas(
+        &mut self,
+        file: &Path,
+        name: &str,
+        dialect: Dialect,
+        raw: Option<&Spanned<BTreeMap<String, String>>>,
+    ) -> Vec<(String, String)> {
+        let Some(raw) = raw else {
+            return Vec::new();
+        };
+        if dialect != Dialect::Sqlite {
+            self.err(
+                file,
+                raw.referenced,
+                format!("database {name:?}: pragmas: is for SQLite databases only"),
+            );
+            return Vec::new();
+        }
+        let mut pragmas = Vec::new();
+        for (key, value) in &raw.value {
+            let value = value.trim().to_ascii_lowercase();
+            let valid = match key.as_str() {
+                "foreign_keys"
+                | "recursive_triggers"
+                | "case_sensitive_like"
+                | "defer_foreign_keys"
+                | "ignore_check_constraints"
+                | "trusted_schema"
+                | "reverse_unordered_selects"
+                | "automatic_index" => {
+                    matches!(
+                        value.as_str(),
+                        "on" | "off" | "true" | "false" | "1" | "0" | "yes" | "no"
+                    )
+                }
+                "temp_store" => matches!(
+                    value.as_str(),
+                    "default" | "file" | "memory" | "0" | "1" | "2"
+                ),
+                "cache_size" => value.parse::<i64>().is_ok(),
+                _ => {
+                    self.err(
+                        file,
+                        raw.referenced,
+                        format!(
+                            "database {name:?}: unknown pragma {key:?}; accepted: foreign_keys, recursive_triggers, case_sensitive_like, defer_foreign_keys, ignore_check_constraints, trusted_schema, reverse_unordered_selects, automatic_index, temp_store, cache_size"
+                        ),
+                    );
+                    continue;
+                }
+            };
+            if valid {
+                pragmas.push((key.clone(), value));
+            } else {
+                self.err(
+                    file,
+                    raw.referenced,
+                    format!("database {name:?}: invalid value {value:?} for pragma {key}"),
+                );
+            }
+        }
+        pragmas
     }
 
     fn defaults(
@@ -426,7 +494,10 @@ impl Loader<'_> {
         if let Some(tz) = raw.timezone.and_then(|tz| self.timezone(file, &tz)) {
             defaults.timezone = tz;
         }
-        if let Some(timeout) = raw.timeout.and_then(|t| self.positive_duration(file, &t)) {
+        if let Some(timeout) = raw
+            .timeout
+            .and_then(|t| self.bounded_duration(file, &t, limits::TIMEOUT, true))
+        {
             defaults.timeout = timeout;
         }
         if let Some(notify) = raw.notify {
@@ -435,7 +506,10 @@ impl Loader<'_> {
         if let Some(notify_on) = raw.notify_on {
             defaults.notify_on = notify_on.into_iter().map(|o| o.value).collect();
         }
-        if let Some(d) = raw.renotify_after.and_then(|d| self.duration(file, &d)) {
+        if let Some(d) = raw
+            .renotify_after
+            .and_then(|d| self.bounded_duration(file, &d, limits::RENOTIFY_AFTER, false))
+        {
             defaults.renotify_after = d;
         }
         defaults
@@ -457,7 +531,7 @@ impl Loader<'_> {
             return None;
         }
         let keep = match &raw.value.keep {
-            Some(keep) => Some(self.positive_duration(file, keep)?),
+            Some(keep) => Some(self.bounded_duration(file, keep, limits::AUDIT_KEEP, true)?),
             None => None,
         };
         Some(AuditConfig {
@@ -491,6 +565,35 @@ impl Loader<'_> {
                 None
             }
         }
+    }
+
+    /// A duration no longer than `max` (see [`limits`]); the message names the
+    /// key and the largest accepted value.
+    fn bounded_duration(
+        &mut self,
+        file: &Path,
+        text: &Spanned<String>,
+        (key, max): (&str, Duration),
+        positive: bool,
+    ) -> Option<Duration> {
+        let d = if positive {
+            self.positive_duration(file, text)?
+        } else {
+            self.duration(file, text)?
+        };
+        if d > max {
+            self.err(
+                file,
+                text.referenced,
+                format!(
+                    "{key} {:?} is too long: the largest accepted value is {}",
+                    text.value.trim(),
+                    humantime::format_duration(max)
+                ),
+            );
+            return None;
+        }
+        Some(d)
     }
 
     fn positive_duration(&mut self, file: &Path, text: &Spanned<String>) -> Option<Duration> {
@@ -603,7 +706,15 @@ impl Loader<'_> {
             );
         }
         let mut dialects = Vec::new();
-        for db in db_names {
+        for (index, db) in db_names.iter().enumerate() {
+            if db_names[..index].contains(db) {
+                self.err(
+                    file,
+                    raw.database.referenced,
+                    format!("database {db:?} is listed twice"),
+                );
+                continue;
+            }
             match databases.get(db) {
                 Some(config) => dialects.push(config.dialect),
                 None => {
@@ -667,7 +778,7 @@ impl Loader<'_> {
                 self.err(file, b.referenced, "batch: needs a fix to repeat");
             }
             let pause = match &b.value.pause {
-                Some(p) => self.duration(file, p)?,
+                Some(p) => self.bounded_duration(file, p, limits::PAUSE, false)?,
                 None => Duration::from_millis(100),
             };
             let max_batches = match &b.value.max_batches {
@@ -687,7 +798,9 @@ impl Loader<'_> {
             Some(Batch { pause, max_batches })
         });
         let timeout = match &raw.timeout {
-            Some(t) => self.positive_duration(file, t).unwrap_or(defaults.timeout),
+            Some(t) => self
+                .bounded_duration(file, t, limits::TIMEOUT, true)
+                .unwrap_or(defaults.timeout),
             None => defaults.timeout,
         };
         let lock = LockSpec {
@@ -700,7 +813,7 @@ impl Loader<'_> {
                 .lock
                 .as_ref()
                 .and_then(|l| l.wait.as_ref())
-                .and_then(|w| self.duration(file, w))
+                .and_then(|w| self.bounded_duration(file, w, limits::LOCK_WAIT, false))
                 .unwrap_or(Duration::ZERO),
         };
         if lock.name.trim().is_empty() {
@@ -717,7 +830,9 @@ impl Loader<'_> {
         );
         // 0s is allowed: repeat every run.
         let renotify_after = match &raw.renotify_after {
-            Some(d) => self.duration(file, d).unwrap_or(defaults.renotify_after),
+            Some(d) => self
+                .bounded_duration(file, d, limits::RENOTIFY_AFTER, false)
+                .unwrap_or(defaults.renotify_after),
             None => defaults.renotify_after,
         };
         if self.errors.len() > errors_before {
@@ -862,6 +977,29 @@ impl Loader<'_> {
         }
         sql
     }
+}
+
+/// The longest durations each key accepts: values every engine can apply,
+/// with room for the sums dbjanitor makes (all arithmetic on durations
+/// saturates as well).
+pub mod limits {
+    use std::time::Duration;
+
+    const DAY: u64 = 24 * 60 * 60;
+
+    /// `timeout`: PostgreSQL `statement_timeout` stops at 2^31-1 ms (24.8
+    /// days) and `idle_in_transaction_session_timeout` is set to twice it.
+    pub const TIMEOUT: (&str, Duration) = ("timeout", Duration::from_secs(7 * DAY));
+    /// `lock.wait`: SQLite's busy timeout is an `i32` of milliseconds.
+    pub const LOCK_WAIT: (&str, Duration) = ("lock.wait", Duration::from_secs(DAY));
+    /// `batch.pause`: a pause is spent holding the rule's lock.
+    pub const PAUSE: (&str, Duration) = ("batch.pause", Duration::from_secs(60 * 60));
+    /// `renotify_after`: a year; longer is "never", which `notify_on` says better.
+    pub const RENOTIFY_AFTER: (&str, Duration) = ("renotify_after", Duration::from_secs(366 * DAY));
+    /// `daemon.shutdown_grace`: a day.
+    pub const SHUTDOWN_GRACE: (&str, Duration) = ("shutdown_grace", Duration::from_secs(DAY));
+    /// `audit.keep`: a hundred years, within every timestamp type.
+    pub const AUDIT_KEEP: (&str, Duration) = ("audit.keep", Duration::from_secs(36_525 * DAY));
 }
 
 /// Collects `*.yaml`/`*.yml` under `dir`, skipping hidden names: a Kubernetes

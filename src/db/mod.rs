@@ -92,6 +92,9 @@ pub struct DatabaseConfig {
     pub url: SecretUrl,
     /// The lock kind its rules take (`lock: {kind: ...}`; default `auto`).
     pub lock: LockKind,
+    /// SQLite pragmas set on every connection (`pragmas:` in the config),
+    /// validated names and values; empty for the other engines.
+    pub pragmas: Vec<(String, String)>,
 }
 
 /// What a session needs to know before it connects.

@@ -197,6 +197,31 @@ impl MySqlSession {
         }
     }
 
+    /// [`Self::read_only`] with the server stopping at `limit` + 1 rows
+    /// (`sql_select_limit`; an explicit LIMIT in the query wins). A refused
+    /// write may surface on the statement after the query, so every error
+    /// of the sequence goes through the same mapping.
+    async fn limited_read_only(
+        &mut self,
+        sql: &str,
+        keep: usize,
+        limit: Option<u64>,
+    ) -> Result<Detection, DbError> {
+        if let Some(limit) = limit {
+            let rows = limit.saturating_add(1);
+            self.text
+                .run(&format!("SET SESSION sql_select_limit = {rows}"))
+                .await?;
+        }
+        let detection = self.read_only(sql, keep, limit).await?;
+        if limit.is_some() {
+            self.text
+                .run("SET SESSION sql_select_limit = DEFAULT")
+                .await?;
+        }
+        Ok(detection)
+    }
+
     async fn get_lock(&mut self, lock_name: &str, wait: Duration) -> Result<bool, DbError> {
         let name = quote(&mysql_lock_name(&self.schema, lock_name));
         // GET_LOCK takes whole seconds on every server version; a negative value would
@@ -305,24 +330,13 @@ impl Session for MySqlSession {
                     .to_owned(),
             ));
         }
-        self.server_checks_one_statement(sql).await?;
-        // The server stops producing rows at the limit (an explicit LIMIT in the query wins).
-        if let Some(limit) = limit {
-            let rows = limit.saturating_add(1);
-            self.text
-                .run(&format!("SET SESSION sql_select_limit = {rows}"))
-                .await?;
-        }
-        let detection = self
-            .read_only(sql, keep, limit)
+        // In a READ ONLY transaction MariaDB refuses a writing function already at PREPARE.
+        self.server_checks_one_statement(sql)
             .await
-            .map_err(read_only_refusal);
-        if limit.is_some() {
-            self.text
-                .run("SET SESSION sql_select_limit = DEFAULT")
-                .await?;
-        }
-        detection
+            .map_err(read_only_refusal)?;
+        self.limited_read_only(sql, keep, limit)
+            .await
+            .map_err(read_only_refusal)
     }
 
     async fn execute(&mut self, sql: &str) -> Result<Executed, DbError> {

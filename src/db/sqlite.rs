@@ -39,9 +39,13 @@ impl TextDatabase for Sqlite {
             "BLOB" => <&[u8] as Decode<Sqlite>>::decode(value)
                 .ok()
                 .map(sample::bytes),
-            _ => <&str as Decode<Sqlite>>::decode(value)
-                .ok()
-                .map(sample::clip),
+            // TEXT that is not valid UTF-8 is shown as hex, never as NULL.
+            _ => match <&str as Decode<Sqlite>>::decode(value) {
+                Ok(text) => Some(sample::clip(text)),
+                Err(_) => <&[u8] as Decode<Sqlite>>::decode(row.try_get_raw(index).ok()?)
+                    .ok()
+                    .map(sample::hex),
+            },
         }
     }
 
@@ -67,7 +71,14 @@ impl SqliteSession {
     pub async fn connect(db: &DatabaseConfig, settings: &ConnectSettings) -> Result<Self, DbError> {
         let options = SqliteConnectOptions::from_str(db.url.expose())
             .map_err(|e| connect_error(&db.url, &e))?
-            .busy_timeout(settings.lock_wait);
+            .busy_timeout(settings.lock_wait)
+            // sqlx turns foreign keys on; the sqlite3 CLI and the library default
+            // to off, and rule SQL must mean what it means there (cascades would
+            // change rows no count sees).
+            .foreign_keys(false);
+        let options = db.pragmas.iter().fold(options, |options, (key, value)| {
+            options.pragma(key.clone(), value.clone())
+        });
         let conn = tokio::time::timeout(settings.timeout, SqliteConnection::connect_with(&options))
             .await
             .map_err(|_| DbError::Connect(format!("timed out after {:?}", settings.timeout)))?

@@ -16,6 +16,8 @@ mod audit;
 
 /// Exit statuses, `check`, `list`, `demo`, usage errors.
 mod cli;
+/// init, completions, man, version, notify-test; run --no-notify and --max-rows.
+mod commands;
 /// Locks across processes: 8 racing processes, SIGKILL in the middle of a fix.
 mod concurrency;
 /// Configuration and rule errors: file:line:column, exit 2, nothing changed.
@@ -27,6 +29,8 @@ mod daemon;
 mod engine;
 /// Test harness: a fault-injection TCP proxy (stall, lost replies, cuts) in front of the real servers.
 mod faults;
+/// monitoring/: every metric the dashboard and the alerts use is served.
+mod monitoring;
 /// Webhook and email notifications against real HTTP and SMTP servers on loopback.
 mod notify;
 /// Through a real PgBouncer in transaction mode: every rule mode, leases,
@@ -39,5 +43,8 @@ mod postgres;
 mod readme;
 /// Every rule of the pack on every engine it claims, against faithful fixtures.
 mod rulepack;
+/// Issue 8: read-only detect, transactions a fix cannot end, counts, a lock
+/// released within the stated bound after a stall, a lost COMMIT reply.
+mod safety;
 /// No password in logs, reports or errors.
 mod secrets;

@@ -331,6 +331,7 @@ fn settings() -> ConnectSettings {
 
 fn config(url: &str, lock: LockKind) -> DatabaseConfig {
     DatabaseConfig {
+        pragmas: Vec::new(),
         name: "app".to_owned(),
         dialect: Dialect::Postgres,
         url: SecretUrl::new(url.to_owned()),
