@@ -385,3 +385,81 @@ async fn sessions_connect_through_a_default_pgbouncer() {
     out.assert_code(0);
     assert_eq!(out.record("old", "app")["detected"], 40, "{}", out.stdout);
 }
+
+/// Two daemons through the pooler (pool of two), a batch rule every second
+/// and the audit table in the same pooled database: every run is recorded,
+/// no audit error, every row archived exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_daemons_behind_pgbouncer_record_every_run() {
+    let db = seed().await;
+    let url = pooled(&db);
+    let case = Case::new()
+        .database("app", &url)
+        .rule(&mode_rule(
+            "archive",
+            ARCHIVE_BATCH,
+            "batch: { pause: 50ms, max_batches: 100 }\nschedule: \"@every 1s\"\n",
+        ))
+        .config("audit: { database: app }");
+    let daemons: Vec<_> = (0..2).map(|_| case.spawn(&["daemon"])).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let recorded = Command::new("psql")
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-d",
+                db.url(),
+                "-c",
+                "SELECT count(*) FROM dbjanitor_runs",
+            ])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .parse::<i64>()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0);
+        if recorded >= 8 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemons recorded only {recorded} runs"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for daemon in &daemons {
+        Command::new("kill")
+            .args(["-TERM", &daemon.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+    }
+    for daemon in daemons {
+        let out = RunOutput::from(daemon.wait_with_output().expect("wait"));
+        out.assert_code(0);
+        assert!(
+            !out.stderr.contains("audit table") && !out.stderr.contains("42P05"),
+            "{}",
+            out.stderr
+        );
+    }
+    assert_eq!(db.scalar("SELECT count(*) FROM archive").await, 40);
+    assert_eq!(
+        db.scalar("SELECT count(DISTINCT id) FROM archive").await,
+        40
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM dbjanitor_runs WHERE outcome = 'fixed'")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM dbjanitor_runs WHERE outcome = 'failed'")
+            .await,
+        0
+    );
+    assert_nothing_left(&db).await;
+}

@@ -444,3 +444,41 @@ async fn urls_stay_compatible_and_errors_hide_the_password() {
     assert!(err.contains("cannot connect"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+/// A statement cancelled by someone else (`pg_cancel_backend`) is
+/// `sql_error`, not `timeout`: the rule's timeout did not fire.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_statement_is_an_sql_error_not_a_timeout() {
+    let db = TestDb::new(Engine::Postgres).await;
+    let case = Case::new()
+        .database("app", db.url())
+        .rule("name: slow\ndatabase: app\ndetect: SELECT 1 AS x FROM pg_sleep(30)\ntimeout: 60s\n");
+    let child = case.spawn(&["run", "--output", "json"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let cancelled = db
+            .scalar(
+                "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity \
+                 WHERE application_name = 'dbjanitor' AND state = 'active' AND pid <> pg_backend_pid()",
+            )
+            .await;
+        if cancelled > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the detect never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = RunOutput::from(child.wait_with_output().expect("wait"));
+    out.assert_code(1);
+    let record = out.record("slow", "app");
+    assert_eq!(record["outcome"], "failed", "{}", out.stdout);
+    assert_eq!(record["reason"], "sql_error", "{}", out.stdout);
+    assert!(
+        record["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("canceling statement due to user request"),
+        "{}",
+        out.stdout
+    );
+}
