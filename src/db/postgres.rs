@@ -90,6 +90,9 @@ pub struct PgSession {
     held: Held,
     /// The transaction id taken right before COMMIT.
     xid: Option<String>,
+    /// Whether the last commit attempt sent COMMIT (else it failed before,
+    /// e.g. the lease's fencing check, and nothing can have committed).
+    commit_sent: bool,
 }
 
 impl PgSession {
@@ -133,6 +136,7 @@ impl PgSession {
             in_transaction: false,
             held: Held::None,
             xid: None,
+            commit_sent: false,
         })
     }
 
@@ -197,15 +201,18 @@ impl PgSession {
 
     /// Fencing (a lease must still be ours), the xid, then COMMIT.
     async fn fenced_commit(&mut self) -> Result<(), DbError> {
-        if let Held::Lease(held) = &self.held {
-            lease::fence(&self.conn, held).await?;
-        }
+        self.xid = None;
+        self.commit_sent = false;
         let xid_sql = if self.version >= PG_13 {
             "SELECT pg_current_xact_id_if_assigned()::text"
         } else {
             "SELECT txid_current_if_assigned()::text"
         };
         self.xid = self.conn.text(xid_sql).await?;
+        if let Held::Lease(held) = &self.held {
+            lease::fence(&self.conn, held).await?;
+        }
+        self.commit_sent = true;
         self.end_transaction(true).await
     }
 
@@ -699,12 +706,17 @@ impl Session for PgSession {
         let url = self.conn.url.clone();
         let version = self.version;
         let xid = self.xid.clone();
+        let commit_sent = self.commit_sent;
         let bound = self.abandon_bound().min(XACT_STATUS_WAIT);
         self.conn.abort();
-        match xid {
-            Some(xid) => xact_status(&url, &xid, version, bound).await,
-            None => CommitOutcome::Unknown(
-                "the transaction id could not be read before COMMIT".to_owned(),
+        match (xid, commit_sent) {
+            // Asked even when COMMIT was never sent (the fencing check
+            // failed): the server then confirms the rollback.
+            (Some(xid), _) => xact_status(&url, &xid, version, bound).await,
+            // Nothing written and COMMIT never sent: nothing to commit.
+            (None, false) => CommitOutcome::RolledBack,
+            (None, true) => CommitOutcome::Unknown(
+                "the transaction had no transaction id (it had written nothing), so the server cannot say".to_owned(),
             ),
         }
     }

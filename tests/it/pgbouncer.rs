@@ -356,14 +356,11 @@ async fn a_holder_whose_lease_expired_does_not_commit() {
     out.assert_code(1);
     let record = out.record("archive", "app");
     assert_eq!(record["outcome"], "failed", "{}", out.stdout);
-    assert!(
-        record["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("lease"),
-        "{}",
-        out.stdout
-    );
+    let error = record["error"].as_str().unwrap_or_default();
+    assert!(error.contains("lease"), "{}", out.stdout);
+    // Asked afterwards (pg_xact_status), not assumed.
+    assert!(error.contains("rolled back"), "{}", out.stdout);
+    assert_ne!(record["reason"], "commit_unknown", "{}", out.stdout);
     assert_eq!(
         db.scalar("SELECT count(*) FROM job WHERE state = 'old'")
             .await,
