@@ -860,12 +860,19 @@ impl Loader<'_> {
             } else if let Some(statement) = statements.first()
                 && !crate::sql::is_query(statement, dialect)
             {
-                let keyword = crate::sql::main_keyword(statement, dialect);
+                let what = if crate::sql::hides_dml(statement, dialect) {
+                    "hides a data-modifying statement inside a WITH query".to_owned()
+                } else {
+                    format!(
+                        "is a {} statement",
+                        crate::sql::main_keyword(statement, dialect)
+                    )
+                };
                 self.err(
                     file,
                     raw.referenced,
                     format!(
-                        "detect for {dialect} is a {keyword} statement; it must be a read-only query (SELECT, WITH ... SELECT, VALUES or TABLE)"
+                        "detect for {dialect} {what}; it must be a read-only query (SELECT, WITH ... SELECT, VALUES or TABLE)"
                     ),
                 );
             }
