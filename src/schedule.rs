@@ -82,10 +82,7 @@ impl Schedule {
         // A pattern whose day never exists (`0 0 30 2 *`) compiles but never
         // fires: a rule that silently never runs is a mistake, not a choice.
         // croner searches a bounded number of years, so 29 February passes.
-        if cron
-            .find_next_occurrence(&Utc::now(), false)
-            .is_err()
-        {
+        if cron.find_next_occurrence(&Utc::now(), false).is_err() {
             return Err(format!(
                 "schedule {trimmed:?} never fires: no date matches its day and month fields"
             ));
