@@ -70,7 +70,7 @@ trap 'rm -rf "$work"' EXIT
 # ---------------------------------------------------------------------------
 step "Kubernetes manifests (k8s/)"
 for f in k8s/kustomization.yaml k8s/daemon/kustomization.yaml k8s/common/kustomization.yaml \
-         k8s/sync-rules.sh k8s/secret.example.yaml; do
+         k8s/sync-rules.sh k8s/secret.example.yaml k8s/networkpolicy.example.yaml; do
   [ -f "$f" ] || fail "$f is missing"
 done
 cp -R k8s "$work/k8s"
@@ -191,6 +191,17 @@ for doc in secret_docs:
             err("k8s/secret.example.yaml: %s must be a CHANGE-ME placeholder" % key)
 secret_name = secret_docs[0]["metadata"]["name"] if secret_docs else None
 print("k8s/secret.example.yaml: Secret %s, keys %s" % (secret_name, sorted(secret_keys)))
+
+# --- the NetworkPolicy example: schema-valid, and it selects dbjanitor's pods
+for doc in load_all(os.path.join(k8s_dir, "networkpolicy.example.yaml")):
+    validate(doc, "k8s/networkpolicy.example.yaml")
+    if doc.get("kind") != "NetworkPolicy":
+        err("k8s/networkpolicy.example.yaml: %s is not a NetworkPolicy" % name_of(doc))
+        continue
+    selector = doc["spec"]["podSelector"].get("matchLabels", {})
+    if selector.get("app.kubernetes.io/name") != "dbjanitor":
+        err("k8s/networkpolicy.example.yaml: podSelector must select app.kubernetes.io/name=dbjanitor")
+    print("k8s/networkpolicy.example.yaml: NetworkPolicy %s, %d egress rules" % (name_of(doc), len(doc["spec"].get("egress", []))))
 
 
 # --- the rendered objects

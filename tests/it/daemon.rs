@@ -21,7 +21,7 @@ on_every_engine!(
 
 const DEADLINE: Duration = Duration::from_secs(90);
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -29,7 +29,7 @@ fn free_port() -> u16 {
 }
 
 /// `(status, headers and body)` of `GET path`, or `None` while nobody listens.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+pub(crate) fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut stream =
         TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
     stream
@@ -46,7 +46,7 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, response))
 }
 
-fn body(response: &str) -> &str {
+pub(crate) fn body(response: &str) -> &str {
     response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
 }
 

@@ -25,6 +25,10 @@ mod config_errors;
 mod daemon;
 /// Every outcome on every engine, with the rows checked afterwards.
 mod engine;
+/// Test harness: a fault-injection TCP proxy (stall, lost replies, cuts) in front of the real servers.
+mod faults;
+/// monitoring/: every metric the dashboard and the alerts use is served.
+mod monitoring;
 /// Webhook and email notifications against real HTTP and SMTP servers on loopback.
 mod notify;
 /// The README's first rule, taken from README.md, on PostgreSQL and MariaDB.
