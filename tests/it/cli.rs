@@ -444,3 +444,42 @@ async fn a_full_log_disk_is_said_once_and_exits_1() {
         out.stderr
     );
 }
+
+/// Issue 9.11: a connection that stalls while `check --connect` prepares is
+/// "unreachable" (exit 1: retry later), not "does not prepare" (exit 2: fix
+/// the SQL). The stall comes from the fault proxy, after the connection is
+/// made, on the very statement being prepared.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stall_while_preparing_is_unreachable_not_invalid() {
+    use crate::faults::{FaultProxy, When};
+    let db = jobs(Engine::Postgres).await;
+    let proxy = FaultProxy::in_front_of(db.url());
+    let url = proxy.url_for(db.url());
+    proxy.stall_when(b"dbj_stall_probe", When::Before);
+    let out = Case::new()
+        .database("main", &url)
+        .rule(
+            "name: jobs.stalled\ndatabase: main\ntimeout: 2s\n\
+             detect: SELECT id AS dbj_stall_probe FROM job WHERE state = 'stuck'\n",
+        )
+        .run(&["check", "--connect"]);
+    out.assert_code(1);
+    assert!(
+        out.stdout
+            .contains("unreachable: no answer while preparing detect within 2s"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("0 invalid, 1 unreachable"),
+        "{}",
+        out.stdout
+    );
+    assert!(proxy.is_stalled());
+    // Nothing ran: the stuck jobs are still stuck.
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM job WHERE state = 'stuck'")
+            .await,
+        2
+    );
+}
