@@ -124,14 +124,34 @@ impl SecretUrl {
             .map(std::borrow::Cow::into_owned)
             .collect();
         parts.extend(decoded);
+        let encoded: Vec<String> = parts
+            .iter()
+            .map(|p| {
+                percent_encoding::utf8_percent_encode(p, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string()
+            })
+            .collect();
+        parts.extend(encoded);
         parts.retain(|p| p.chars().count() >= MIN_SECRET_PART && p != "/");
         parts.sort_by_key(|p| std::cmp::Reverse(p.len()));
         parts.dedup();
-        let mut out = text.to_owned();
+        // The host stays readable even where a path segment is part of it
+        // (`/hooks/...` on `hooks.example.org`): set aside, then put back.
+        const HOST_MARK: &str = "\u{0}host\u{0}";
+        let host = parsed.host_str().unwrap_or_default();
+        let mut out = if host.is_empty() {
+            text.to_owned()
+        } else {
+            text.replace(host, HOST_MARK)
+        };
         for part in &parts {
             out = out.replace(part.as_str(), MASK);
         }
-        out
+        if host.is_empty() {
+            out
+        } else {
+            out.replace(HOST_MARK, host)
+        }
     }
 }
 
