@@ -16,6 +16,13 @@
 //!   (`dbjanitor_overlap_skips_total`). Pairs sharing a lock key queue behind
 //!   each other, as in `run`. Other processes (a second replica, a timer) are
 //!   kept out by the advisory locks: they count `skipped` (lock held);
+//! - bounds parallel runs: at most `daemon.jobs` (or `--jobs`, default 8) at
+//!   once, and at most `daemon.jobs_per_database` (default 4) on one
+//!   database, taken in that order (database first), so a database with many
+//!   slow rules cannot hold every slot. A run waiting for a slot is not a
+//!   skip: it runs as soon as a slot frees (`dbjanitor_waiting` is 1 while it
+//!   waits); a tick that comes while the previous run still waits is an
+//!   overlap skip like any other;
 //! - on SIGTERM/SIGINT starts nothing new, lets running rules finish within
 //!   `daemon.shutdown_grace` (default 30s), then cancels them (the engine
 //!   drops their connections: rolled back, locks released), records them,
@@ -34,6 +41,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
@@ -51,6 +59,9 @@ use crate::plan::{Plan, Selection, Target};
 /// Longest single sleep before the wall clock is read again.
 pub const MAX_SLEEP: Duration = Duration::from_secs(30);
 
+/// The least time open HTTP requests get to finish at shutdown.
+const SERVER_CLOSE_MIN: Duration = Duration::from_secs(1);
+
 /// After cancelling, how long to wait for the cancelled runs to be recorded.
 const AFTER_CANCEL: Duration = Duration::from_secs(15);
 
@@ -67,6 +78,16 @@ struct Shared {
     tracker: TaskTracker,
     /// One mutex per lock key, so pairs sharing a key queue within the process.
     lock_keys: HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>,
+    /// `daemon.jobs`: runs at once in the process.
+    slots: Arc<Semaphore>,
+    /// `daemon.jobs_per_database`: runs at once per database name.
+    database_slots: HashMap<String, Arc<Semaphore>>,
+}
+
+/// The slots a run holds while it runs: its database's, then the process's.
+struct Slots {
+    _database: Option<OwnedSemaphorePermit>,
+    _process: OwnedSemaphorePermit,
 }
 
 /// Resets a pair's "running" flag however its run ends.
@@ -88,6 +109,15 @@ impl Shared {
         let _turn = tokio::select! {
             turn = queue.lock_owned() => turn,
             () = self.stop.cancelled() => return,
+        };
+        self.metrics.set_waiting(&pair, true);
+        let slots = tokio::select! {
+            slots = self.take_slots(&target.database.name) => slots,
+            () = self.stop.cancelled() => None,
+        };
+        self.metrics.set_waiting(&pair, false);
+        let Some(_slots) = slots else {
+            return;
         };
         self.metrics.set_running(&pair, true);
         let options = RunOptions {
@@ -113,6 +143,24 @@ impl Shared {
             self.metrics.audit_error(1);
             tracing::error!(error = %e, "the run could not be recorded in the run history");
         }
+    }
+}
+
+impl Shared {
+    /// Waits for a slot on `database`, then for one in the process. The
+    /// database's slot comes first so that a run queued behind its busy
+    /// database holds no process slot that another database could use.
+    /// `None` only if a semaphore was closed (it never is).
+    async fn take_slots(&self, database: &str) -> Option<Slots> {
+        let database = match self.database_slots.get(database) {
+            Some(slots) => Some(Arc::clone(slots).acquire_owned().await.ok()?),
+            None => None,
+        };
+        let process = Arc::clone(&self.slots).acquire_owned().await.ok()?;
+        Some(Slots {
+            _database: database,
+            _process: process,
+        })
     }
 }
 
@@ -169,6 +217,28 @@ async fn pair_loop(target: Target, shared: Arc<Shared>) {
             let _guard = guard;
             task_shared.run(&target).await;
         });
+    }
+}
+
+/// Gives the HTTP server until `deadline` (at least [`SERVER_CLOSE_MIN`]) to
+/// finish its open requests, then drops it with every connection.
+///
+/// axum's graceful shutdown waits for *every* connection to end, and a client
+/// holding a half-sent request (`GET /metrics HTTP/1.1\r\nHost: x\r\n` and no
+/// blank line), an idle keep-alive connection or a reader that never reads
+/// would hold the daemon forever; a supervisor would then kill it mid-write.
+async fn close_server(
+    mut server: tokio::task::JoinHandle<std::io::Result<()>>,
+    deadline: tokio::time::Instant,
+) {
+    let deadline = deadline.max(tokio::time::Instant::now() + SERVER_CLOSE_MIN);
+    if tokio::time::timeout_at(deadline, &mut server)
+        .await
+        .is_err()
+    {
+        warn!("HTTP clients still connected after the grace period: closing their connections");
+        server.abort();
+        let _ = server.await;
     }
 }
 
@@ -251,9 +321,20 @@ pub async fn run(
         cancel: cancel.clone(),
         tracker: tracker.clone(),
         lock_keys,
+        slots: Arc::new(Semaphore::new(config.daemon.jobs)),
+        database_slots: config
+            .databases
+            .keys()
+            .map(|name| {
+                let limit = config.daemon.jobs_per_database.min(config.daemon.jobs);
+                (name.clone(), Arc::new(Semaphore::new(limit)))
+            })
+            .collect(),
     });
     info!(
         pairs = scheduled.len(),
+        jobs = config.daemon.jobs,
+        jobs_per_database = config.daemon.jobs_per_database,
         grace_s = config.daemon.shutdown_grace.as_secs(),
         "daemon started"
     );
@@ -267,6 +348,7 @@ pub async fn run(
         .collect();
 
     stop.cancelled().await;
+    let stopped_at = tokio::time::Instant::now();
     health.set_stopping();
     for handle in loops {
         let _ = handle.await;
@@ -297,7 +379,7 @@ pub async fn run(
     }
     server_stop.cancel();
     if let Some(server) = server {
-        let _ = server.await;
+        close_server(server, stopped_at + grace).await;
     }
     info!("daemon stopped");
     Ok(())

@@ -400,3 +400,31 @@ fn read_only_refusal(error: DbError) -> DbError {
         other => other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_limit_is_twice_the_timeout_plus_ten_seconds_and_never_overflows() {
+        assert_eq!(
+            idle_limit(Duration::from_secs(60)),
+            Duration::from_secs(130)
+        );
+        assert_eq!(
+            idle_limit(Duration::from_millis(1500)),
+            Duration::from_secs(14)
+        );
+        assert_eq!(
+            idle_limit(Duration::MAX),
+            Duration::from_secs(MAX_WAIT_TIMEOUT_SECS)
+        );
+    }
+
+    #[test]
+    fn idle_transaction_timeout_from_mariadb_10_3() {
+        assert!(has_idle_transaction_timeout("10.11.19-MariaDB-0+deb12u1"));
+        assert!(has_idle_transaction_timeout("11.4.2-MariaDB"));
+        assert!(!has_idle_transaction_timeout("10.2.44-MariaDB"));
+    }
+}

@@ -472,6 +472,10 @@ async fn stalled_connection_releases_lock_within_the_stated_bound_mysql() {
     })
     .await;
     let released = released.unwrap_or_else(|| panic!("lock still held {bound}+30 s later"));
+    eprintln!(
+        "stated bound {bound} s; lock free {:?} after the run ended",
+        gave_up.elapsed()
+    );
     assert!(
         gave_up.elapsed() <= Duration::from_secs(bound + 30),
         "released after {released:?}"
@@ -611,4 +615,33 @@ async fn sqlite_busy_database_skips_every_mode() {
     }
     holder.execute("ROLLBACK").await.expect("release");
     assert_eq!(states(&db).await, untouched());
+}
+
+/// PostgreSQL gets the COMMIT but its reply is lost: the server is asked
+/// afterwards (`pg_xact_status`) and confirms the commit: `fixed`, with a
+/// message that says the reply was lost and the server confirmed.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the tokio-postgres backend (branch pg)"]
+async fn lost_commit_reply_is_confirmed_by_the_server_postgres() {
+    let db = jobs(Engine::Postgres).await;
+    let proxy = FaultProxy::in_front_of(db.url());
+    let url = proxy.url_for(db.url());
+    proxy.drop_replies_after(b"COMMIT");
+    let rule = format!(
+        "name: jobs.stuck\ndatabase: main\ndetect: \"{DETECT}\"\n\
+         fix: UPDATE job SET state = 'failed' WHERE state = 'stuck'\nmax_rows: 5\ntimeout: 2s\n"
+    );
+    let out = Case::new()
+        .database("main", &url)
+        .rule(&rule)
+        .run(&["run", "--output", "json"]);
+    out.assert_code(0);
+    let r = out.record("jobs.stuck", "main");
+    assert_eq!(r["outcome"], "fixed", "{r}");
+    assert!(
+        text(&r, "message").contains("confirmed afterwards that the transaction committed"),
+        "{r}"
+    );
+    assert_eq!(states(&db).await, fixed());
+    drop(proxy);
 }
