@@ -83,7 +83,7 @@ async fn detect_sees_the_database_defaults_like_psql() {
 async fn wait_for_advisory_lock(db: &TestDb) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while db
-        .scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+        .scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
         .await
         == 0
     {
@@ -406,7 +406,7 @@ async fn a_stalled_session_lock_is_released_within_the_bound() {
     drop(session);
     loop {
         let held = db
-            .scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+            .scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
             .await;
         if held == 0 {
             break;
@@ -459,7 +459,8 @@ async fn a_cancelled_statement_is_an_sql_error_not_a_timeout() {
         let cancelled = db
             .scalar(
                 "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity \
-                 WHERE application_name = 'dbjanitor' AND state = 'active' AND pid <> pg_backend_pid()",
+                 WHERE datname = current_database() AND application_name = 'dbjanitor' \
+                 AND state = 'active' AND pid <> pg_backend_pid()",
             )
             .await;
         if cancelled > 0 {
