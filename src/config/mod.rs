@@ -50,6 +50,10 @@ pub struct AuditConfig {
     pub database: String,
     /// How long history rows are kept; `None` keeps them forever.
     pub keep: Option<Duration>,
+    /// Bound of each audit read or write, connect included (`audit.timeout`).
+    pub timeout: Duration,
+    /// How long a schema migration waits for locks (`audit.migrate_lock_wait`).
+    pub migrate_lock_wait: Duration,
 }
 
 /// Settings of `dbjanitor daemon` (`daemon:`).
@@ -434,9 +438,19 @@ impl Loader<'_> {
             Some(keep) => Some(self.positive_duration(file, keep)?),
             None => None,
         };
+        let timeout = match &raw.value.timeout {
+            Some(d) => self.positive_duration(file, d)?,
+            None => crate::audit::DEFAULT_TIMEOUT,
+        };
+        let migrate_lock_wait = match &raw.value.migrate_lock_wait {
+            Some(d) => self.positive_duration(file, d)?,
+            None => crate::audit::DEFAULT_MIGRATE_LOCK_WAIT,
+        };
         Some(AuditConfig {
             database: database.value.clone(),
             keep,
+            timeout,
+            migrate_lock_wait,
         })
     }
 

@@ -23,6 +23,12 @@
 //!
 //! Run history goes to the audit table when the config has one (so `run
 //! --due`, another replica and the next start see it), else to memory.
+//! Notifications and recording happen *after* a run, off its schedule: each
+//! pair has a bookkeeping queue worked by one task at a time (so a run is
+//! always judged against the history its predecessors left), and a run
+//! finishing while the queue is busy is added to the next batch. A stalled
+//! audit database therefore costs bookkeeping `audit.timeout` per batch, never
+//! a tick; its failures are logged and counted (`dbjanitor_audit_errors_total`).
 
 mod http;
 
@@ -43,7 +49,8 @@ pub use http::{HEALTH_INTERVAL, HEALTH_TIMEOUT, Health};
 use crate::audit::RunHistory;
 use crate::config::Config;
 use crate::engine::{RunOptions, run_target};
-use crate::history::History;
+use crate::history::{History, HistoryError, LastState};
+use crate::outcome::RunRecord;
 use crate::metrics::{DaemonMetrics, PairLabels};
 use crate::notify;
 use crate::plan::{Plan, Selection, Target};
@@ -67,6 +74,53 @@ struct Shared {
     tracker: TaskTracker,
     /// One mutex per lock key, so pairs sharing a key queue within the process.
     lock_keys: HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>,
+    /// Per (rule, database): finished runs waiting for notification and recording.
+    bookkeeping: HashMap<(String, String), Arc<std::sync::Mutex<Backlog>>>,
+}
+
+/// Finished runs of one pair not yet notified and recorded.
+#[derive(Debug, Default)]
+struct Backlog {
+    records: Vec<RunRecord>,
+    /// A task is working through the backlog.
+    busy: bool,
+}
+
+/// The run history as the daemon uses it: every failed read or write is
+/// counted in `dbjanitor_audit_errors_total`.
+struct Counted<'a> {
+    history: &'a RunHistory,
+    metrics: &'a DaemonMetrics,
+}
+
+impl Counted<'_> {
+    fn count<T>(&self, result: Result<T, HistoryError>) -> Result<T, HistoryError> {
+        if result.is_err() {
+            self.metrics.audit_error(1);
+        }
+        result
+    }
+}
+
+impl History for Counted<'_> {
+    async fn last_state(
+        &self,
+        rule: &str,
+        database: &str,
+    ) -> Result<Option<LastState>, HistoryError> {
+        self.count(self.history.last_state(rule, database).await)
+    }
+
+    async fn last_states(
+        &self,
+        pairs: &[(&str, &str)],
+    ) -> Result<Vec<Option<LastState>>, HistoryError> {
+        self.count(self.history.last_states(pairs).await)
+    }
+
+    async fn record(&self, records: &[RunRecord], notified: &[bool]) -> Result<(), HistoryError> {
+        self.count(self.history.record(records, notified).await)
+    }
 }
 
 /// Resets a pair's "running" flag however its run ends.
@@ -79,39 +133,69 @@ impl Drop for Running {
 }
 
 impl Shared {
-    /// One run of one pair, then its bookkeeping: metrics and run history.
-    async fn run(&self, target: &Target) {
+    /// One run of one pair; its bookkeeping is queued, off the schedule.
+    async fn run(self: &Arc<Self>, target: &Target) {
         let pair = PairLabels::of(&target.rule.name, &target.database.name);
         let (db, lock) = target.lock_key();
         let key = (db.to_owned(), lock.to_owned());
         let queue = self.lock_keys.get(&key).cloned().unwrap_or_default();
-        let _turn = tokio::select! {
-            turn = queue.lock_owned() => turn,
-            () = self.stop.cancelled() => return,
+        let record = {
+            let _turn = tokio::select! {
+                turn = queue.lock_owned() => turn,
+                () = self.stop.cancelled() => return,
+            };
+            self.metrics.set_running(&pair, true);
+            let options = RunOptions {
+                dry_run: false,
+                jobs: 1,
+            };
+            let record = run_target(target, &options, &self.cancel).await;
+            self.metrics.set_running(&pair, false);
+            record
         };
-        self.metrics.set_running(&pair, true);
-        let options = RunOptions {
-            dry_run: false,
-            jobs: 1,
-        };
-        let mut record = run_target(target, &options, &self.cancel).await;
-        self.metrics.set_running(&pair, false);
         self.metrics.observe(&record);
-        // Design §3 step 9: notifications decide from `self.history` as it was
-        // before this run, then the history stores whether it notified.
-        let notified = notify::deliver(
-            &self.config,
-            std::slice::from_mut(&mut record),
-            Some(self.history.as_ref()),
-        )
-        .await;
-        if let Err(e) = self
-            .history
-            .record(std::slice::from_ref(&record), &notified)
-            .await
-        {
-            self.metrics.audit_error(1);
-            tracing::error!(error = %e, "the run could not be recorded in the run history");
+        self.enqueue(record);
+    }
+
+    /// Adds a finished run to its pair's backlog, starting a worker unless one is busy.
+    fn enqueue(self: &Arc<Self>, record: RunRecord) {
+        let key = (record.rule.clone(), record.database.clone());
+        let backlog = self.bookkeeping.get(&key).cloned().unwrap_or_default();
+        let start = match backlog.lock() {
+            Ok(mut backlog) => {
+                backlog.records.push(record);
+                !std::mem::replace(&mut backlog.busy, true)
+            }
+            Err(_) => false,
+        };
+        if start {
+            let shared = Arc::clone(self);
+            self.tracker
+                .spawn(async move { shared.work_through(&backlog).await }.in_current_span());
+        }
+    }
+
+    /// Notifies and records the backlog's runs, batch by batch, until it is empty.
+    async fn work_through(&self, backlog: &std::sync::Mutex<Backlog>) {
+        loop {
+            let mut batch = match backlog.lock() {
+                Ok(mut backlog) if backlog.records.is_empty() => {
+                    backlog.busy = false;
+                    return;
+                }
+                Ok(mut backlog) => std::mem::take(&mut backlog.records),
+                Err(_) => return,
+            };
+            let history = Counted {
+                history: self.history.as_ref(),
+                metrics: self.metrics.as_ref(),
+            };
+            // Design §3 step 9: notifications decide from the history as it
+            // was before these runs, then the history stores whether they notified.
+            let notified = notify::deliver(&self.config, &mut batch, Some(&history)).await;
+            if let Err(e) = history.record(&batch, &notified).await {
+                tracing::error!(error = %e, runs = batch.len(), "the runs could not be recorded in the run history");
+            }
         }
     }
 }
@@ -242,6 +326,13 @@ pub async fn run(
             ((db.to_owned(), lock.to_owned()), Arc::default())
         })
         .collect();
+    let bookkeeping = scheduled
+        .iter()
+        .map(|t| {
+            let key = (t.rule.name.clone(), t.database.name.clone());
+            (key, Arc::default())
+        })
+        .collect();
     let tracker = TaskTracker::new();
     let shared = Arc::new(Shared {
         config: Arc::new(config.clone()),
@@ -251,6 +342,7 @@ pub async fn run(
         cancel: cancel.clone(),
         tracker: tracker.clone(),
         lock_keys,
+        bookkeeping,
     });
     info!(
         pairs = scheduled.len(),
