@@ -167,9 +167,15 @@ mod tests {
     async fn memory_history_keeps_the_last_delivered_notification() {
         let history = MemoryHistory::default();
         let first = run(Outcome::Found, false);
-        history.record(&[first.clone()], &[true]).await.expect("record");
+        history
+            .record(&[first.clone()], &[true])
+            .await
+            .expect("record");
         let second = run(Outcome::Failed, false);
-        history.record(&[second.clone()], &[false]).await.expect("record");
+        history
+            .record(&[second.clone()], &[false])
+            .await
+            .expect("record");
         let now = state(&history).await;
         assert_eq!(now.state, Some(Outcome::Failed));
         assert_eq!(now.last_run_at, second.started_at);
@@ -181,16 +187,28 @@ mod tests {
                 at: first.started_at
             })
         );
-        assert!(history.last_state("r", "other").await.expect("state").is_none());
+        assert!(
+            history
+                .last_state("r", "other")
+                .await
+                .expect("state")
+                .is_none()
+        );
     }
 
     #[tokio::test]
     async fn skipped_runs_move_only_the_last_run_time_and_dry_runs_nothing() {
         let history = MemoryHistory::default();
         let found = run(Outcome::Found, false);
-        history.record(&[found.clone()], &[true]).await.expect("record");
+        history
+            .record(&[found.clone()], &[true])
+            .await
+            .expect("record");
         let skipped = run(Outcome::Skipped, false);
-        history.record(&[skipped.clone()], &[false]).await.expect("record");
+        history
+            .record(&[skipped.clone()], &[false])
+            .await
+            .expect("record");
         let now = state(&history).await;
         assert_eq!(now.state, Some(Outcome::Found), "skipped is not a state");
         assert_eq!(now.last_run_at, skipped.started_at, "but it is a run");

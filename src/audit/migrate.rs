@@ -498,7 +498,11 @@ async fn recover_mysql(
         name,
         applied = present > 0,
         "audit schema migration had been interrupted; the schema shows it {}",
-        if present > 0 { "completed: marked done" } else { "not started: applying it again" }
+        if present > 0 {
+            "completed: marked done"
+        } else {
+            "not started: applying it again"
+        }
     );
     Ok(())
 }

@@ -242,7 +242,9 @@ async fn finish<T>(
     result: Result<Result<T, AuditError>, tokio::time::error::Elapsed>,
     bound: Duration,
 ) -> Result<T, AuditError> {
-    let result = result.map_err(|_| AuditError::Timeout(bound)).and_then(|r| r);
+    let result = result
+        .map_err(|_| AuditError::Timeout(bound))
+        .and_then(|r| r);
     if result.is_ok() {
         conn.close().await;
     }
@@ -509,8 +511,7 @@ impl AuditStore {
     /// The schema version in the database (0: none yet); changes nothing.
     pub async fn schema_version(&self) -> Result<u32, AuditError> {
         let mut conn = self.open().await?;
-        let result =
-            tokio::time::timeout(self.timeout, migrate::current_version(&mut conn)).await;
+        let result = tokio::time::timeout(self.timeout, migrate::current_version(&mut conn)).await;
         finish(conn, result, self.timeout).await
     }
 
@@ -639,18 +640,15 @@ async fn prune(conn: &mut Conn, cutoff: DateTime<Utc>) -> Result<u64, AuditError
     let mut total = 0u64;
     for _ in 0..PRUNE_MAX_BATCHES {
         let limit = i64::from(PRUNE_BATCH);
-        let batch = on_each!(
-            &mut *conn,
-            PRUNE_POSTGRES,
-            PRUNE_OTHER,
-            |c, sql, url| sqlx::query(sql)
+        let batch = on_each!(&mut *conn, PRUNE_POSTGRES, PRUNE_OTHER, |c, sql, url| {
+            sqlx::query(sql)
                 .bind(cutoff)
                 .bind(limit)
                 .execute(&mut *c)
                 .await
                 .map_err(|e| AuditError::sql(url, &e))?
                 .rows_affected()
-        );
+        });
         total += batch;
         if batch < u64::from(PRUNE_BATCH) {
             break;
@@ -727,7 +725,7 @@ async fn latest(
     rule: &str,
     database: &str,
 ) -> Result<Option<(String, DateTime<Utc>)>, AuditError> {
-    let row: Option<LastRow> = on_each!(conn, pg, other, |c, sql, url| {
+    let row: Option<(String, DateTime<Utc>)> = on_each!(conn, pg, other, |c, sql, url| {
         sqlx::query_as(sql)
             .bind(rule)
             .bind(database)
@@ -735,7 +733,7 @@ async fn latest(
             .await
             .map_err(|e| AuditError::sql(url, &e))
     })?;
-    Ok(row.map(|(outcome, started_at, ..)| (outcome, started_at)))
+    Ok(row)
 }
 
 /// `SELECT MAX(started_at) ...` for one pair.

@@ -50,9 +50,9 @@ use crate::audit::RunHistory;
 use crate::config::Config;
 use crate::engine::{RunOptions, run_target};
 use crate::history::{History, HistoryError, LastState};
-use crate::outcome::RunRecord;
 use crate::metrics::{DaemonMetrics, PairLabels};
 use crate::notify;
+use crate::outcome::RunRecord;
 use crate::plan::{Plan, Selection, Target};
 
 /// Longest single sleep before the wall clock is read again.
