@@ -6,6 +6,12 @@
 //! run. The daemon keeps this in memory ([`MemoryHistory`]); one-shot runs
 //! (CronJob, systemd timer) keep it in the audit table, which implements the
 //! same trait. Without either, every run starts with no memory.
+//!
+//! Only real runs are remembered: a dry run changes nothing and is never a
+//! state. A `skipped` run (the lock was held by another replica or a timer)
+//! is a run for `--due` but not a state: it says nothing about the data. And
+//! what the receivers were told is the last notification that was
+//! *delivered* ([`Notified`]), not merely attempted.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -168,12 +174,12 @@ mod tests {
         let history = MemoryHistory::default();
         let first = run(Outcome::Found, false);
         history
-            .record(&[first.clone()], &[true])
+            .record(std::slice::from_ref(&first), &[true])
             .await
             .expect("record");
         let second = run(Outcome::Failed, false);
         history
-            .record(&[second.clone()], &[false])
+            .record(std::slice::from_ref(&second), &[false])
             .await
             .expect("record");
         let now = state(&history).await;
@@ -201,12 +207,12 @@ mod tests {
         let history = MemoryHistory::default();
         let found = run(Outcome::Found, false);
         history
-            .record(&[found.clone()], &[true])
+            .record(std::slice::from_ref(&found), &[true])
             .await
             .expect("record");
         let skipped = run(Outcome::Skipped, false);
         history
-            .record(&[skipped.clone()], &[false])
+            .record(std::slice::from_ref(&skipped), &[false])
             .await
             .expect("record");
         let now = state(&history).await;
