@@ -122,6 +122,19 @@ pub struct MemoryHistory {
     states: Mutex<HashMap<(String, String), LastState>>,
 }
 
+impl MemoryHistory {
+    /// A history that starts from `state` for (`rule`, `database`): the daemon
+    /// judges a backlog of runs against what the audit table said, in order.
+    #[must_use]
+    pub fn seeded(rule: &str, database: &str, state: Option<LastState>) -> Self {
+        let history = Self::default();
+        if let (Some(state), Ok(mut states)) = (state, history.states.lock()) {
+            states.insert((rule.to_owned(), database.to_owned()), state);
+        }
+        history
+    }
+}
+
 impl History for MemoryHistory {
     async fn last_state(
         &self,

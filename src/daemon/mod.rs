@@ -49,7 +49,7 @@ pub use http::{HEALTH_INTERVAL, HEALTH_TIMEOUT, Health};
 use crate::audit::RunHistory;
 use crate::config::Config;
 use crate::engine::{RunOptions, run_target};
-use crate::history::{History, HistoryError, LastState};
+use crate::history::{History, HistoryError, LastState, MemoryHistory};
 use crate::metrics::{DaemonMetrics, PairLabels};
 use crate::notify;
 use crate::outcome::RunRecord;
@@ -192,11 +192,42 @@ impl Shared {
             };
             // Design §3 step 9: notifications decide from the history as it
             // was before these runs, then the history stores whether they notified.
-            let notified = notify::deliver(&self.config, &mut batch, Some(&history)).await;
+            let notified = if batch.len() == 1 {
+                notify::deliver(&self.config, &mut batch, Some(&history)).await
+            } else {
+                self.deliver_in_order(&mut batch, &history).await
+            };
             if let Err(e) = history.record(&batch, &notified).await {
                 tracing::error!(error = %e, runs = batch.len(), "the runs could not be recorded in the run history");
             }
         }
+    }
+}
+
+impl Shared {
+    /// Several runs of one pair (bookkeeping fell behind, e.g. a slow
+    /// webhook or audit database): the history is read once, and each run is
+    /// judged against the state the one before it left, so an unchanged
+    /// state is still told once.
+    async fn deliver_in_order(&self, batch: &mut [RunRecord], history: &Counted<'_>) -> Vec<bool> {
+        let Some(first) = batch.first() else {
+            return Vec::new();
+        };
+        let (rule, database) = (first.rule.clone(), first.database.clone());
+        let Ok(state) = history.last_state(&rule, &database).await else {
+            // Unreadable (logged, counted): notified as without history.
+            warn!("cannot read the run history; notifying as if there were none");
+            return notify::deliver::<MemoryHistory>(&self.config, batch, None).await;
+        };
+        let memory = MemoryHistory::seeded(&rule, &database, state);
+        let mut notified = Vec::with_capacity(batch.len());
+        for record in batch.iter_mut() {
+            let one = std::slice::from_mut(record);
+            let flags = notify::deliver(&self.config, one, Some(&memory)).await;
+            let _ = memory.record(one, &flags).await;
+            notified.extend(flags);
+        }
+        notified
     }
 }
 
