@@ -25,6 +25,7 @@ use tracing::{info, warn};
 use crate::audit::{self, AuditError, AuditStore, RunHistory};
 use crate::check::{CheckResult, prepare_target};
 use crate::cli::{CheckArgs, Cli, Command, DaemonArgs, OutputFormat, RunArgs};
+use crate::commands;
 use crate::config::{self, Config};
 use crate::engine::{RunOptions, run_plan};
 use crate::exit;
@@ -101,7 +102,85 @@ async fn dispatch(cli: Cli) -> Result<u8, AppError> {
         Command::List => list(&cli.config),
         Command::Daemon(args) => daemon(&cli.config, &args).await,
         Command::Demo(args) => crate::demo::run(args.path.as_deref()).await,
+        Command::Init(args) => init(&args.dir),
+        Command::NotifyTest(args) => notify_test(&cli.config, &args.notifiers).await,
+        Command::Completions(args) => {
+            let mut out = Vec::new();
+            commands::completions(args.shell, &mut out);
+            print_stdout(&String::from_utf8_lossy(&out))?;
+            Ok(exit::SUCCESS)
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            commands::man(&mut out).map_err(|e| {
+                AppError::Other(anyhow::Error::new(e).context("cannot render the man page"))
+            })?;
+            print_stdout(&String::from_utf8_lossy(&out))?;
+            Ok(exit::SUCCESS)
+        }
+        Command::Version => {
+            print_stdout(&commands::version())?;
+            Ok(exit::SUCCESS)
+        }
     }
+}
+
+fn init(dir: &Path) -> Result<u8, AppError> {
+    let written = commands::init::write(dir).map_err(|e| AppError::Usage(format!("error: {e}")))?;
+    let mut out = String::new();
+    for path in &written {
+        out.push_str(&format!("wrote {}\n", path.display()));
+    }
+    out.push_str(&format!(
+        "next: set APP_DB_URL (or edit the url), then\n  dbjanitor --config {} check --connect\n",
+        dir.join("dbjanitor.yaml").display()
+    ));
+    print_stdout(&out)?;
+    Ok(exit::SUCCESS)
+}
+
+async fn notify_test(config_path: &Path, wanted: &[String]) -> Result<u8, AppError> {
+    let config = load_config(config_path)?;
+    let unknown = commands::notify_test::unknown(&config, wanted);
+    if !unknown.is_empty() {
+        return Err(AppError::Usage(format!(
+            "error: no notifier named {}; notifiers in the config: {:?}",
+            unknown.join(", "),
+            config.notifiers.keys().collect::<Vec<_>>()
+        )));
+    }
+    if config.notifiers.is_empty() {
+        return Err(AppError::Usage(format!(
+            "error: {} defines no notifier (see README \"Notifications\"); nothing was sent",
+            config.path.display()
+        )));
+    }
+    let deliveries = commands::notify_test::send(&config, wanted).await;
+    let mut table = report::plain_table(&["NOTIFIER", "RESULT"]);
+    let mut failed = 0;
+    for delivery in &deliveries {
+        let text = match &delivery.result {
+            Ok(attempts) => format!(
+                "delivered ({attempts} attempt{})",
+                if *attempts == 1 { "" } else { "s" }
+            ),
+            Err(e) => {
+                failed += 1;
+                format!("not delivered: {e}")
+            }
+        };
+        table.add_row(vec![delivery.notifier.clone(), text]);
+    }
+    print_stdout(&format!(
+        "{table}\n{} notifiers: {} delivered, {failed} not delivered\n",
+        deliveries.len(),
+        deliveries.len() - failed
+    ))?;
+    Ok(if failed > 0 {
+        exit::RULE_FAILED
+    } else {
+        exit::SUCCESS
+    })
 }
 
 /// Loads the config, turning every problem into one usage error.
@@ -186,6 +265,9 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
     };
     let mut plan =
         Plan::select(&config, &selection).map_err(|e| AppError::Usage(format!("error: {e}")))?;
+    if let Some(max_rows) = args.max_rows {
+        override_max_rows(&mut plan, &args.rules, max_rows)?;
+    }
     if args.due && config.audit.is_none() {
         return Err(AppError::Usage(format!(
             "error: `run --due` needs the audit history to know when each rule last ran, and {} has no `audit:` section \
@@ -232,7 +314,12 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
     // only land in the report. Notifications decide from the history as it
     // was *before* these runs (state changes, renotify_after) and say which
     // records they notified; the audit rows then store that flag.
-    let notified = notify::deliver(&config, &mut records, audit.as_ref()).await;
+    let notified = if args.no_notify {
+        info!("--no-notify: no notification is sent for this run");
+        vec![false; records.len()]
+    } else {
+        notify::deliver(&config, &mut records, audit.as_ref()).await
+    };
     let audit_error = audit::record(audit.as_ref(), &records, &notified).await;
     let mut status = exit_status(&records);
     if audit_error.is_some() {
@@ -267,6 +354,34 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
     };
     print_stdout(&rendered)?;
     Ok(status)
+}
+
+/// `run RULE... --max-rows N`: a one-off guard for the rules named on the
+/// command line (clearing a known backlog without editing YAML). Refused
+/// without rule names, so it can never loosen every rule at once.
+fn override_max_rows(plan: &mut Plan, named: &[String], max_rows: u64) -> Result<(), AppError> {
+    if named.is_empty() {
+        return Err(AppError::Usage(
+            "error: --max-rows applies only to rules named on the command line \
+             (e.g. `dbjanitor run myapp.stuck-jobs --max-rows 400 --dry-run`); nothing was run"
+                .to_owned(),
+        ));
+    }
+    for target in &mut plan.targets {
+        if named.contains(&target.rule.name) && target.rule.max_rows != max_rows {
+            warn!(
+                rule = %target.rule.name,
+                database = %target.database.name,
+                rule_max_rows = target.rule.max_rows,
+                max_rows,
+                "--max-rows: this run uses a different max_rows than the rule file"
+            );
+            let mut rule = (*target.rule).clone();
+            rule.max_rows = max_rows;
+            target.rule = std::sync::Arc::new(rule);
+        }
+    }
+    Ok(())
 }
 
 /// `--metrics-file`: this run's pairs, plus, when the audit table is

@@ -38,15 +38,85 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run rules now (all enabled rules, or those selected).
+    #[command(
+        after_help = "Examples:\n  dbjanitor run --dry-run                      # every enabled rule: run the fixes, roll them back\n  dbjanitor run myapp.stuck-jobs               # one rule, for real\n  dbjanitor run myapp.stuck-jobs --max-rows 400 --dry-run   # a known backlog, once\n  dbjanitor run --due --metrics-file /var/lib/node_exporter/dbjanitor.prom   # from a timer"
+    )]
     Run(RunArgs),
     /// Validate the config and rules; with --connect also prepare their SQL.
+    #[command(
+        after_help = "Examples:\n  dbjanitor check\n  dbjanitor check --connect    # the servers parse every query; nothing runs"
+    )]
     Check(CheckArgs),
     /// List rules, databases, schedules and next runs.
+    #[command(after_help = "Example:\n  dbjanitor --config /etc/dbjanitor/dbjanitor.yaml list")]
     List,
     /// Run every enabled rule on its own schedule until SIGTERM/SIGINT; serve /healthz and /metrics.
+    #[command(after_help = "Example:\n  dbjanitor daemon --listen 127.0.0.1:9187")]
     Daemon(DaemonArgs),
     /// Run the whole job on an embedded SQLite database with two seeded incidents.
+    #[command(
+        after_help = "Example:\n  dbjanitor demo --path /tmp/dbj-demo    # then: sqlite3 /tmp/dbj-demo/app.db"
+    )]
     Demo(DemoArgs),
+    /// Write a commented starter config and one example rule (never overwrites).
+    #[command(
+        after_help = "Example:\n  dbjanitor init ops/janitor && dbjanitor --config ops/janitor/dbjanitor.yaml check"
+    )]
+    Init(InitArgs),
+    /// Send a clearly marked test message through each notifier (or those named).
+    #[command(
+        after_help = "Example:\n  dbjanitor notify-test ops    # exit 0 when every notifier took the message"
+    )]
+    NotifyTest(NotifyTestArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Example:\n  dbjanitor completions bash > /etc/bash_completion.d/dbjanitor"
+    )]
+    Completions(CompletionsArgs),
+    /// Print the man page (roff).
+    #[command(after_help = "Example:\n  dbjanitor man > /usr/local/share/man/man1/dbjanitor.1")]
+    Man,
+    /// Print the version and the audit schema version this binary knows.
+    #[command(after_help = "Example:\n  dbjanitor version")]
+    Version,
+}
+
+/// `dbjanitor init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Folder for dbjanitor.yaml and rules/ (created if missing).
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+}
+
+/// `dbjanitor notify-test`.
+#[derive(Debug, Args)]
+pub struct NotifyTestArgs {
+    /// Notifier names from the config (default: every notifier).
+    pub notifiers: Vec<String>,
+}
+
+/// `dbjanitor completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+/// Shells `completions` can write for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    /// bash.
+    Bash,
+    /// zsh.
+    Zsh,
+    /// fish.
+    Fish,
+    /// elvish.
+    Elvish,
+    /// PowerShell.
+    Powershell,
 }
 
 /// `dbjanitor run`.
@@ -83,6 +153,15 @@ pub struct RunArgs {
     /// Write Prometheus metrics of this run to PATH (textfile-collector format, atomically).
     #[arg(long, value_name = "PATH")]
     pub metrics_file: Option<PathBuf>,
+
+    /// Send no notification for this run (a preview from a laptop, a manual re-run).
+    #[arg(long)]
+    pub no_notify: bool,
+
+    /// For this run only, replace `max_rows` of the rules named on the command
+    /// line (a known backlog on first deploy); refused without rule names.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_rows: Option<u64>,
 }
 
 /// `dbjanitor daemon`.

@@ -22,12 +22,16 @@
 //! 8. [`daemon`] runs every rule on its own schedule in-process and serves
 //!    `/healthz` and `/metrics`; [`logging`] writes logs to stderr and files.
 //!
+//! 9. [`commands`] holds the small commands around the job (`init`,
+//!    `notify-test`, `completions`, `man`, `version`).
+//!
 //! The binary (`src/main.rs`) only parses arguments and hands off to [`app`].
 
 pub mod app;
 pub mod audit;
 pub mod check;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod db;

@@ -16,6 +16,8 @@ mod audit;
 
 /// Exit statuses, `check`, `list`, `demo`, usage errors.
 mod cli;
+/// init, completions, man, version, notify-test; run --no-notify and --max-rows.
+mod commands;
 /// Locks across processes: 8 racing processes, SIGKILL in the middle of a fix.
 mod concurrency;
 /// Configuration and rule errors: file:line:column, exit 2, nothing changed.
