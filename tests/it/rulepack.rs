@@ -32,6 +32,7 @@ struct Snap {
 }
 
 /// The rows the fix must change.
+#[derive(Clone)]
 enum Rotten {
     /// Keys as `a|b|c` over the first `key_len` columns of the snapshot.
     Keys(&'static [&'static str]),
@@ -40,6 +41,7 @@ enum Rotten {
 }
 
 /// What happens to the rotten rows.
+#[derive(Clone)]
 enum Effect {
     /// Deleted; everything else unchanged.
     Delete,
@@ -50,6 +52,7 @@ enum Effect {
 }
 
 /// What one rule must do to its system's fixture.
+#[derive(Clone)]
 struct Expect {
     rule: &'static str,
     /// The snapshot (table) the rule works on.
@@ -59,6 +62,23 @@ struct Expect {
     /// Batch rules: rows changed by the first batch, which is all a dry run
     /// executes (PostgreSQL, MySQL/MariaDB, SQLite). `None`: not a batch rule.
     first_batch: Option<[u64; 3]>,
+    /// Rows the fix changes in all, when it is not one per rotten row (a fix
+    /// of several statements that also updates `side`).
+    changed: Option<u64>,
+    /// A second table the same fix updates, in the same transaction.
+    side: Option<Side>,
+    /// Fixture files loaded after schema.sql and data.sql.
+    extra: &'static [&'static str],
+}
+
+/// A second table a fix updates: its rotten rows change, every other row stays.
+#[derive(Clone)]
+struct Side {
+    table: &'static str,
+    /// Keys over the first `key_len` columns of that table's snapshot.
+    rotten: &'static [&'static str],
+    /// Counts every rotten row in its new state.
+    check: &'static str,
 }
 
 /// A system of the pack: its rules folder, database name, engines, tables, rules.
@@ -93,6 +113,9 @@ fn expect(rule: &'static str, table: &'static str, rotten: Rotten, effect: Effec
         rotten,
         effect,
         first_batch: None,
+        changed: None,
+        side: None,
+        extra: &[],
     }
 }
 
@@ -141,12 +164,26 @@ fn dragonfly() -> System {
             expect(
                 "dragonfly.sweep-inactive-seed-peers",
                 "seed_peer",
-                Rotten::Keys(&["5"]),
+                Rotten::Keys(&["4"]),
                 Effect::Delete,
             ),
         ],
     }
 }
+
+/// The Nightingale shard tables that hold fixture rows (task id % 100).
+const TASK_HOST_SHARDS: [&str; 10] = [
+    "task_host_41",
+    "task_host_42",
+    "task_host_43",
+    "task_host_44",
+    "task_host_45",
+    "task_host_46",
+    "task_host_47",
+    "task_host_48",
+    "task_host_49",
+    "task_host_50",
+];
 
 fn nightingale() -> System {
     System {
@@ -154,7 +191,7 @@ fn nightingale() -> System {
         database: "nightingale",
         engines: &[Engine::MySql, Engine::Postgres],
         snaps: |_| {
-            vec![
+            let mut snaps = vec![
                 // No key: (id, host, action) identify a row, copies count twice.
                 snap(
                     "task_host_doing",
@@ -177,7 +214,16 @@ fn nightingale() -> System {
                     1,
                     "SELECT id, action, clock FROM task_action",
                 ),
-            ]
+            ];
+            // The shard tables that hold rows (task id % 100).
+            for shard in 41..=50 {
+                snaps.push(snap(
+                    TASK_HOST_SHARDS[shard - 41],
+                    2,
+                    format!("SELECT id, host, status, stdout, stderr FROM task_host_{shard}"),
+                ));
+            }
+            snaps
         },
         rules: vec![
             // The SQL init files create the table without a primary key: clean.
@@ -196,12 +242,23 @@ fn nightingale() -> System {
                     Effect::Delete,
                 )
             },
-            expect(
-                "nightingale.orphaned-doing-rows",
-                "task_host_doing",
-                Rotten::Keys(&["42|host-e|start", "42|host-f|start"]),
-                Effect::Delete,
-            ),
+            // What ibex MarkDoneStatus does for a host past its timeout: the host's
+            // task_host_N row (N = id % 100) becomes 'timeout', the doing row goes.
+            Expect {
+                changed: Some(6),
+                side: Some(Side {
+                    table: "task_host_42",
+                    rotten: &["42|host-e", "42|host-f", "142|host-j"],
+                    check: "SELECT COUNT(*) FROM task_host_42 WHERE id IN (42, 142) \
+                            AND status = 'timeout' AND stdout = '' AND stderr = ''",
+                }),
+                ..expect(
+                    "nightingale.orphaned-doing-rows",
+                    "task_host_doing",
+                    Rotten::Keys(&["142|host-j|start", "42|host-e|start", "42|host-f|start"]),
+                    Effect::Delete,
+                )
+            },
             expect(
                 "nightingale.tasks-pinned-to-dead-scheduler",
                 "task_scheduler",
@@ -242,9 +299,9 @@ fn cloudstack() -> System {
             expect(
                 "cloudstack.duplicate-pending-ha-work",
                 "op_ha_work",
-                Rotten::Keys(&["1", "2"]),
+                Rotten::Keys(&["2", "21", "3", "5"]),
                 Effect::Update(
-                    "SELECT COUNT(*) FROM op_ha_work WHERE id IN (1, 2) AND step = 'Cancelled'",
+                    "SELECT COUNT(*) FROM op_ha_work WHERE id IN (2, 3, 5, 21) AND step = 'Cancelled'",
                 ),
             ),
             expect(
@@ -258,16 +315,16 @@ fn cloudstack() -> System {
             expect(
                 "cloudstack.release-ha-work-of-down-mgmt-server",
                 "op_ha_work",
-                Rotten::Keys(&["11", "14"]),
+                Rotten::Keys(&["11", "14", "17"]),
                 Effect::Update(
-                    "SELECT COUNT(*) FROM op_ha_work WHERE id IN (11, 14) \
-                     AND mgmt_server_id IS NULL AND taken IS NULL AND step IN ('Restarting', 'Stopping')",
+                    "SELECT COUNT(*) FROM op_ha_work WHERE id IN (11, 14, 17) \
+                     AND mgmt_server_id IS NULL AND taken IS NULL AND step IN ('Scheduled', 'Investigating')",
                 ),
             ),
             expect(
-                "cloudstack.old-error-ha-work",
+                "cloudstack.ha-done-vm-not-running",
                 "op_ha_work",
-                Rotten::Keys(&["13", "16"]),
+                Rotten::Keys(&["13"]),
                 Effect::Report,
             ),
         ],
@@ -301,6 +358,9 @@ fn icingadb() -> System {
                 by_id("environment"),
             ]
         },
+        // Report-only: during an initial sync (environment e3 of the fixture) a
+        // state row arrives before its object and looks exactly like an orphan,
+        // so the rows are reported, never deleted (icingadb cmd/icingadb/main.go).
         rules: vec![
             expect(
                 "icingadb.orphaned-host-state",
@@ -308,8 +368,9 @@ fn icingadb() -> System {
                 Rotten::Keys(&[
                     "a000000000000000000000000000000000000003",
                     "a000000000000000000000000000000000000006",
+                    "a000000000000000000000000000000000000009",
                 ]),
-                Effect::Delete,
+                Effect::Report,
             ),
             expect(
                 "icingadb.orphaned-service-state",
@@ -317,14 +378,18 @@ fn icingadb() -> System {
                 Rotten::Keys(&[
                     "b000000000000000000000000000000000000003",
                     "b000000000000000000000000000000000000007",
+                    "b000000000000000000000000000000000000009",
                 ]),
-                Effect::Delete,
+                Effect::Report,
             ),
             expect(
                 "icingadb.orphaned-redundancy-group-state",
                 "redundancy_group_state",
-                Rotten::Keys(&["c000000000000000000000000000000000000002"]),
-                Effect::Delete,
+                Rotten::Keys(&[
+                    "c000000000000000000000000000000000000002",
+                    "c000000000000000000000000000000000000009",
+                ]),
+                Effect::Report,
             ),
             expect(
                 "icingadb.orphaned-dependency-edge-state",
@@ -332,8 +397,9 @@ fn icingadb() -> System {
                 Rotten::Keys(&[
                     "f100000000000000000000000000000000000002",
                     "f100000000000000000000000000000000000005",
+                    "f100000000000000000000000000000000000009",
                 ]),
-                Effect::Delete,
+                Effect::Report,
             ),
         ],
     }
@@ -456,33 +522,167 @@ fn num(record: &Value, field: &str) -> Option<u64> {
     record[field].as_u64()
 }
 
+/// The rows a rule must find, as keys of its table's snapshot.
+async fn rotten_keys(db: &TestDb, expect: &Expect) -> Vec<String> {
+    match &expect.rotten {
+        Rotten::Keys(keys) => keys.iter().map(|k| (*k).to_owned()).collect(),
+        Rotten::Query(sql) => db.rows(sql).await.iter().map(|r| cell(&r[0])).collect(),
+    }
+}
+
+/// Rows the fix changes in all (the dry run of a batch rule: its first batch).
+fn expected_changed(expect: &Expect, engine: Engine, n: u64, dry_run: bool) -> u64 {
+    match (dry_run, expect.first_batch) {
+        (true, Some(batch)) => batch[engine_index(engine)],
+        _ => expect.changed.unwrap_or(n),
+    }
+}
+
+/// A report lists the rows it found: with at most 5 (the sample), the sample's
+/// first column is exactly the first part of each rotten key.
+fn assert_sample_is(what: &str, rec: &Value, rotten: &[String]) {
+    if rotten.len() > 5 {
+        return;
+    }
+    let mut found: Vec<String> = rec["sample"]["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| r[0].as_str().unwrap_or("NULL").to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut expected: Vec<String> = rotten
+        .iter()
+        .map(|k| k.split('|').next().unwrap_or_default().to_owned())
+        .collect();
+    found.sort();
+    expected.sort();
+    assert_eq!(found, expected, "{what}: the rows reported\n{rec}");
+}
+
+/// The rotten rows of a table changed, every other row is identical, no row
+/// was added or deleted.
+fn assert_only_rotten_changed(
+    what: &str,
+    table: &str,
+    before: &[Row],
+    after: &[Row],
+    rotten: &[String],
+) {
+    let keys = |rows: &[Row]| rows.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        keys(after),
+        keys(before),
+        "{what}: rows added or deleted in {table}"
+    );
+    let healthy = |rows: &[Row]| {
+        rows.iter()
+            .filter(|(k, _)| !rotten.contains(k))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        healthy(after),
+        healthy(before),
+        "{what}: a healthy row of {table} changed"
+    );
+    for key in rotten {
+        let was = before.iter().find(|(k, _)| k == key);
+        let now = after.iter().find(|(k, _)| k == key);
+        assert!(
+            was.is_some() && was != now,
+            "{what}: rotten row {key} of {table} did not change"
+        );
+    }
+}
+
+/// After the run: the rule's table changed as its effect says, the side table
+/// (if any) only in its rotten rows, every other table not at all.
+#[allow(clippy::too_many_arguments)]
+async fn assert_effect(
+    what: &str,
+    db: &TestDb,
+    expect: &Expect,
+    snaps: &[Snap],
+    before: &[Vec<Row>],
+    after: &[Vec<Row>],
+    table: usize,
+    rotten: &[String],
+) {
+    for (i, s) in snaps.iter().enumerate() {
+        match &expect.side {
+            Some(side) if side.table == s.name => {
+                let keys: Vec<String> = side.rotten.iter().map(|k| (*k).to_owned()).collect();
+                assert_only_rotten_changed(what, s.name, &before[i], &after[i], &keys);
+                assert_eq!(
+                    db.scalar(side.check).await,
+                    keys.len() as i64,
+                    "{what}: {}",
+                    side.check
+                );
+            }
+            _ if i != table => assert!(after[i] == before[i], "{what}: table {} changed", s.name),
+            _ => {}
+        }
+    }
+    match &expect.effect {
+        Effect::Report => assert!(
+            after[table] == before[table],
+            "{what}: a report-only rule changed data"
+        ),
+        Effect::Delete => {
+            let mut expected = before[table].clone();
+            for key in rotten {
+                let at = expected
+                    .iter()
+                    .position(|(k, _)| k == key)
+                    .unwrap_or_else(|| panic!("{what}: rotten key {key} is not in the fixture"));
+                expected.remove(at);
+            }
+            assert_eq!(after[table], expected, "{what}: rows deleted");
+        }
+        Effect::Update(check) => {
+            assert_only_rotten_changed(
+                what,
+                snaps[table].name,
+                &before[table],
+                &after[table],
+                rotten,
+            );
+            assert_eq!(
+                db.scalar(check).await,
+                rotten.len() as i64,
+                "{what}: {check}"
+            );
+        }
+    }
+}
+
 /// Runs one rule three times (dry run, run, re-run) on a fresh fixture and
 /// checks every table after each.
 async fn check_rule(system: &System, engine: Engine, expect: &Expect) {
     let what = format!("{} on {}", expect.rule, engine.key());
-    let db = fixture_db(system.name, engine, &[]).await;
+    let db = fixture_db(system.name, engine, expect.extra).await;
     let snaps = (system.snaps)(engine);
     let table = snaps
         .iter()
         .position(|s| s.name == expect.table)
         .unwrap_or_else(|| panic!("{what}: no snapshot {}", expect.table));
     let before = take_all(&db, &snaps).await;
-    let rotten: Vec<String> = match &expect.rotten {
-        Rotten::Keys(keys) => keys.iter().map(|k| (*k).to_owned()).collect(),
-        Rotten::Query(sql) => db.rows(sql).await.iter().map(|r| cell(&r[0])).collect(),
-    };
+    let rotten = rotten_keys(&db, expect).await;
     let n = rotten.len() as u64;
     let case = case(system, &db);
-
-    // 1. Dry run: exact counts, nothing changed.
-    let out = case.run(&["run", expect.rule, "--dry-run", "--output", "json"]);
-    out.assert_code(0);
-    let rec = out.record(expect.rule, system.database);
     let (dry_outcome, run_outcome) = match (&expect.effect, n) {
         (_, 0) => ("clean", "clean"),
         (Effect::Report, _) => ("found", "found"),
         _ => ("would_fix", "fixed"),
     };
+
+    // 1. Dry run: exact counts, nothing changed.
+    let out = case.run(&["run", expect.rule, "--dry-run", "--output", "json"]);
+    out.assert_code(0);
+    let rec = out.record(expect.rule, system.database);
     assert_eq!(
         rec["outcome"], dry_outcome,
         "{what}: dry run\n{}",
@@ -495,13 +695,16 @@ async fn check_rule(system: &System, engine: Engine, expect: &Expect) {
         out.stdout
     );
     if dry_outcome == "would_fix" {
-        let expected = expect.first_batch.map_or(n, |b| b[engine_index(engine)]);
+        let changed = expected_changed(expect, engine, n, true);
         assert_eq!(
             num(&rec, "changed"),
-            Some(expected),
+            Some(changed),
             "{what}: dry run changed\n{}",
             out.stdout
         );
+    }
+    if dry_outcome == "found" {
+        assert_sample_is(&what, &rec, &rotten);
     }
     assert!(
         take_all(&db, &snaps).await == before,
@@ -520,64 +723,16 @@ async fn check_rule(system: &System, engine: Engine, expect: &Expect) {
         out.stdout
     );
     if run_outcome == "fixed" {
+        let changed = expected_changed(expect, engine, n, false);
         assert_eq!(
             num(&rec, "changed"),
-            Some(n),
+            Some(changed),
             "{what}: run changed\n{}",
             out.stdout
         );
     }
     let after = take_all(&db, &snaps).await;
-    for (i, s) in snaps.iter().enumerate() {
-        if i != table {
-            assert!(after[i] == before[i], "{what}: table {} changed", s.name);
-        }
-    }
-    match &expect.effect {
-        Effect::Report => assert!(
-            after[table] == before[table],
-            "{what}: a report-only rule changed data"
-        ),
-        Effect::Delete => {
-            let mut expected = before[table].clone();
-            for key in &rotten {
-                let at = expected
-                    .iter()
-                    .position(|(k, _)| k == key)
-                    .unwrap_or_else(|| panic!("{what}: rotten key {key} is not in the fixture"));
-                expected.remove(at);
-            }
-            assert_eq!(after[table], expected, "{what}: rows deleted");
-        }
-        Effect::Update(check) => {
-            let keys = |rows: &[Row]| rows.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
-            assert_eq!(
-                keys(&after[table]),
-                keys(&before[table]),
-                "{what}: rows added or deleted"
-            );
-            let healthy = |rows: &[Row]| {
-                rows.iter()
-                    .filter(|(k, _)| !rotten.contains(k))
-                    .cloned()
-                    .collect::<Vec<_>>()
-            };
-            assert_eq!(
-                healthy(&after[table]),
-                healthy(&before[table]),
-                "{what}: a healthy row changed"
-            );
-            for key in &rotten {
-                let was = before[table].iter().find(|(k, _)| k == key);
-                let now = after[table].iter().find(|(k, _)| k == key);
-                assert!(
-                    was.is_some() && was != now,
-                    "{what}: rotten row {key} did not change"
-                );
-            }
-            assert_eq!(db.scalar(check).await, n as i64, "{what}: {check}");
-        }
-    }
+    assert_effect(&what, &db, expect, &snaps, &before, &after, table, &rotten).await;
 
     // 3. The re-run: clean (report-only rules find the same rows again).
     let out = case.run(&["run", expect.rule, "--output", "json"]);
@@ -632,6 +787,27 @@ system_tests! {
     generic_rules_on_mysql: generic on MySql;
     generic_rules_on_postgres: generic on Postgres;
     generic_rules_on_sqlite: generic on Sqlite;
+}
+
+/// Nightingale's own database initialisation (pkg/ormx/database_init.go)
+/// creates task_meta with unsigned columns on MySQL/MariaDB
+/// (`auto-init.sql`): the rules that compute with a task's timeout give the
+/// same answers there, and no arithmetic fails with "BIGINT UNSIGNED value is
+/// out of range".
+#[tokio::test]
+async fn nightingale_timeout_rules_on_the_auto_init_schema() {
+    let system = nightingale();
+    let timed = [
+        "nightingale.orphaned-doing-rows",
+        "nightingale.doing-rows-past-timeout",
+    ];
+    for expect in system.rules.iter().filter(|e| timed.contains(&e.rule)) {
+        let variant = Expect {
+            extra: &["auto-init.sql"],
+            ..expect.clone()
+        };
+        check_rule(&system, Engine::MySql, &variant).await;
+    }
 }
 
 /// Every rule file of the pack is covered by an expectation above, and every
