@@ -65,11 +65,11 @@ pub fn main(cli: Cli) -> ExitCode {
     } else {
         "info"
     };
-    let _log_guard =
+    let log_guard =
         match crate::logging::init(cli.log_format, cli.log_dir.as_deref(), default_filter) {
             Ok(guard) => guard,
             Err(e) => {
-                eprintln!("error: {e}");
+                print_stderr(&format!("error: {e}"));
                 return exit::code(exit::USAGE);
             }
         };
@@ -79,21 +79,34 @@ pub fn main(cli: Cli) -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            print_stderr(&format!("error: cannot start the async runtime: {e}"));
             return exit::code(exit::RULE_FAILED);
         }
     };
-    match runtime.block_on(dispatch(cli)) {
-        Ok(status) => exit::code(status),
+    let one_shot = !matches!(cli.command, Command::Daemon(_));
+    let result = runtime.block_on(dispatch(cli));
+    // Tasks still blocked (a stuck blocking call) must not hold the exit.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    let mut status = match result {
+        Ok(status) => status,
         Err(error) => {
             match &error {
-                AppError::Usage(text) => eprintln!("{text}"),
-                AppError::Other(e) => eprintln!("error: {e:#}"),
+                AppError::Usage(text) => print_stderr(text),
+                AppError::Other(e) => print_stderr(&format!("error: {e:#}")),
             }
-            exit::code(error.status())
+            error.status()
         }
+    };
+    // Flushes the log files: a write that fails here is counted below.
+    drop(log_guard);
+    if one_shot && status == exit::SUCCESS && crate::logging::file_write_failed() {
+        status = exit::RULE_FAILED;
     }
+    exit::code(status)
 }
+
+/// How long the runtime may take to stop its last tasks after the command.
+const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn dispatch(cli: Cli) -> Result<u8, AppError> {
     match cli.command {
@@ -227,7 +240,17 @@ pub(crate) async fn wait_for_signal() {
     }
 }
 
-fn print_stdout(text: &str) -> Result<(), AppError> {
+/// Writes one line to stderr; a closed stderr is ignored (the standard
+/// macro would panic).
+fn print_stderr(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Writes to stdout. A closed pipe (`dbjanitor list | head -1`) ends the
+/// output quietly: no panic (which `println!` would do), no error, and the
+/// exit status stays that of the work done, since the rules ran all the same.
+/// Every command writes its output through here.
+pub(crate) fn print_stdout(text: &str) -> Result<(), AppError> {
     let mut stdout = std::io::stdout().lock();
     match stdout
         .write_all(text.as_bytes())
@@ -435,7 +458,10 @@ async fn write_metrics_file(
 }
 
 async fn daemon(config_path: &Path, args: &DaemonArgs) -> Result<u8, AppError> {
-    let config = load_config(config_path)?;
+    let mut config = load_config(config_path)?;
+    if let Some(jobs) = args.jobs {
+        config.daemon.jobs = usize::from(jobs);
+    }
     let history = match open_audit(&config).await? {
         Some((store, problem)) => {
             if let Some(e) = problem {

@@ -110,6 +110,7 @@ pub struct DaemonMetrics {
     lock_skips: Family<PairLabels, Counter>,
     overlap_skips: Family<PairLabels, Counter>,
     running: Family<PairLabels, Gauge>,
+    waiting: Family<PairLabels, Gauge>,
     database_up: Family<DatabaseLabels, Gauge>,
     audit_errors: Counter,
 }
@@ -137,6 +138,7 @@ impl DaemonMetrics {
         let lock_skips = Family::<PairLabels, Counter>::default();
         let overlap_skips = Family::<PairLabels, Counter>::default();
         let running = Family::<PairLabels, Gauge>::default();
+        let waiting = Family::<PairLabels, Gauge>::default();
         let database_up = Family::<DatabaseLabels, Gauge>::default();
         let audit_errors = Counter::default();
         registry.register(
@@ -191,6 +193,11 @@ impl DaemonMetrics {
             running.clone(),
         );
         registry.register(
+            "waiting",
+            "1 while a run of the pair waits for a free slot (daemon.jobs, daemon.jobs_per_database)",
+            waiting.clone(),
+        );
+        registry.register(
             "database_up",
             "1 if the database answered the last health check",
             database_up.clone(),
@@ -214,6 +221,7 @@ impl DaemonMetrics {
             drop(lock_skips.get_or_create(pair));
             drop(overlap_skips.get_or_create(pair));
             drop(running.get_or_create(pair));
+            drop(waiting.get_or_create(pair));
         }
         for database in databases {
             drop(database_up.get_or_create(&DatabaseLabels {
@@ -232,6 +240,7 @@ impl DaemonMetrics {
             lock_skips,
             overlap_skips,
             running,
+            waiting,
             database_up,
             audit_errors,
         }
@@ -279,6 +288,11 @@ impl DaemonMetrics {
     /// Marks a run of `pair` as started (`true`) or finished.
     pub fn set_running(&self, pair: &PairLabels, running: bool) {
         self.running.get_or_create(pair).set(i64::from(running));
+    }
+
+    /// Marks a run of `pair` as waiting for a free slot (`true`) or not.
+    pub fn set_waiting(&self, pair: &PairLabels, waiting: bool) {
+        self.waiting.get_or_create(pair).set(i64::from(waiting));
     }
 
     /// Publishes the next tick of `pair`.

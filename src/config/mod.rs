@@ -63,15 +63,30 @@ pub struct DaemonConfig {
     /// are cancelled (rolled back). Keep it below the supervisor's own limit
     /// (`TimeoutStopSec=`, `terminationGracePeriodSeconds`).
     pub shutdown_grace: Duration,
+    /// At most this many runs at once in the daemon (`--jobs` overrides it):
+    /// each run holds a connection, and a few hundred rules on one tick would
+    /// otherwise exhaust the server's `max_connections`.
+    pub jobs: usize,
+    /// At most this many of those runs on one database, so that one database
+    /// with many slow rules cannot take every slot from the others.
+    pub jobs_per_database: usize,
 }
 
 /// [`DaemonConfig::shutdown_grace`] when the config does not say.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// [`DaemonConfig::jobs`] when neither the config nor `--jobs` says.
+pub const DEFAULT_DAEMON_JOBS: usize = 8;
+/// [`DaemonConfig::jobs_per_database`] when the config does not say.
+pub const DEFAULT_DAEMON_JOBS_PER_DATABASE: usize = 4;
+/// Largest `daemon.jobs` / `jobs_per_database` (as for `run --jobs`).
+pub const MAX_DAEMON_JOBS: usize = 256;
 
 impl Default for DaemonConfig {
     fn default() -> Self {
         Self {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            jobs: DEFAULT_DAEMON_JOBS,
+            jobs_per_database: DEFAULT_DAEMON_JOBS_PER_DATABASE,
         }
     }
 }
@@ -129,6 +144,13 @@ pub struct Config {
 pub trait Environment {
     /// The value of `name`, if set.
     fn var(&self, name: &str) -> Option<String>;
+
+    /// Whether `name` is set but not valid UTF-8 (so [`Environment::var`]
+    /// says `None` for a variable that is, in fact, set): the error then says
+    /// what is wrong instead of "not set".
+    fn is_set_but_not_unicode(&self, _name: &str) -> bool {
+        false
+    }
 }
 
 /// The process environment.
@@ -138,6 +160,10 @@ pub struct ProcessEnv;
 impl Environment for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
         std::env::var(name).ok()
+    }
+
+    fn is_set_but_not_unicode(&self, name: &str) -> bool {
+        matches!(std::env::var(name), Err(std::env::VarError::NotUnicode(_)))
     }
 }
 
@@ -179,8 +205,41 @@ fn parse_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigEr
     if text.trim().is_empty() {
         return Err(ConfigError::file(path, "the file is empty"));
     }
-    serde_saphyr::from_str_with_options(&text, yaml_options())
-        .map_err(|e| ConfigError::from_yaml(path, &e))
+    serde_saphyr::from_str_with_options(&text, yaml_options()).map_err(|e| {
+        let mut error = ConfigError::from_yaml(path, &e);
+        point_at_tab(&text, &mut error);
+        error
+    })
+}
+
+/// The YAML scanner reports a stray tab ("while scanning a plain scalar,
+/// found a tab") at the start of the scalar it was reading, often a line
+/// above; the operator needs the tab itself. Moves the location to the first
+/// tab at or after the reported position.
+fn point_at_tab(text: &str, error: &mut ConfigError) {
+    if !error.message.contains("tab") {
+        return;
+    }
+    let from_line = usize::try_from(error.location.line).unwrap_or(1);
+    let from_column = usize::try_from(error.location.column).unwrap_or(1);
+    for (index, line) in text.lines().enumerate().skip(from_line.saturating_sub(1)) {
+        let skip = if index + 1 == from_line {
+            from_column.saturating_sub(1)
+        } else {
+            0
+        };
+        if let Some(column) = line
+            .chars()
+            .enumerate()
+            .skip(skip)
+            .find(|(_, c)| *c == '\t')
+            .map(|(i, _)| i + 1)
+        {
+            error.location.line = u64::try_from(index + 1).unwrap_or(u64::MAX);
+            error.location.column = u64::try_from(column).unwrap_or(u64::MAX);
+            return;
+        }
+    }
 }
 
 fn valid_name(name: &str) -> bool {
@@ -226,6 +285,9 @@ impl Loader<'_> {
             .audit
             .and_then(|audit| self.audit(path, &audit, &databases));
         let mut daemon = DaemonConfig::default();
+        if let Some(raw_daemon) = &raw.daemon {
+            self.daemon_limits(path, raw_daemon, &mut daemon);
+        }
         if let Some(grace) = raw
             .daemon
             .and_then(|d| d.shutdown_grace)
@@ -262,54 +324,61 @@ impl Loader<'_> {
         })
     }
 
-    /// Expands `${VAR}` references; `None` (with an error recorded) if one is unset.
+    /// Expands `${VAR}` references; `None` (with an error recorded) if one is
+    /// unset, empty or not UTF-8. `$${` is a literal `${` (as in Compose files).
     fn expand(&mut self, file: &Path, value: &Spanned<String>) -> Option<String> {
         let text = &value.value;
         let mut out = String::with_capacity(text.len());
         let mut rest = text.as_str();
-        while let Some(start) = rest.find("${") {
+        while let Some(start) = rest.find('$') {
             out.push_str(&rest[..start]);
-            let after = &rest[start + 2..];
+            let after_dollar = &rest[start + 1..];
+            if let Some(literal) = after_dollar.strip_prefix("${") {
+                out.push_str("${");
+                rest = literal;
+                continue;
+            }
+            let Some(after) = after_dollar.strip_prefix('{') else {
+                out.push('$');
+                rest = after_dollar;
+                continue;
+            };
             let Some(end) = after.find('}') else {
                 self.err(
                     file,
                     value.referenced,
-                    "unterminated ${ in value (expected ${VARIABLE})",
+                    "unterminated ${ in value (expected ${VARIABLE}; write $${ for a literal ${)",
                 );
                 return None;
             };
             let name = &after[..end];
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                self.err(
-                    file,
-                    value.referenced,
-                    format!("invalid variable name {name:?} in ${{...}}"),
-                );
-                return None;
-            }
-            match self.env.var(name) {
-                Some(v) if !v.is_empty() => out.push_str(&v),
-                Some(_) => {
-                    self.err(
-                        file,
-                        value.referenced,
-                        format!("environment variable {name} is empty"),
-                    );
-                    return None;
-                }
-                None => {
-                    self.err(
-                        file,
-                        value.referenced,
-                        format!("environment variable {name} is not set"),
-                    );
-                    return None;
-                }
-            }
+            out.push_str(&self.env_value(file, value.referenced, name)?);
             rest = &after[end + 1..];
         }
         out.push_str(rest);
         Some(out)
+    }
+
+    /// The value of `${name}`, or `None` with the reason recorded.
+    fn env_value(&mut self, file: &Path, at: Location, name: &str) -> Option<String> {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            self.err(
+                file,
+                at,
+                format!(
+                    "invalid variable name {name:?} in ${{...}} (write $${{ for a literal ${{)"
+                ),
+            );
+            return None;
+        }
+        let problem = match self.env.var(name) {
+            Some(v) if !v.is_empty() => return Some(v),
+            Some(_) => "is empty",
+            None if self.env.is_set_but_not_unicode(name) => "is not valid UTF-8",
+            None => "is not set",
+        };
+        self.err(file, at, format!("environment variable {name} {problem}"));
+        None
     }
 
     fn database(
@@ -454,6 +523,31 @@ impl Loader<'_> {
         })
     }
 
+    /// `daemon.jobs` and `daemon.jobs_per_database`: 1 to [`MAX_DAEMON_JOBS`].
+    fn daemon_limits(&mut self, file: &Path, raw: &raw::RawDaemon, daemon: &mut DaemonConfig) {
+        for (key, value, target) in [
+            ("jobs", &raw.jobs, &mut daemon.jobs),
+            (
+                "jobs_per_database",
+                &raw.jobs_per_database,
+                &mut daemon.jobs_per_database,
+            ),
+        ] {
+            let Some(value) = value else { continue };
+            match usize::try_from(value.value) {
+                Ok(n) if (1..=MAX_DAEMON_JOBS).contains(&n) => *target = n,
+                _ => self.err(
+                    file,
+                    value.referenced,
+                    format!(
+                        "daemon.{key} must be between 1 and {MAX_DAEMON_JOBS}, found {}",
+                        value.value
+                    ),
+                ),
+            }
+        }
+    }
+
     fn timezone(&mut self, file: &Path, tz: &Spanned<String>) -> Option<Tz> {
         match Tz::from_str(tz.value.trim()) {
             Ok(tz) => Some(tz),
@@ -527,14 +621,28 @@ impl Loader<'_> {
         for entry in entries {
             let path = base.join(&entry.value);
             if path.is_dir() {
-                let mut found = Vec::new();
-                if let Err(e) = collect_yaml(&path, &mut found) {
+                let mut walk = RuleWalk::default();
+                if let Err(e) = walk.folder(&path) {
                     self.err(
                         file,
                         entry.referenced,
                         format!("cannot read rule folder {}: {e}", path.display()),
                     );
                 }
+                for (link, target) in &walk.loops {
+                    self.err(
+                        file,
+                        entry.referenced,
+                        format!(
+                            "rule folder {}: the symlink {} loops back to its own parent folder {} \
+                             (remove it, or point it outside the rule folder)",
+                            path.display(),
+                            link.display(),
+                            target.display()
+                        ),
+                    );
+                }
+                let mut found = walk.files;
                 if found.is_empty() {
                     self.err(
                         file,
@@ -554,8 +662,9 @@ impl Loader<'_> {
                 );
             }
         }
+        // Read each file once, however many paths (symlinks) lead to it.
         let mut seen = BTreeSet::new();
-        files.retain(|f| seen.insert(f.clone()));
+        files.retain(|f| seen.insert(std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())));
         files
     }
 
@@ -797,30 +906,67 @@ impl Loader<'_> {
     }
 }
 
-/// Collects `*.yaml`/`*.yml` under `dir`, skipping hidden names: a Kubernetes
-/// ConfigMap mount holds `..data` and `..<timestamp>` folders that would
-/// otherwise load every rule twice.
-fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('.'))
-        {
-            continue;
+/// Collects `*.yaml`/`*.yml` under a rule folder, following symlinks.
+///
+/// Hidden names are skipped: a Kubernetes ConfigMap mount holds `..data` and
+/// `..<timestamp>` folders that would otherwise load every rule twice. Each
+/// folder is entered once (by canonical path), so two links to one folder do
+/// not read it twice, and a link to one of its own parent folders
+/// (`ln -s .. rules/sub/up`) is recorded in `loops` instead of being walked
+/// until the kernel's link limit, which multiplied every rule (false
+/// "duplicate rule name" errors) and, with two such links, memory without end.
+#[derive(Debug, Default)]
+struct RuleWalk {
+    files: Vec<PathBuf>,
+    /// `(the link as found, the parent folder it points back to)`.
+    loops: Vec<(PathBuf, PathBuf)>,
+    /// Canonical paths of folders already walked.
+    visited: BTreeSet<PathBuf>,
+    /// Canonical paths of the folders from the root down to the current one.
+    ancestors: Vec<PathBuf>,
+}
+
+impl RuleWalk {
+    fn folder(&mut self, dir: &Path) -> std::io::Result<()> {
+        let canonical = std::fs::canonicalize(dir)?;
+        if self.ancestors.contains(&canonical) {
+            self.loops.push((dir.to_path_buf(), canonical));
+            return Ok(());
         }
-        if path.is_dir() {
-            collect_yaml(&path, out)?;
-        } else if path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| e == "yaml" || e == "yml")
-        {
-            out.push(path);
+        if !self.visited.insert(canonical.clone()) {
+            return Ok(());
         }
+        self.ancestors.push(canonical);
+        let result = self.entries(dir);
+        self.ancestors.pop();
+        result
     }
-    Ok(())
+
+    fn entries(&mut self, dir: &Path) -> std::io::Result<()> {
+        let mut paths = std::fs::read_dir(dir)?
+            .map(|entry| entry.map(|e| e.path()))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        paths.sort();
+        for path in paths {
+            if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'))
+            {
+                continue;
+            }
+            if path.is_dir() {
+                self.folder(&path)?;
+            } else if path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| e == "yaml" || e == "yml")
+            {
+                self.files.push(path);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Parses a URL with the driver's own parser, so a malformed URL is a

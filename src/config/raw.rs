@@ -105,6 +105,8 @@ pub(crate) struct RawAudit {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawDaemon {
     pub(crate) shutdown_grace: Option<Spanned<String>>,
+    pub(crate) jobs: Option<Spanned<i64>>,
+    pub(crate) jobs_per_database: Option<Spanned<i64>>,
 }
 
 /// One rule file.
