@@ -95,16 +95,15 @@ pub(super) async fn insert(
     .await
 }
 
-const PRUNE: &str = "DELETE FROM dbjanitor_runs WHERE id IN \
-    (SELECT id FROM dbjanitor_runs WHERE started_at < $1 ORDER BY started_at LIMIT $2)";
-
-/// One retention batch (its own implicit transaction); rows deleted.
+/// One retention batch (its own implicit transaction) with `sql` (`$1`
+/// cutoff, `$2` limit); rows deleted.
 pub(super) async fn prune_batch(
     c: &PgConn,
+    sql: &str,
     cutoff: DateTime<Utc>,
     limit: i64,
 ) -> Result<u64, AuditError> {
-    c.execute_one(PRUNE, &[(&cutoff, Type::TIMESTAMPTZ), (&limit, Type::INT8)])
+    c.execute_one(sql, &[(&cutoff, Type::TIMESTAMPTZ), (&limit, Type::INT8)])
         .await
         .map_err(sql_err)
 }
@@ -132,6 +131,28 @@ pub(super) async fn last_row(
         row.try_get(2).map_err(decode)?,
         row.try_get(3).map_err(decode)?,
         row.try_get(4).map_err(decode)?,
+    )))
+}
+
+/// The first two columns (outcome, started_at) of the first row of a
+/// per-pair query (`$1` rule, `$2` database).
+pub(super) async fn latest(
+    c: &PgConn,
+    sql: &str,
+    rule: &str,
+    database: &str,
+) -> Result<Option<(String, DateTime<Utc>)>, AuditError> {
+    let rows = c
+        .query_one_stmt(sql, &[(&rule, Type::TEXT), (&database, Type::TEXT)])
+        .await
+        .map_err(sql_err)?;
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    let decode = |e: tokio_postgres::Error| AuditError::Sql(format!("dbjanitor_runs: {e}"));
+    Ok(Some((
+        row.try_get(0).map_err(decode)?,
+        row.try_get(1).map_err(decode)?,
     )))
 }
 
