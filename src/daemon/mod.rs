@@ -71,6 +71,16 @@ pub const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// The least time open HTTP requests get to finish at shutdown.
 const SERVER_CLOSE_MIN: Duration = Duration::from_secs(1);
 
+/// How long the daemon keeps retrying to record a pair's runs in the run
+/// history before it gives up on them (logged and counted).
+const RECORD_RETRY_FOR: Duration = Duration::from_secs(120);
+
+/// First wait between recording attempts; it doubles up to [`RECORD_RETRY_MAX_WAIT`].
+const RECORD_RETRY_FIRST_WAIT: Duration = Duration::from_millis(500);
+
+/// Longest wait between recording attempts.
+const RECORD_RETRY_MAX_WAIT: Duration = Duration::from_secs(8);
+
 /// After cancelling, how long to wait for the cancelled runs to be recorded.
 const AFTER_CANCEL: Duration = Duration::from_secs(15);
 
@@ -222,25 +232,63 @@ impl Shared {
                 Ok(mut backlog) => std::mem::take(&mut backlog.records),
                 Err(_) => return,
             };
-            // The semaphore is never closed; without a permit it would just go on.
-            let _slot = Arc::clone(&self.bookkeeping_slots)
-                .acquire_owned()
-                .await
-                .ok();
             let history = Counted {
                 history: self.history.as_ref(),
                 metrics: self.metrics.as_ref(),
             };
             // Design §3 step 9: notifications decide from the history as it
             // was before these runs, then the history stores whether they notified.
-            let notified = if batch.len() == 1 {
-                notify::deliver(&self.config, &mut batch, Some(&history)).await
-            } else {
-                self.deliver_in_order(&mut batch, &history).await
+            let notified = {
+                // The semaphore is never closed; without a permit it would just go on.
+                let _slot = self.bookkeeping_slot().await;
+                if batch.len() == 1 {
+                    notify::deliver(&self.config, &mut batch, Some(&history)).await
+                } else {
+                    self.deliver_in_order(&mut batch, &history).await
+                }
             };
-            if let Err(e) = history.record(&batch, &notified).await {
-                tracing::error!(error = %e, runs = batch.len(), "the runs could not be recorded in the run history");
+            self.record_until_done(&history, &batch, &notified).await;
+        }
+    }
+
+    async fn bookkeeping_slot(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.bookkeeping_slots)
+            .acquire_owned()
+            .await
+            .ok()
+    }
+
+    /// Records `batch`, retrying with backoff for up to [`RECORD_RETRY_FOR`]
+    /// while the run history does not take it (a stalled or restarting audit
+    /// database), so that a short outage loses no audit row. Meanwhile this
+    /// pair's later runs wait in its backlog, not yet notified: they are then
+    /// judged against a complete history, and an unchanged state is still told
+    /// once. Other pairs are not held up: no bookkeeping slot is kept while
+    /// waiting. After a signal, one more attempt is made, then it gives up.
+    async fn record_until_done(
+        &self,
+        history: &Counted<'_>,
+        batch: &[RunRecord],
+        notified: &[bool],
+    ) {
+        let give_up = std::time::Instant::now() + RECORD_RETRY_FOR;
+        let mut wait = RECORD_RETRY_FIRST_WAIT;
+        loop {
+            let result = {
+                let _slot = self.bookkeeping_slot().await;
+                history.record(batch, notified).await
+            };
+            let Err(e) = result else { return };
+            if self.stop.is_cancelled() || std::time::Instant::now() + wait > give_up {
+                tracing::error!(error = %e, runs = batch.len(), "the runs could not be recorded in the run history (retried for up to {}s)", RECORD_RETRY_FOR.as_secs());
+                return;
             }
+            warn!(error = %e, runs = batch.len(), retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "the run history did not take the runs; retrying (this pair's later runs wait)");
+            tokio::select! {
+                () = self.stop.cancelled() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+            wait = wait.saturating_mul(2).min(RECORD_RETRY_MAX_WAIT);
         }
     }
 }
