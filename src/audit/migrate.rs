@@ -89,7 +89,11 @@ macro_rules! migration {
 }
 
 /// Every migration, in order. Append only.
-pub const MIGRATIONS: [Migration; 2] = [migration!(1, "create_runs"), migration!(2, "notified")];
+pub const MIGRATIONS: [Migration; 3] = [
+    migration!(1, "create_runs"),
+    migration!(2, "notified"),
+    migration!(3, "run_id"),
+];
 
 /// The schema version this binary writes and reads.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
