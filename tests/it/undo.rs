@@ -1,5 +1,5 @@
 //! Issue 14 (undo), step 1: every run has one id, the same in the text and
-//! JSON reports, the audit row, the webhook JSON, the Slack message and the
+//! JSON reports, the log lines, the audit row, the webhook JSON, the Slack message and the
 //! mail, on every engine.
 
 use serde_json::Value;
@@ -59,6 +59,12 @@ async fn the_run_id_is_the_same_in_report_audit_and_notifications(engine: Engine
     let parsed = uuid::Uuid::parse_str(id).expect("a UUID");
     assert_eq!(parsed.get_version_num(), 7, "{id}");
     assert_eq!(audit_run_ids(&audit).await, [id.to_owned()], "{engine:?}");
+    // The run's log lines carry it too.
+    assert!(
+        out.stderr.contains(&format!("run_id={id}")),
+        "{}",
+        out.stderr
+    );
 
     let requests = http.requests().await;
     let json_hook = requests
