@@ -126,6 +126,8 @@ pub(crate) const MYSQL_CREATES: [&[(&str, Option<&str>)]; MIGRATIONS.len()] = [
         ("dbjanitor_runs", Some("remaining")),
         ("dbjanitor_runs", Some("batches")),
     ],
+    // The unique index comes in the same ALTER TABLE: with the column or not at all.
+    &[("dbjanitor_runs", Some("run_id"))],
 ];
 
 /// What a migration call did.
