@@ -92,10 +92,12 @@ pub async fn run_target(
 ) -> RunRecord {
     let rule = &target.rule;
     let database = &target.database;
-    let span = info_span!("rule", rule = %rule.name, database = %database.name);
+    let mut record = RunRecord::new(&rule.name, &database.name, options.dry_run, Utc::now());
+    // Every log line of the run carries its id, as the report and the audit row do.
+    let span =
+        info_span!("rule", rule = %rule.name, database = %database.name, run_id = %record.run_id);
     async {
         let started = Instant::now();
-        let mut record = RunRecord::new(&rule.name, &database.name, options.dry_run, Utc::now());
         let settings = ConnectSettings {
             timeout: rule.timeout,
             lock_wait: rule.lock.wait,

@@ -164,6 +164,11 @@ impl Sample {
 /// the audit table are all written from it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
+    /// The run's id: a UUIDv7 (time-ordered, unique across hosts without
+    /// coordination), the same in the report, the notifications and the
+    /// audit row, so an operator can follow one run through all three.
+    #[serde(default)]
+    pub run_id: String,
     /// Rule name.
     pub rule: String,
     /// Database name from the config (never its URL).
@@ -208,10 +213,12 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
-    /// A record with no counts yet, for the engine to fill in.
+    /// A record with no counts yet and a fresh run id, for the engine to
+    /// fill in.
     #[must_use]
     pub fn new(rule: &str, database: &str, dry_run: bool, started_at: DateTime<Utc>) -> Self {
         Self {
+            run_id: new_run_id(),
             rule: rule.to_owned(),
             database: database.to_owned(),
             outcome: Outcome::Failed,
@@ -230,6 +237,17 @@ impl RunRecord {
             notify_errors: Vec::new(),
         }
     }
+}
+
+/// A new run id: a UUIDv7 in its hyphenated text form (36 characters).
+///
+/// Why UUIDv7 (crate `uuid`): its first 48 bits are the Unix time in
+/// milliseconds, so ids sort in start order like the audit rows; the other 74
+/// bits are random, so two hosts never need to agree on anything to produce
+/// distinct ids; and every database and tool reads the text form.
+#[must_use]
+pub fn new_run_id() -> String {
+    uuid::Uuid::now_v7().hyphenated().to_string()
 }
 
 /// The exit status for a set of records (design §4): failed beats guard
@@ -253,6 +271,20 @@ mod tests {
         let mut r = RunRecord::new("r", "d", false, Utc::now());
         r.outcome = outcome;
         r
+    }
+
+    #[test]
+    fn run_ids_are_distinct_uuid_v7_in_start_order() {
+        let first = RunRecord::new("r", "d", false, Utc::now());
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let second = RunRecord::new("r", "d", false, Utc::now());
+        assert_ne!(first.run_id, second.run_id);
+        assert!(first.run_id < second.run_id, "ids sort in start order");
+        for id in [&first.run_id, &second.run_id] {
+            let parsed = uuid::Uuid::parse_str(id).expect("a run id is a UUID");
+            assert_eq!(parsed.get_version_num(), 7);
+            assert_eq!(id.len(), 36);
+        }
     }
 
     #[test]

@@ -71,7 +71,9 @@ pub fn text(records: &[RunRecord], dry_run: bool) -> String {
         out.push_str("no rules ran\n");
         return out;
     }
-    let mut table = plain_table(&["RULE", "DATABASE", "OUTCOME", "DETECTED", "CHANGED", "TIME"]);
+    let mut table = plain_table(&[
+        "RULE", "DATABASE", "OUTCOME", "DETECTED", "CHANGED", "TIME", "RUN ID",
+    ]);
     for r in records {
         table.add_row(vec![
             r.rule.clone(),
@@ -80,6 +82,7 @@ pub fn text(records: &[RunRecord], dry_run: bool) -> String {
             count(r.detected),
             count(r.changed),
             format!("{}ms", r.duration_ms),
+            r.run_id.clone(),
         ]);
     }
     let _ = writeln!(out, "{}", table.to_string().trim_end());

@@ -96,7 +96,11 @@ macro_rules! migration {
 }
 
 /// Every migration, in order. Append only.
-pub const MIGRATIONS: [Migration; 2] = [migration!(1, "create_runs"), migration!(2, "notified")];
+pub const MIGRATIONS: [Migration; 3] = [
+    migration!(1, "create_runs"),
+    migration!(2, "notified"),
+    migration!(3, "run_id"),
+];
 
 /// The schema version this binary writes and reads.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -122,6 +126,8 @@ pub(crate) const MYSQL_CREATES: [&[(&str, Option<&str>)]; MIGRATIONS.len()] = [
         ("dbjanitor_runs", Some("remaining")),
         ("dbjanitor_runs", Some("batches")),
     ],
+    // The unique index comes in the same ALTER TABLE: with the column or not at all.
+    &[("dbjanitor_runs", Some("run_id"))],
 ];
 
 /// What a migration call did.

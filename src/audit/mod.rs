@@ -326,12 +326,13 @@ macro_rules! bind_run {
             .bind($notified)
             .bind($host.to_owned())
             .bind(VERSION)
+            .bind((!r.run_id.is_empty()).then(|| r.run_id.clone()))
     }};
 }
 
 const INSERT_OTHER: &str = "INSERT INTO dbjanitor_runs (rule, database_name, started_at, finished_at, duration_ms, \
-    outcome, reason, message, error, detected, changed, remaining, batches, dry_run, notified, host, dbjanitor_version) \
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    outcome, reason, message, error, detected, changed, remaining, batches, dry_run, notified, host, dbjanitor_version, run_id) \
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 /// The last non-dry run of a pair, with the columns [`LastRun`] needs.
 const LAST_POSTGRES: &str = "SELECT outcome, started_at, duration_ms, detected, changed FROM dbjanitor_runs \

@@ -44,8 +44,8 @@ async fn in_transaction<T>(
 }
 
 pub(super) const INSERT: &str = "INSERT INTO dbjanitor_runs (rule, database_name, started_at, finished_at, duration_ms, \
-    outcome, reason, message, error, detected, changed, remaining, batches, dry_run, notified, host, dbjanitor_version) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
+    outcome, reason, message, error, detected, changed, remaining, batches, dry_run, notified, host, dbjanitor_version, run_id) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
 
 /// Inserts one row per record, in one transaction.
 pub(super) async fn insert(
@@ -69,7 +69,9 @@ pub(super) async fn insert(
                 count(r.batches),
             ];
             let outcome = r.outcome.as_str();
-            let params: [(&(dyn ToSql + Sync), Type); 17] = [
+            // NULL, not "", for a record without an id (the column is unique).
+            let run_id = (!r.run_id.is_empty()).then_some(r.run_id.as_str());
+            let params: [(&(dyn ToSql + Sync), Type); 18] = [
                 (&r.rule, Type::TEXT),
                 (&r.database, Type::TEXT),
                 (&r.started_at, Type::TIMESTAMPTZ),
@@ -87,6 +89,7 @@ pub(super) async fn insert(
                 (&was_notified, Type::BOOL),
                 (&host, Type::TEXT),
                 (&VERSION, Type::TEXT),
+                (&run_id, Type::TEXT),
             ];
             c.execute_one(INSERT, &params).await.map_err(sql_err)?;
         }

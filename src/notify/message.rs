@@ -40,6 +40,8 @@ pub fn severity(outcome: Outcome) -> u8 {
 /// payload (`runs[]`), every key always present (`null` when not known).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Entry {
+    /// The run's id, as in the report and the audit table (`run_id`).
+    pub run_id: String,
     /// Rule name.
     pub rule: String,
     /// The rule's description: why it exists, what it repairs.
@@ -87,6 +89,7 @@ impl Entry {
         previous_outcome: Option<Outcome>,
     ) -> Self {
         Self {
+            run_id: record.run_id.clone(),
             rule: record.rule.clone(),
             description: description.to_owned(),
             database: record.database.clone(),
@@ -169,6 +172,7 @@ impl Entry {
         if let Some(change) = change {
             facts.push(("change", change));
         }
+        facts.push(("run id", self.run_id.clone()));
         facts
     }
 

@@ -14,6 +14,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use dbjanitor::audit::SCHEMA_VERSION;
 use serde_json::Value;
 use sqlx::{Connection, Executor};
 use wiremock::matchers::method;
@@ -432,9 +433,9 @@ async fn check_connect_checks_the_audit_database() {
     let migrated = case.run(&["check", "--connect"]);
     migrated.assert_code(0);
     assert!(
-        migrated
-            .stdout
-            .contains("audit database janitor: ok (schema version 2)"),
+        migrated.stdout.contains(&format!(
+            "audit database janitor: ok (schema version {SCHEMA_VERSION})"
+        )),
         "{}",
         migrated.stdout
     );
@@ -582,7 +583,7 @@ async fn a_mysql_migration_waits_for_its_metadata_lock_within_a_bound() {
     let versions = audit
         .rows("SELECT version, dirty FROM dbjanitor_schema_version ORDER BY version")
         .await;
-    assert_eq!(versions.len(), 2);
+    assert_eq!(versions.len(), SCHEMA_VERSION as usize);
     assert!(versions.iter().all(|v| !truthy(v[1].as_ref())));
     assert_eq!(audit.scalar("SELECT count(*) FROM dbjanitor_runs").await, 1);
 }
@@ -606,7 +607,7 @@ async fn an_interrupted_mysql_migration_recovers_from_the_schema() {
         audit
             .scalar("SELECT count(*) FROM dbjanitor_schema_version WHERE dirty = FALSE")
             .await,
-        2
+        i64::from(SCHEMA_VERSION)
     );
     assert_eq!(audit.scalar("SELECT count(*) FROM dbjanitor_runs").await, 1);
     // Not started: the row is there, none of v2's columns.
@@ -626,7 +627,7 @@ async fn an_interrupted_mysql_migration_recovers_from_the_schema() {
         audit
             .scalar("SELECT count(*) FROM dbjanitor_schema_version WHERE dirty = FALSE")
             .await,
-        2
+        i64::from(SCHEMA_VERSION)
     );
     assert_eq!(
         audit

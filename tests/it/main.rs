@@ -51,3 +51,5 @@ mod rulepack;
 mod safety;
 /// No password in logs, reports or errors.
 mod secrets;
+/// Issue 14: run ids in the reports, the audit table and the notifications.
+mod undo;
