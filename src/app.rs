@@ -65,11 +65,11 @@ pub fn main(cli: Cli) -> ExitCode {
     } else {
         "info"
     };
-    let _log_guard =
+    let log_guard =
         match crate::logging::init(cli.log_format, cli.log_dir.as_deref(), default_filter) {
             Ok(guard) => guard,
             Err(e) => {
-                eprintln!("error: {e}");
+                print_stderr(&format!("error: {e}"));
                 return exit::code(exit::USAGE);
             }
         };
@@ -79,21 +79,34 @@ pub fn main(cli: Cli) -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            print_stderr(&format!("error: cannot start the async runtime: {e}"));
             return exit::code(exit::RULE_FAILED);
         }
     };
-    match runtime.block_on(dispatch(cli)) {
-        Ok(status) => exit::code(status),
+    let one_shot = !matches!(cli.command, Command::Daemon(_));
+    let result = runtime.block_on(dispatch(cli));
+    // Tasks still blocked (a stuck blocking call) must not hold the exit.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    let mut status = match result {
+        Ok(status) => status,
         Err(error) => {
             match &error {
-                AppError::Usage(text) => eprintln!("{text}"),
-                AppError::Other(e) => eprintln!("error: {e:#}"),
+                AppError::Usage(text) => print_stderr(text),
+                AppError::Other(e) => print_stderr(&format!("error: {e:#}")),
             }
-            exit::code(error.status())
+            error.status()
         }
+    };
+    // Flushes the log files: a write that fails here is counted below.
+    drop(log_guard);
+    if one_shot && status == exit::SUCCESS && crate::logging::file_write_failed() {
+        status = exit::RULE_FAILED;
     }
+    exit::code(status)
 }
+
+/// How long the runtime may take to stop its last tasks after the command.
+const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn dispatch(cli: Cli) -> Result<u8, AppError> {
     match cli.command {
@@ -227,7 +240,17 @@ pub(crate) async fn wait_for_signal() {
     }
 }
 
-fn print_stdout(text: &str) -> Result<(), AppError> {
+/// Writes one line to stderr; a closed stderr is ignored (the standard
+/// macro would panic).
+fn print_stderr(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Writes to stdout. A closed pipe (`dbjanitor list | head -1`) ends the
+/// output quietly: no panic (which `println!` would do), no error, and the
+/// exit status stays that of the work done, since the rules ran all the same.
+/// Every command writes its output through here.
+pub(crate) fn print_stdout(text: &str) -> Result<(), AppError> {
     let mut stdout = std::io::stdout().lock();
     match stdout
         .write_all(text.as_bytes())
@@ -387,6 +410,7 @@ fn override_max_rows(plan: &mut Plan, named: &[String], max_rows: u64) -> Result
 /// `--metrics-file`: this run's pairs, plus, when the audit table is
 /// available, the last recorded run of every other enabled pair, so that a
 /// `--due` run that ran nothing does not make the other rules' series vanish.
+/// Dry runs add no pair series of their own (README "Metrics for timers").
 async fn write_metrics_file(
     path: &Path,
     config: &Config,
@@ -415,7 +439,9 @@ async fn write_metrics_file(
             }
         }
     }
-    for record in records {
+    // A dry run changed nothing: its records never replace the real state's
+    // series (success, failure, counts), which come from the audit table.
+    for record in records.iter().filter(|r| !r.dry_run) {
         let key = PairLabels::of(&record.rule, &record.database);
         let mut state = PairState::from(record);
         if state.last_success_at.is_none() {
@@ -432,7 +458,10 @@ async fn write_metrics_file(
 }
 
 async fn daemon(config_path: &Path, args: &DaemonArgs) -> Result<u8, AppError> {
-    let config = load_config(config_path)?;
+    let mut config = load_config(config_path)?;
+    if let Some(jobs) = args.jobs {
+        config.daemon.jobs = usize::from(jobs);
+    }
     let history = match open_audit(&config).await? {
         Some((store, problem)) => {
             if let Some(e) = problem {
@@ -501,6 +530,18 @@ async fn check(config_path: &Path, args: &CheckArgs) -> Result<u8, AppError> {
         targets.len(),
         targets.len() - invalid - unreachable
     ));
+    match check_audit(&config).await {
+        AuditCheck::None => {}
+        AuditCheck::Ok(line) => out.push_str(&line),
+        AuditCheck::Unreachable(line) => {
+            unreachable += 1;
+            out.push_str(&line);
+        }
+        AuditCheck::Refused(line) => {
+            invalid += 1;
+            out.push_str(&line);
+        }
+    }
     print_stdout(&out)?;
     Ok(if invalid > 0 {
         exit::USAGE
@@ -509,6 +550,49 @@ async fn check(config_path: &Path, args: &CheckArgs) -> Result<u8, AppError> {
     } else {
         exit::SUCCESS
     })
+}
+
+/// What `check --connect` found about the audit database.
+enum AuditCheck {
+    /// No `audit:` section.
+    None,
+    /// Reachable, with a schema this binary can use (line for the output).
+    Ok(String),
+    /// Not reachable within `audit.timeout`: every `run` would exit 1.
+    Unreachable(String),
+    /// A schema this binary must not touch: `run` would exit 2.
+    Refused(String),
+}
+
+/// `check --connect` on the audit database: connect and read the schema
+/// version, changing nothing.
+async fn check_audit(config: &Config) -> AuditCheck {
+    let Some(store) = AuditStore::from_config(config) else {
+        return AuditCheck::None;
+    };
+    let name = store.database();
+    match store.probe().await {
+        Ok(version) if version > audit::SCHEMA_VERSION => AuditCheck::Refused(format!(
+            "audit database {name}: {}\n",
+            AuditError::SchemaTooNew {
+                found: version,
+                known: audit::SCHEMA_VERSION,
+            }
+        )),
+        Ok(0) => AuditCheck::Ok(format!(
+            "audit database {name}: ok (no schema yet: created by the first run)\n"
+        )),
+        Ok(version) if version < audit::SCHEMA_VERSION => AuditCheck::Ok(format!(
+            "audit database {name}: ok (schema version {version}: upgraded to {} by the next run)\n",
+            audit::SCHEMA_VERSION
+        )),
+        Ok(version) => AuditCheck::Ok(format!(
+            "audit database {name}: ok (schema version {version})\n"
+        )),
+        Err(e) => AuditCheck::Unreachable(format!(
+            "audit database {name}: unreachable: {e}: runs could not be recorded, `run` would exit 1 and `run --due` would run nothing\n"
+        )),
+    }
 }
 
 fn list(config_path: &Path) -> Result<u8, AppError> {

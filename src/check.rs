@@ -68,14 +68,25 @@ async fn prepare_on<S: Session>(session: Result<S, DbError>, target: &Target) ->
     };
     for (query, sql) in queries {
         let prepared = tokio::time::timeout(target.rule.timeout, session.prepare(sql)).await;
-        let error = match prepared {
+        result = match prepared {
             Ok(Ok(())) => continue,
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("prepare timed out after {:?}", target.rule.timeout),
+            Ok(Err(e)) => CheckResult::Invalid {
+                query,
+                error: e.to_string(),
+            },
+            // No answer is not a verdict on the SQL: the server (or the path
+            // to it) stalled, which is what exit 1 means, not exit 2.
+            Err(_) => CheckResult::Unreachable(format!(
+                "no answer while preparing {query} within {}",
+                humantime::format_duration(target.rule.timeout)
+            )),
         };
-        result = CheckResult::Invalid { query, error };
         break;
     }
-    session.close().await;
+    // A stalled connection may not answer the goodbye either.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close()).await;
     result
 }
+
+/// How long closing a checked connection may take before it is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -170,6 +170,10 @@ pub struct DaemonArgs {
     /// Serve /healthz, /livez and /metrics on this address (e.g. 127.0.0.1:9187).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
+
+    /// At most this many runs at once (default: `daemon.jobs` of the config, else 8).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: Option<u16>,
 }
 
 /// `dbjanitor check`.

@@ -12,8 +12,13 @@
 //! [`init`] hands back the [`LogGuard`] that flushes the buffer when dropped.
 //! The caller keeps it alive until `main` returns, so the last lines of a run
 //! (its outcome, a shutdown) are on disk when the process exits.
+//!
+//! A line that cannot be written (a full disk) is said once on stderr, and
+//! [`file_write_failed`] tells `main` to make the exit status 1.
 
+use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
@@ -69,10 +74,60 @@ pub fn init(
     let (file, guard) = NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("dbjanitor-log-writer")
-        .finish(appender);
+        .finish(ReportingWriter {
+            inner: appender,
+            dir: dir.display().to_string(),
+        });
     // ANSI colours would end up in the file as escape codes.
     install(format, filter, std::io::stderr.and(file), false);
     Ok(LogGuard { _file: Some(guard) })
+}
+
+/// Set once a line could not be written to the log files.
+static FILE_WRITE_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// Whether a line could not be written to `--log-dir` (a full disk, a
+/// removed folder). `main` makes a one-shot command's exit status 1 then:
+/// the README promises that lines are never lost, so losing some must not
+/// pass as success.
+#[must_use]
+pub fn file_write_failed() -> bool {
+    FILE_WRITE_FAILED.load(Ordering::SeqCst)
+}
+
+/// The log file writer, reporting its first failure on stderr.
+///
+/// tracing-appender's worker thread drops a write error without a word (its
+/// source says "TODO: ... print to stderr"), so a full disk under `--log-dir`
+/// used to leave an empty file and exit 0. This wrapper says so on stderr,
+/// once per process, and sets the flag [`file_write_failed`] reads.
+struct ReportingWriter<W> {
+    inner: W,
+    dir: String,
+}
+
+impl<W> ReportingWriter<W> {
+    fn failed(&self, error: &std::io::Error) {
+        if !FILE_WRITE_FAILED.swap(true, Ordering::SeqCst) {
+            // Straight to stderr: logging about logging would loop back here.
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: --log-dir {}: cannot write the log file: {error}; \
+                 log lines are being lost (said once; the exit status will be 1)",
+                self.dir
+            );
+        }
+    }
+}
+
+impl<W: Write> Write for ReportingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inner.write(buf).inspect_err(|e| self.failed(e))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush().inspect_err(|e| self.failed(e))
+    }
 }
 
 fn install<W>(format: LogFormat, filter: EnvFilter, writer: W, ansi: bool)

@@ -90,13 +90,11 @@ fn ms_to_seconds(ms: u64) -> f64 {
 
 /// Whether an outcome counts as a success for `last_success_timestamp_seconds`:
 /// the run completed as intended (`skipped` ran nothing; `guard_tripped` and
-/// `failed` need a person).
+/// `failed` need a person; `would_fix` comes from a dry run, which changed
+/// nothing and never moves the real state's series).
 #[must_use]
 pub fn is_success(outcome: Outcome) -> bool {
-    matches!(
-        outcome,
-        Outcome::Clean | Outcome::Found | Outcome::Fixed | Outcome::WouldFix
-    )
+    matches!(outcome, Outcome::Clean | Outcome::Found | Outcome::Fixed)
 }
 
 /// The daemon's live metrics.
@@ -112,6 +110,7 @@ pub struct DaemonMetrics {
     lock_skips: Family<PairLabels, Counter>,
     overlap_skips: Family<PairLabels, Counter>,
     running: Family<PairLabels, Gauge>,
+    waiting: Family<PairLabels, Gauge>,
     database_up: Family<DatabaseLabels, Gauge>,
     audit_errors: Counter,
 }
@@ -139,6 +138,7 @@ impl DaemonMetrics {
         let lock_skips = Family::<PairLabels, Counter>::default();
         let overlap_skips = Family::<PairLabels, Counter>::default();
         let running = Family::<PairLabels, Gauge>::default();
+        let waiting = Family::<PairLabels, Gauge>::default();
         let database_up = Family::<DatabaseLabels, Gauge>::default();
         let audit_errors = Counter::default();
         registry.register(
@@ -193,13 +193,18 @@ impl DaemonMetrics {
             running.clone(),
         );
         registry.register(
+            "waiting",
+            "1 while a run of the pair waits for a free slot (daemon.jobs, daemon.jobs_per_database)",
+            waiting.clone(),
+        );
+        registry.register(
             "database_up",
             "1 if the database answered the last health check",
             database_up.clone(),
         );
         registry.register(
             "audit_errors",
-            "Runs that could not be recorded in the audit table",
+            "Audit (run history) reads and writes that failed or timed out",
             audit_errors.clone(),
         );
         for pair in pairs {
@@ -216,6 +221,7 @@ impl DaemonMetrics {
             drop(lock_skips.get_or_create(pair));
             drop(overlap_skips.get_or_create(pair));
             drop(running.get_or_create(pair));
+            drop(waiting.get_or_create(pair));
         }
         for database in databases {
             drop(database_up.get_or_create(&DatabaseLabels {
@@ -234,6 +240,7 @@ impl DaemonMetrics {
             lock_skips,
             overlap_skips,
             running,
+            waiting,
             database_up,
             audit_errors,
         }
@@ -283,6 +290,11 @@ impl DaemonMetrics {
         self.running.get_or_create(pair).set(i64::from(running));
     }
 
+    /// Marks a run of `pair` as waiting for a free slot (`true`) or not.
+    pub fn set_waiting(&self, pair: &PairLabels, waiting: bool) {
+        self.waiting.get_or_create(pair).set(i64::from(waiting));
+    }
+
     /// Publishes the next tick of `pair`.
     pub fn set_next_run(&self, pair: &PairLabels, at: DateTime<Utc>) {
         self.next_run.get_or_create(pair).set(seconds(at));
@@ -297,9 +309,9 @@ impl DaemonMetrics {
             .set(i64::from(up));
     }
 
-    /// Counts runs the audit table did not get.
-    pub fn audit_error(&self, runs: u64) {
-        self.audit_errors.inc_by(runs);
+    /// Counts failed audit reads or writes.
+    pub fn audit_error(&self, operations: u64) {
+        self.audit_errors.inc_by(operations);
     }
 
     /// The OpenMetrics text of every metric.
@@ -327,7 +339,7 @@ impl From<&RunRecord> for LastRun {
     }
 }
 
-/// Renders the textfile of one `run`: per pair, the last run's start,
+/// Renders the textfile of one `run`: per pair, the last real run's start,
 /// duration, counts and outcome (one series per outcome, 1 for the actual
 /// one), the last success; and the invocation's own time, exit status and
 /// number of pairs run.
@@ -375,7 +387,7 @@ pub fn textfile(
     );
     registry.register(
         "last_success_timestamp_seconds",
-        "Start of the last run that ended clean, found, fixed or would_fix (Unix time)",
+        "Start of the last real run that ended clean, found or fixed (Unix time)",
         last_success.clone(),
     );
     registry.register(

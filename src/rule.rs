@@ -109,7 +109,11 @@ impl BatchSize {
         let took = took.as_secs_f64().max(1e-4);
         let factor = (target.as_secs_f64() / took).clamp(0.5, 2.0);
         // Sizes are far below 2^52, so the float round trip is exact enough.
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
         let scaled = (size as f64 * factor).round() as u64;
         scaled.clamp(self.min, self.max)
     }

@@ -73,9 +73,20 @@ impl Schedule {
             .seconds(Seconds::Optional)
             .year(Year::Disallowed)
             .build();
+        if !trimmed.starts_with('@') {
+            check_steps(trimmed)?;
+        }
         let cron = parser
             .parse(trimmed)
             .map_err(|e| format!("invalid schedule {trimmed:?}: {e}"))?;
+        // A pattern whose day never exists (`0 0 30 2 *`) compiles but never
+        // fires: a rule that silently never runs is a mistake, not a choice.
+        // croner searches a bounded number of years, so 29 February passes.
+        if cron.find_next_occurrence(&Utc::now(), false).is_err() {
+            return Err(format!(
+                "schedule {trimmed:?} never fires: no date matches its day and month fields"
+            ));
+        }
         Ok(Schedule::Cron {
             text: trimmed.to_owned(),
             cron: Box::new(cron),
@@ -130,6 +141,48 @@ impl Schedule {
     }
 }
 
+/// Names and sizes of the cron fields, for 5 fields (no seconds) or 6.
+fn cron_fields(count: usize) -> &'static [(&'static str, u32)] {
+    const WITH_SECONDS: [(&str, u32); 6] = [
+        ("second", 60),
+        ("minute", 60),
+        ("hour", 24),
+        ("day-of-month", 31),
+        ("month", 12),
+        ("day-of-week", 7),
+    ];
+    if count == 6 {
+        &WITH_SECONDS
+    } else {
+        &WITH_SECONDS[1..]
+    }
+}
+
+/// Refuses steps (`*/61`) at least as large as their field: croner accepts
+/// them and fires once per larger unit (`*/61 * * * *` runs hourly), which is
+/// never what the author meant.
+fn check_steps(pattern: &str) -> Result<(), String> {
+    let fields: Vec<&str> = pattern.split_whitespace().collect();
+    for (field, &(name, size)) in fields.iter().zip(cron_fields(fields.len())) {
+        for part in field.split(',') {
+            let Some((_, step)) = part.split_once('/') else {
+                continue;
+            };
+            let Ok(step) = step.parse::<u32>() else {
+                continue; // croner reports a malformed step itself
+            };
+            if step == 0 || step >= size {
+                return Err(format!(
+                    "invalid schedule {pattern:?}: step /{step} in the {name} field is out of range \
+                     (1 to {}): it would not repeat within the {name} field",
+                    size - 1
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,8 +219,28 @@ mod tests {
             "@every 0s",
             "@sometimes",
             "* * * * * * *",
+            "*/61 * * * *",
+            "*/60 * * * *",
+            "0 */24 * * *",
+            "*/0 * * * *",
+            "*/60 * * * * *",
+            "0 0 30 2 *",
+            "0 0 31 4,6,9,11 *",
         ] {
             assert!(Schedule::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Issue 9.9: the reasons say what is wrong.
+    #[test]
+    fn never_firing_and_oversized_steps_are_explained() {
+        let never = Schedule::parse("0 0 30 2 *").err().unwrap_or_default();
+        assert!(never.contains("never fires"), "{never}");
+        let step = Schedule::parse("*/61 * * * *").err().unwrap_or_default();
+        assert!(step.contains("step /61 in the minute field"), "{step}");
+        // Rare but real: 29 February fires in leap years; */59 fires twice an hour.
+        for ok in ["0 0 29 2 *", "*/59 * * * *", "0 */23 * * *", "0 0 31 * *"] {
+            assert!(Schedule::parse(ok).is_ok(), "{ok}");
         }
     }
 

@@ -88,6 +88,77 @@ impl SecretUrl {
     }
 }
 
+impl SecretUrl {
+    /// Masks every part of this URL beyond scheme, host and port in `text`:
+    /// the whole URL, its path and query, each path segment and query value
+    /// (raw and percent-decoded), and its userinfo.
+    ///
+    /// For webhook URLs, whose token may sit anywhere (`/hooks/T0/B0/XXXX`,
+    /// `?token=...`) and which a receiver may echo back in an error answer
+    /// (Express: `Cannot POST /hooks/SECRET-TOKEN`). Segments shorter than
+    /// [`MIN_SECRET_PART`] characters (`v1`, `api`) are left alone: they are
+    /// not secrets, and masking them would garble every message.
+    #[must_use]
+    pub fn scrub_beyond_origin(&self, text: &str) -> String {
+        let Ok(parsed) = url::Url::parse(&self.raw) else {
+            return self.scrub(text).replace(&self.raw, MASK);
+        };
+        let mut parts: Vec<String> = vec![self.raw.clone()];
+        let path = parsed.path();
+        let query = parsed.query().unwrap_or_default();
+        parts.push(format!("{path}?{query}"));
+        parts.push(path.to_owned());
+        parts.push(query.to_owned());
+        parts.extend(path.split('/').map(str::to_owned));
+        parts.extend(
+            query
+                .split('&')
+                .flat_map(|pair| pair.split('='))
+                .map(str::to_owned),
+        );
+        parts.push(parsed.username().to_owned());
+        parts.extend(parsed.password().map(str::to_owned));
+        let decoded: Vec<String> = parts
+            .iter()
+            .filter_map(|p| percent_encoding::percent_decode_str(p).decode_utf8().ok())
+            .map(std::borrow::Cow::into_owned)
+            .collect();
+        parts.extend(decoded);
+        let encoded: Vec<String> = parts
+            .iter()
+            .map(|p| {
+                percent_encoding::utf8_percent_encode(p, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string()
+            })
+            .collect();
+        parts.extend(encoded);
+        parts.retain(|p| p.chars().count() >= MIN_SECRET_PART && p != "/");
+        parts.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        parts.dedup();
+        // The host stays readable even where a path segment is part of it
+        // (`/hooks/...` on `hooks.example.org`): set aside, then put back.
+        const HOST_MARK: &str = "\u{0}host\u{0}";
+        let host = parsed.host_str().unwrap_or_default();
+        let mut out = if host.is_empty() {
+            text.to_owned()
+        } else {
+            text.replace(host, HOST_MARK)
+        };
+        for part in &parts {
+            out = out.replace(part.as_str(), MASK);
+        }
+        if host.is_empty() {
+            out
+        } else {
+            out.replace(HOST_MARK, host)
+        }
+    }
+}
+
+/// Parts of a webhook URL shorter than this are not masked by
+/// [`SecretUrl::scrub_beyond_origin`].
+pub const MIN_SECRET_PART: usize = 4;
+
 fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     key.contains("password") || key.contains("passwd") || key == "pass" || key.contains("secret")
@@ -157,6 +228,24 @@ mod tests {
     fn unparsable_url_keeps_only_the_scheme() {
         let url = SecretUrl::new("mysql://ro:pw@[bad".into());
         assert_eq!(url.redacted(), "mysql://***");
+    }
+
+    #[test]
+    fn webhook_answers_lose_everything_beyond_the_origin() {
+        let url = SecretUrl::new(
+            "https://user:pw-secret@hooks.example.org:8443/hooks/SECRET-TOKEN/x?token=Q-TOKEN&v=1"
+                .into(),
+        );
+        let answer = "Cannot POST /hooks/SECRET-TOKEN/x?token=Q-TOKEN&v=1 (SECRET%2DTOKEN, Q-TOKEN, pw-secret) at https://hooks.example.org:8443/hooks/SECRET-TOKEN/x";
+        let scrubbed = url.scrub_beyond_origin(answer);
+        for secret in ["SECRET-TOKEN", "SECRET%2DTOKEN", "Q-TOKEN", "pw-secret"] {
+            assert!(!scrubbed.contains(secret), "{scrubbed}");
+        }
+        assert!(scrubbed.starts_with("Cannot POST ***"), "{scrubbed}");
+        assert!(
+            scrubbed.contains("https://hooks.example.org:8443"),
+            "{scrubbed}"
+        );
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::outcome::Outcome;
 use crate::rule::{BATCH_SIZE_PLACEHOLDER, Batch, BatchSize, DialectSql, LockSpec, Mode, Rule};
 use crate::schedule::Schedule;
 use crate::secret::SecretUrl;
-use crate::sql::{is_implicit_commit_ddl, split_statements};
+use crate::sql::{implicit_commit, split_statements};
 use raw::{OneOrMany, RawConfig, RawDatabase, RawRule, RawSql};
 
 /// Statement timeout when neither the rule nor `defaults` says.
@@ -50,6 +50,10 @@ pub struct AuditConfig {
     pub database: String,
     /// How long history rows are kept; `None` keeps them forever.
     pub keep: Option<Duration>,
+    /// Bound of each audit read or write, connect included (`audit.timeout`).
+    pub timeout: Duration,
+    /// How long a schema migration waits for locks (`audit.migrate_lock_wait`).
+    pub migrate_lock_wait: Duration,
 }
 
 /// Settings of `dbjanitor daemon` (`daemon:`).
@@ -59,15 +63,30 @@ pub struct DaemonConfig {
     /// are cancelled (rolled back). Keep it below the supervisor's own limit
     /// (`TimeoutStopSec=`, `terminationGracePeriodSeconds`).
     pub shutdown_grace: Duration,
+    /// At most this many runs at once in the daemon (`--jobs` overrides it):
+    /// each run holds a connection, and a few hundred rules on one tick would
+    /// otherwise exhaust the server's `max_connections`.
+    pub jobs: usize,
+    /// At most this many of those runs on one database, so that one database
+    /// with many slow rules cannot take every slot from the others.
+    pub jobs_per_database: usize,
 }
 
 /// [`DaemonConfig::shutdown_grace`] when the config does not say.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// [`DaemonConfig::jobs`] when neither the config nor `--jobs` says.
+pub const DEFAULT_DAEMON_JOBS: usize = 8;
+/// [`DaemonConfig::jobs_per_database`] when the config does not say.
+pub const DEFAULT_DAEMON_JOBS_PER_DATABASE: usize = 4;
+/// Largest `daemon.jobs` / `jobs_per_database` (as for `run --jobs`).
+pub const MAX_DAEMON_JOBS: usize = 256;
 
 impl Default for DaemonConfig {
     fn default() -> Self {
         Self {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            jobs: DEFAULT_DAEMON_JOBS,
+            jobs_per_database: DEFAULT_DAEMON_JOBS_PER_DATABASE,
         }
     }
 }
@@ -125,6 +144,13 @@ pub struct Config {
 pub trait Environment {
     /// The value of `name`, if set.
     fn var(&self, name: &str) -> Option<String>;
+
+    /// Whether `name` is set but not valid UTF-8 (so [`Environment::var`]
+    /// says `None` for a variable that is, in fact, set): the error then says
+    /// what is wrong instead of "not set".
+    fn is_set_but_not_unicode(&self, _name: &str) -> bool {
+        false
+    }
 }
 
 /// The process environment.
@@ -134,6 +160,10 @@ pub struct ProcessEnv;
 impl Environment for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
         std::env::var(name).ok()
+    }
+
+    fn is_set_but_not_unicode(&self, name: &str) -> bool {
+        matches!(std::env::var(name), Err(std::env::VarError::NotUnicode(_)))
     }
 }
 
@@ -175,8 +205,41 @@ fn parse_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigEr
     if text.trim().is_empty() {
         return Err(ConfigError::file(path, "the file is empty"));
     }
-    serde_saphyr::from_str_with_options(&text, yaml_options())
-        .map_err(|e| ConfigError::from_yaml(path, &e))
+    serde_saphyr::from_str_with_options(&text, yaml_options()).map_err(|e| {
+        let mut error = ConfigError::from_yaml(path, &e);
+        point_at_tab(&text, &mut error);
+        error
+    })
+}
+
+/// The YAML scanner reports a stray tab ("while scanning a plain scalar,
+/// found a tab") at the start of the scalar it was reading, often a line
+/// above; the operator needs the tab itself. Moves the location to the first
+/// tab at or after the reported position.
+fn point_at_tab(text: &str, error: &mut ConfigError) {
+    if !error.message.contains("tab") {
+        return;
+    }
+    let from_line = usize::try_from(error.location.line).unwrap_or(1);
+    let from_column = usize::try_from(error.location.column).unwrap_or(1);
+    for (index, line) in text.lines().enumerate().skip(from_line.saturating_sub(1)) {
+        let skip = if index + 1 == from_line {
+            from_column.saturating_sub(1)
+        } else {
+            0
+        };
+        if let Some(column) = line
+            .chars()
+            .enumerate()
+            .skip(skip)
+            .find(|(_, c)| *c == '\t')
+            .map(|(i, _)| i + 1)
+        {
+            error.location.line = u64::try_from(index + 1).unwrap_or(u64::MAX);
+            error.location.column = u64::try_from(column).unwrap_or(u64::MAX);
+            return;
+        }
+    }
 }
 
 fn valid_name(name: &str) -> bool {
@@ -222,10 +285,13 @@ impl Loader<'_> {
             .audit
             .and_then(|audit| self.audit(path, &audit, &databases));
         let mut daemon = DaemonConfig::default();
+        if let Some(raw_daemon) = &raw.daemon {
+            self.daemon_limits(path, raw_daemon, &mut daemon);
+        }
         if let Some(grace) = raw
             .daemon
             .and_then(|d| d.shutdown_grace)
-            .and_then(|g| self.duration(path, &g))
+            .and_then(|g| self.bounded_duration(path, &g, limits::SHUTDOWN_GRACE, false))
         {
             daemon.shutdown_grace = grace;
         }
@@ -258,54 +324,61 @@ impl Loader<'_> {
         })
     }
 
-    /// Expands `${VAR}` references; `None` (with an error recorded) if one is unset.
+    /// Expands `${VAR}` references; `None` (with an error recorded) if one is
+    /// unset, empty or not UTF-8. `$${` is a literal `${` (as in Compose files).
     fn expand(&mut self, file: &Path, value: &Spanned<String>) -> Option<String> {
         let text = &value.value;
         let mut out = String::with_capacity(text.len());
         let mut rest = text.as_str();
-        while let Some(start) = rest.find("${") {
+        while let Some(start) = rest.find('$') {
             out.push_str(&rest[..start]);
-            let after = &rest[start + 2..];
+            let after_dollar = &rest[start + 1..];
+            if let Some(literal) = after_dollar.strip_prefix("${") {
+                out.push_str("${");
+                rest = literal;
+                continue;
+            }
+            let Some(after) = after_dollar.strip_prefix('{') else {
+                out.push('$');
+                rest = after_dollar;
+                continue;
+            };
             let Some(end) = after.find('}') else {
                 self.err(
                     file,
                     value.referenced,
-                    "unterminated ${ in value (expected ${VARIABLE})",
+                    "unterminated ${ in value (expected ${VARIABLE}; write $${ for a literal ${)",
                 );
                 return None;
             };
             let name = &after[..end];
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                self.err(
-                    file,
-                    value.referenced,
-                    format!("invalid variable name {name:?} in ${{...}}"),
-                );
-                return None;
-            }
-            match self.env.var(name) {
-                Some(v) if !v.is_empty() => out.push_str(&v),
-                Some(_) => {
-                    self.err(
-                        file,
-                        value.referenced,
-                        format!("environment variable {name} is empty"),
-                    );
-                    return None;
-                }
-                None => {
-                    self.err(
-                        file,
-                        value.referenced,
-                        format!("environment variable {name} is not set"),
-                    );
-                    return None;
-                }
-            }
+            out.push_str(&self.env_value(file, value.referenced, name)?);
             rest = &after[end + 1..];
         }
         out.push_str(rest);
         Some(out)
+    }
+
+    /// The value of `${name}`, or `None` with the reason recorded.
+    fn env_value(&mut self, file: &Path, at: Location, name: &str) -> Option<String> {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            self.err(
+                file,
+                at,
+                format!(
+                    "invalid variable name {name:?} in ${{...}} (write $${{ for a literal ${{)"
+                ),
+            );
+            return None;
+        }
+        let problem = match self.env.var(name) {
+            Some(v) if !v.is_empty() => return Some(v),
+            Some(_) => "is empty",
+            None if self.env.is_set_but_not_unicode(name) => "is not valid UTF-8",
+            None => "is not set",
+        };
+        self.err(file, at, format!("environment variable {name} {problem}"));
+        None
     }
 
     fn database(
@@ -380,11 +453,79 @@ impl Loader<'_> {
             );
             return None;
         }
+        let pragmas = self.pragmas(file, name, dialect, db.value.pragmas.as_ref());
         Some(DatabaseConfig {
             name: name.to_owned(),
             dialect,
             url: secret,
+            pragmas,
         })
+    }
+
+    /// `pragmas:` of a SQLite database: known names that change how SQL
+    /// behaves on a connection, with values the pragma accepts.
+    fn pragmas(
+        &mut self,
+        file: &Path,
+        name: &str,
+        dialect: Dialect,
+        raw: Option<&Spanned<BTreeMap<String, String>>>,
+    ) -> Vec<(String, String)> {
+        let Some(raw) = raw else {
+            return Vec::new();
+        };
+        if dialect != Dialect::Sqlite {
+            self.err(
+                file,
+                raw.referenced,
+                format!("database {name:?}: pragmas: is for SQLite databases only"),
+            );
+            return Vec::new();
+        }
+        let mut pragmas = Vec::new();
+        for (key, value) in &raw.value {
+            let value = value.trim().to_ascii_lowercase();
+            let valid = match key.as_str() {
+                "foreign_keys"
+                | "recursive_triggers"
+                | "case_sensitive_like"
+                | "defer_foreign_keys"
+                | "ignore_check_constraints"
+                | "trusted_schema"
+                | "reverse_unordered_selects"
+                | "automatic_index" => {
+                    matches!(
+                        value.as_str(),
+                        "on" | "off" | "true" | "false" | "1" | "0" | "yes" | "no"
+                    )
+                }
+                "temp_store" => matches!(
+                    value.as_str(),
+                    "default" | "file" | "memory" | "0" | "1" | "2"
+                ),
+                "cache_size" => value.parse::<i64>().is_ok(),
+                _ => {
+                    self.err(
+                        file,
+                        raw.referenced,
+                        format!(
+                            "database {name:?}: unknown pragma {key:?}; accepted: foreign_keys, recursive_triggers, case_sensitive_like, defer_foreign_keys, ignore_check_constraints, trusted_schema, reverse_unordered_selects, automatic_index, temp_store, cache_size"
+                        ),
+                    );
+                    continue;
+                }
+            };
+            if valid {
+                pragmas.push((key.clone(), value));
+            } else {
+                self.err(
+                    file,
+                    raw.referenced,
+                    format!("database {name:?}: invalid value {value:?} for pragma {key}"),
+                );
+            }
+        }
+        pragmas
     }
 
     fn defaults(
@@ -400,7 +541,10 @@ impl Loader<'_> {
         if let Some(tz) = raw.timezone.and_then(|tz| self.timezone(file, &tz)) {
             defaults.timezone = tz;
         }
-        if let Some(timeout) = raw.timeout.and_then(|t| self.positive_duration(file, &t)) {
+        if let Some(timeout) = raw
+            .timeout
+            .and_then(|t| self.bounded_duration(file, &t, limits::TIMEOUT, true))
+        {
             defaults.timeout = timeout;
         }
         if let Some(notify) = raw.notify {
@@ -409,7 +553,10 @@ impl Loader<'_> {
         if let Some(notify_on) = raw.notify_on {
             defaults.notify_on = notify_on.into_iter().map(|o| o.value).collect();
         }
-        if let Some(d) = raw.renotify_after.and_then(|d| self.duration(file, &d)) {
+        if let Some(d) = raw
+            .renotify_after
+            .and_then(|d| self.bounded_duration(file, &d, limits::RENOTIFY_AFTER, false))
+        {
             defaults.renotify_after = d;
         }
         defaults
@@ -431,13 +578,48 @@ impl Loader<'_> {
             return None;
         }
         let keep = match &raw.value.keep {
-            Some(keep) => Some(self.positive_duration(file, keep)?),
+            Some(keep) => Some(self.bounded_duration(file, keep, limits::AUDIT_KEEP, true)?),
             None => None,
+        };
+        let timeout = match &raw.value.timeout {
+            Some(d) => self.bounded_duration(file, d, limits::AUDIT_TIMEOUT, true)?,
+            None => crate::audit::DEFAULT_TIMEOUT,
+        };
+        let migrate_lock_wait = match &raw.value.migrate_lock_wait {
+            Some(d) => self.bounded_duration(file, d, limits::AUDIT_MIGRATE_LOCK_WAIT, true)?,
+            None => crate::audit::DEFAULT_MIGRATE_LOCK_WAIT,
         };
         Some(AuditConfig {
             database: database.value.clone(),
             keep,
+            timeout,
+            migrate_lock_wait,
         })
+    }
+
+    /// `daemon.jobs` and `daemon.jobs_per_database`: 1 to [`MAX_DAEMON_JOBS`].
+    fn daemon_limits(&mut self, file: &Path, raw: &raw::RawDaemon, daemon: &mut DaemonConfig) {
+        for (key, value, target) in [
+            ("jobs", &raw.jobs, &mut daemon.jobs),
+            (
+                "jobs_per_database",
+                &raw.jobs_per_database,
+                &mut daemon.jobs_per_database,
+            ),
+        ] {
+            let Some(value) = value else { continue };
+            match usize::try_from(value.value) {
+                Ok(n) if (1..=MAX_DAEMON_JOBS).contains(&n) => *target = n,
+                _ => self.err(
+                    file,
+                    value.referenced,
+                    format!(
+                        "daemon.{key} must be between 1 and {MAX_DAEMON_JOBS}, found {}",
+                        value.value
+                    ),
+                ),
+            }
+        }
     }
 
     fn timezone(&mut self, file: &Path, tz: &Spanned<String>) -> Option<Tz> {
@@ -465,6 +647,35 @@ impl Loader<'_> {
                 None
             }
         }
+    }
+
+    /// A duration no longer than `max` (see [`limits`]); the message names the
+    /// key and the largest accepted value.
+    fn bounded_duration(
+        &mut self,
+        file: &Path,
+        text: &Spanned<String>,
+        (key, max): (&str, Duration),
+        positive: bool,
+    ) -> Option<Duration> {
+        let d = if positive {
+            self.positive_duration(file, text)?
+        } else {
+            self.duration(file, text)?
+        };
+        if d > max {
+            self.err(
+                file,
+                text.referenced,
+                format!(
+                    "{key} {:?} is too long: the largest accepted value is {}",
+                    text.value.trim(),
+                    humantime::format_duration(max)
+                ),
+            );
+            return None;
+        }
+        Some(d)
     }
 
     fn positive_duration(&mut self, file: &Path, text: &Spanned<String>) -> Option<Duration> {
@@ -513,14 +724,28 @@ impl Loader<'_> {
         for entry in entries {
             let path = base.join(&entry.value);
             if path.is_dir() {
-                let mut found = Vec::new();
-                if let Err(e) = collect_yaml(&path, &mut found) {
+                let mut walk = RuleWalk::default();
+                if let Err(e) = walk.folder(&path) {
                     self.err(
                         file,
                         entry.referenced,
                         format!("cannot read rule folder {}: {e}", path.display()),
                     );
                 }
+                for (link, target) in &walk.loops {
+                    self.err(
+                        file,
+                        entry.referenced,
+                        format!(
+                            "rule folder {}: the symlink {} loops back to its own parent folder {} \
+                             (remove it, or point it outside the rule folder)",
+                            path.display(),
+                            link.display(),
+                            target.display()
+                        ),
+                    );
+                }
+                let mut found = walk.files;
                 if found.is_empty() {
                     self.err(
                         file,
@@ -540,8 +765,9 @@ impl Loader<'_> {
                 );
             }
         }
+        // Read each file once, however many paths (symlinks) lead to it.
         let mut seen = BTreeSet::new();
-        files.retain(|f| seen.insert(f.clone()));
+        files.retain(|f| seen.insert(std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())));
         files
     }
 
@@ -577,7 +803,15 @@ impl Loader<'_> {
             );
         }
         let mut dialects = Vec::new();
-        for db in db_names {
+        for (index, db) in db_names.iter().enumerate() {
+            if db_names[..index].contains(db) {
+                self.err(
+                    file,
+                    raw.database.referenced,
+                    format!("database {db:?} is listed twice"),
+                );
+                continue;
+            }
             match databases.get(db) {
                 Some(config) => dialects.push(config.dialect),
                 None => {
@@ -607,35 +841,11 @@ impl Loader<'_> {
             None => defaults.timezone,
         };
         let detect = self.dialect_sql(file, &raw.detect, "detect", &dialects);
-        for &dialect in &dialects {
-            let count = detect.statements(dialect).len();
-            if count > 1 {
-                self.err(
-                    file,
-                    raw.detect.referenced,
-                    format!(
-                        "detect for {dialect} holds {count} statements; it must be a single SELECT"
-                    ),
-                );
-            }
-        }
+        self.check_detect(file, &raw.detect, &detect, &dialects);
         let mode = raw.mode.unwrap_or_default();
         let fix = raw.fix.as_ref().map(|fix| {
             let sql = self.dialect_sql(file, fix, "fix", &dialects);
-            let ddl = sql
-                .statements(Dialect::MySql)
-                .into_iter()
-                .find(|s| is_implicit_commit_ddl(s));
-            if let (Mode::Transactional, true, Some(ddl)) = (mode, dialects.contains(&Dialect::MySql), ddl) {
-                let keyword = crate::sql::first_keyword(ddl, Dialect::MySql);
-                self.err(
-                    file,
-                    fix.referenced,
-                    format!(
-                        "the MySQL fix runs {keyword}, which commits implicitly and cannot be rolled back: set `mode: autocommit`"
-                    ),
-                );
-            }
+            self.check_fix(file, fix, &sql, &dialects, mode);
             sql
         });
         let max_rows = match (&raw.max_rows, &raw.fix) {
@@ -662,7 +872,9 @@ impl Loader<'_> {
         };
         let batch = self.batch(file, &raw, (&detect, fix.as_ref()), &dialects);
         let timeout = match &raw.timeout {
-            Some(t) => self.positive_duration(file, t).unwrap_or(defaults.timeout),
+            Some(t) => self
+                .bounded_duration(file, t, limits::TIMEOUT, true)
+                .unwrap_or(defaults.timeout),
             None => defaults.timeout,
         };
         let lock = LockSpec {
@@ -675,7 +887,7 @@ impl Loader<'_> {
                 .lock
                 .as_ref()
                 .and_then(|l| l.wait.as_ref())
-                .and_then(|w| self.duration(file, w))
+                .and_then(|w| self.bounded_duration(file, w, limits::LOCK_WAIT, false))
                 .unwrap_or(Duration::ZERO),
         };
         if lock.name.trim().is_empty() {
@@ -692,7 +904,9 @@ impl Loader<'_> {
         );
         // 0s is allowed: repeat every run.
         let renotify_after = match &raw.renotify_after {
-            Some(d) => self.duration(file, d).unwrap_or(defaults.renotify_after),
+            Some(d) => self
+                .bounded_duration(file, d, limits::RENOTIFY_AFTER, false)
+                .unwrap_or(defaults.renotify_after),
             None => defaults.renotify_after,
         };
         if self.errors.len() > errors_before {
@@ -738,7 +952,7 @@ impl Loader<'_> {
             self.err(file, b.referenced, "batch: needs a fix to repeat");
         }
         let pause = match &b.value.pause {
-            Some(p) => self.duration(file, p)?,
+            Some(p) => self.bounded_duration(file, p, limits::PAUSE, false)?,
             None => Duration::from_millis(100),
         };
         let max_batches = match &b.value.max_batches {
@@ -792,7 +1006,7 @@ impl Loader<'_> {
             return None;
         }
         let target = match &raw.target {
-            Some(t) => Some(self.positive_duration(file, t)?),
+            Some(t) => Some(self.bounded_duration(file, t, limits::BATCH_TARGET, true)?),
             None => None,
         };
         Some(BatchSize {
@@ -818,7 +1032,11 @@ impl Loader<'_> {
             .flatten()
             .any(|text| text.contains(BATCH_SIZE_PLACEHOLDER))
         {
-            self.err(file, raw.detect.referenced, format!("{BATCH_SIZE_PLACEHOLDER} belongs in a batch fix, not in detect"));
+            self.err(
+                file,
+                raw.detect.referenced,
+                format!("{BATCH_SIZE_PLACEHOLDER} belongs in a batch fix, not in detect"),
+            );
         }
         let (Some(fix), Some(raw_fix)) = (fix, raw.fix.as_ref()) else {
             return;
@@ -828,7 +1046,13 @@ impl Loader<'_> {
                 .for_dialect(dialect)
                 .is_some_and(|text| text.contains(BATCH_SIZE_PLACEHOLDER));
             if uses && !size_set {
-                self.err(file, raw_fix.referenced, format!("the {dialect} fix uses {BATCH_SIZE_PLACEHOLDER}, which needs batch.size"));
+                self.err(
+                    file,
+                    raw_fix.referenced,
+                    format!(
+                        "the {dialect} fix uses {BATCH_SIZE_PLACEHOLDER}, which needs batch.size"
+                    ),
+                );
             } else if !uses && size_set {
                 self.err(file, raw_fix.referenced, format!("batch.size is set, so the {dialect} fix must use {BATCH_SIZE_PLACEHOLDER} for its LIMIT"));
             }
@@ -839,13 +1063,103 @@ impl Loader<'_> {
         match u64::try_from(value.value) {
             Ok(n) if n >= 1 => Some(n),
             _ => {
-                self.err(file, value.referenced, format!("{key} must be at least 1, found {}", value.value));
+                self.err(
+                    file,
+                    value.referenced,
+                    format!("{key} must be at least 1, found {}", value.value),
+                );
                 None
             }
         }
     }
 
     /// Converts `detect:`/`fix:` and checks there is SQL for every dialect.
+    /// Detect must be one query (SELECT, WITH ... SELECT, VALUES, TABLE) on
+    /// every dialect the rule runs on; the server checks it again at run time.
+    fn check_detect(
+        &mut self,
+        file: &Path,
+        raw: &Spanned<RawSql>,
+        detect: &DialectSql,
+        dialects: &[Dialect],
+    ) {
+        for &dialect in dialects {
+            let statements = detect.statements(dialect);
+            if statements.len() > 1 {
+                let count = statements.len();
+                self.err(
+                    file,
+                    raw.referenced,
+                    format!(
+                        "detect for {dialect} holds {count} statements; it must be a single SELECT"
+                    ),
+                );
+            } else if let Some(statement) = statements.first()
+                && !crate::sql::is_query(statement, dialect)
+            {
+                let what = if crate::sql::hides_dml(statement, dialect) {
+                    "hides a data-modifying statement inside a WITH query".to_owned()
+                } else {
+                    format!(
+                        "is a {} statement",
+                        crate::sql::main_keyword(statement, dialect)
+                    )
+                };
+                self.err(
+                    file,
+                    raw.referenced,
+                    format!(
+                        "detect for {dialect} {what}; it must be a read-only query (SELECT, WITH ... SELECT, VALUES or TABLE)"
+                    ),
+                );
+            }
+        }
+    }
+
+    /// A fix must not control transactions (dbjanitor owns them), must not
+    /// hide writes in a query's CTE (they would not be counted), and in a
+    /// transactional MySQL rule must not commit implicitly.
+    fn check_fix(
+        &mut self,
+        file: &Path,
+        raw: &Spanned<RawSql>,
+        fix: &DialectSql,
+        dialects: &[Dialect],
+        mode: Mode,
+    ) {
+        for &dialect in dialects {
+            for statement in fix.statements(dialect) {
+                if let Some(words) = crate::sql::transaction_control(statement, dialect) {
+                    self.err(
+                        file,
+                        raw.referenced,
+                        format!(
+                            "the {dialect} fix runs {words}; dbjanitor opens, commits and rolls back the fix's transaction itself, so a fix may not control transactions"
+                        ),
+                    );
+                } else if crate::sql::hides_dml(statement, dialect) {
+                    self.err(
+                        file,
+                        raw.referenced,
+                        format!(
+                            "the {dialect} fix hides a data-modifying statement inside a WITH query; its rows would not be counted against max_rows: make the INSERT/UPDATE/DELETE the main statement"
+                        ),
+                    );
+                } else if let (Dialect::MySql, Mode::Transactional, Some(words)) =
+                    (dialect, mode, implicit_commit(statement))
+                {
+                    self.err(
+                        file,
+                        raw.referenced,
+                        format!(
+                            "the MySQL fix runs {words}, which commits implicitly and cannot be rolled back: set `mode: autocommit`"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
     fn dialect_sql(
         &mut self,
         file: &Path,
@@ -883,30 +1197,98 @@ impl Loader<'_> {
     }
 }
 
-/// Collects `*.yaml`/`*.yml` under `dir`, skipping hidden names: a Kubernetes
-/// ConfigMap mount holds `..data` and `..<timestamp>` folders that would
-/// otherwise load every rule twice.
-fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('.'))
-        {
-            continue;
+/// The longest durations each key accepts: values every engine can apply,
+/// with room for the sums dbjanitor makes (all arithmetic on durations
+/// saturates as well).
+pub mod limits {
+    use std::time::Duration;
+
+    const DAY: u64 = 24 * 60 * 60;
+
+    /// `timeout`: PostgreSQL `statement_timeout` stops at 2^31-1 ms (24.8
+    /// days) and `idle_in_transaction_session_timeout` is set to twice it.
+    pub const TIMEOUT: (&str, Duration) = ("timeout", Duration::from_secs(7 * DAY));
+    /// `lock.wait`: SQLite's busy timeout is an `i32` of milliseconds.
+    pub const LOCK_WAIT: (&str, Duration) = ("lock.wait", Duration::from_secs(DAY));
+    /// `batch.pause`: a pause is spent holding the rule's lock.
+    pub const PAUSE: (&str, Duration) = ("batch.pause", Duration::from_secs(60 * 60));
+    /// `batch.target`: an hour; one batch's transaction holds its row locks that long.
+    pub const BATCH_TARGET: (&str, Duration) = ("batch.target", Duration::from_secs(60 * 60));
+    /// `renotify_after`: a year; longer is "never", which `notify_on` says better.
+    pub const RENOTIFY_AFTER: (&str, Duration) = ("renotify_after", Duration::from_secs(366 * DAY));
+    /// `daemon.shutdown_grace`: a day.
+    pub const SHUTDOWN_GRACE: (&str, Duration) = ("shutdown_grace", Duration::from_secs(DAY));
+    /// `audit.keep`: a hundred years, within every timestamp type.
+    pub const AUDIT_KEEP: (&str, Duration) = ("audit.keep", Duration::from_secs(36_525 * DAY));
+    /// `audit.timeout`: a day (it bounds each audit read or write).
+    pub const AUDIT_TIMEOUT: (&str, Duration) = ("audit.timeout", Duration::from_secs(DAY));
+    /// `audit.migrate_lock_wait`: a day (PostgreSQL `lock_timeout` is an
+    /// `i32` of milliseconds).
+    pub const AUDIT_MIGRATE_LOCK_WAIT: (&str, Duration) =
+        ("audit.migrate_lock_wait", Duration::from_secs(DAY));
+}
+
+/// Collects `*.yaml`/`*.yml` under a rule folder, following symlinks.
+///
+/// Hidden names are skipped: a Kubernetes ConfigMap mount holds `..data` and
+/// `..<timestamp>` folders that would otherwise load every rule twice. Each
+/// folder is entered once (by canonical path), so two links to one folder do
+/// not read it twice, and a link to one of its own parent folders
+/// (`ln -s .. rules/sub/up`) is recorded in `loops` instead of being walked
+/// until the kernel's link limit, which multiplied every rule (false
+/// "duplicate rule name" errors) and, with two such links, memory without end.
+#[derive(Debug, Default)]
+struct RuleWalk {
+    files: Vec<PathBuf>,
+    /// `(the link as found, the parent folder it points back to)`.
+    loops: Vec<(PathBuf, PathBuf)>,
+    /// Canonical paths of folders already walked.
+    visited: BTreeSet<PathBuf>,
+    /// Canonical paths of the folders from the root down to the current one.
+    ancestors: Vec<PathBuf>,
+}
+
+impl RuleWalk {
+    fn folder(&mut self, dir: &Path) -> std::io::Result<()> {
+        let canonical = std::fs::canonicalize(dir)?;
+        if self.ancestors.contains(&canonical) {
+            self.loops.push((dir.to_path_buf(), canonical));
+            return Ok(());
         }
-        if path.is_dir() {
-            collect_yaml(&path, out)?;
-        } else if path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| e == "yaml" || e == "yml")
-        {
-            out.push(path);
+        if !self.visited.insert(canonical.clone()) {
+            return Ok(());
         }
+        self.ancestors.push(canonical);
+        let result = self.entries(dir);
+        self.ancestors.pop();
+        result
     }
-    Ok(())
+
+    fn entries(&mut self, dir: &Path) -> std::io::Result<()> {
+        let mut paths = std::fs::read_dir(dir)?
+            .map(|entry| entry.map(|e| e.path()))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        paths.sort();
+        for path in paths {
+            if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'))
+            {
+                continue;
+            }
+            if path.is_dir() {
+                self.folder(&path)?;
+            } else if path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| e == "yaml" || e == "yml")
+            {
+                self.files.push(path);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Parses a URL with the driver's own parser, so a malformed URL is a

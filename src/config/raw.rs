@@ -36,6 +36,8 @@ pub(crate) struct RawConfig {
 pub(crate) struct RawDatabase {
     pub(crate) url: Option<Spanned<String>>,
     pub(crate) url_file: Option<Spanned<String>>,
+    /// SQLite pragmas the application sets on its connections.
+    pub(crate) pragmas: Option<Spanned<std::collections::BTreeMap<String, String>>>,
 }
 
 /// `defaults:`.
@@ -96,6 +98,8 @@ pub(crate) struct RawEmail {
 pub(crate) struct RawAudit {
     pub(crate) database: Spanned<String>,
     pub(crate) keep: Option<Spanned<String>>,
+    pub(crate) timeout: Option<Spanned<String>>,
+    pub(crate) migrate_lock_wait: Option<Spanned<String>>,
 }
 
 /// `daemon:`.
@@ -103,6 +107,8 @@ pub(crate) struct RawAudit {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawDaemon {
     pub(crate) shutdown_grace: Option<Spanned<String>>,
+    pub(crate) jobs: Option<Spanned<i64>>,
+    pub(crate) jobs_per_database: Option<Spanned<i64>>,
 }
 
 /// One rule file.

@@ -15,7 +15,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{Connection, Executor};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{AppError, load_config};
+use crate::app::{AppError, load_config, print_stdout};
 use crate::engine::{RunOptions, run_plan};
 use crate::exit;
 use crate::outcome::{Outcome, RunRecord};
@@ -42,7 +42,7 @@ const SEEDS: [(&str, &str); 2] = [
 pub async fn run(path: Option<&Path>) -> Result<u8, AppError> {
     let dir = prepare_folder(path)?;
     let config_path = write_files(&dir).await?;
-    println!("dbjanitor demo in {}\n", dir.display());
+    print_stdout(&format!("dbjanitor demo in {}\n\n", dir.display()))?;
     let config = load_config(&config_path)?;
     let plan =
         Plan::select(&config, &Selection::default()).map_err(|e| AppError::Usage(e.to_string()))?;
@@ -58,14 +58,17 @@ pub async fn run(path: Option<&Path>) -> Result<u8, AppError> {
         ("3. the next run finds nothing", false, Outcome::Clean),
     ] {
         let records = run_plan(&plan, &RunOptions { dry_run, jobs: 2 }, &cancel).await;
-        println!("== {title}\n{}", report::text(&records, dry_run));
+        print_stdout(&format!(
+            "== {title}\n{}\n",
+            report::text(&records, dry_run)
+        ))?;
         all_as_expected &= outcomes_are(&records, expected);
     }
-    println!(
-        "Look inside: sqlite3 {} 'SELECT id, host_name, ip, state FROM scheduler'\nConfig and rules: {}",
+    print_stdout(&format!(
+        "Look inside: sqlite3 {} 'SELECT id, host_name, ip, state FROM scheduler'\nConfig and rules: {}\n",
         dir.join("dragonfly.db").display(),
         config_path.display()
-    );
+    ))?;
     Ok(if all_as_expected {
         exit::SUCCESS
     } else {

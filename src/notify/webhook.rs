@@ -207,6 +207,27 @@ fn describe(error: &reqwest::Error) -> String {
     format!("{kind}: {cause}")
 }
 
+/// A receiver's error answer without any part of the URL beyond scheme,
+/// host and port, nor any configured header value: receivers echo the path
+/// (Express answers 404 `Cannot POST /hooks/SECRET-TOKEN`), and the answer
+/// ends up on stderr, in the report's `notify_errors` and in the audit table.
+fn scrub_answer(config: &WebhookConfig, answer: &str) -> String {
+    let mut out = config.url.scrub_beyond_origin(answer);
+    for (_, value) in &config.headers {
+        let value = value.expose();
+        if !value.is_empty() {
+            out = out.replace(value, "***");
+        }
+        // `Bearer <token>`: the token alone may be echoed too.
+        if let Some((_, token)) = value.split_once(' ')
+            && token.len() >= crate::secret::MIN_SECRET_PART
+        {
+            out = out.replace(token, "***");
+        }
+    }
+    out
+}
+
 /// Sends `digest` to the webhook, retrying as configured, and returns the
 /// number of attempts made.
 pub async fn send(config: &WebhookConfig, digest: &Digest) -> Result<u32, DeliveryError> {
@@ -262,13 +283,9 @@ pub async fn send(config: &WebhookConfig, digest: &Digest) -> Result<u32, Delive
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
             // Slack and Mattermost say what is wrong in the body (invalid_payload, ...).
-            let answer: String = response
-                .text()
-                .await
-                .unwrap_or_default()
-                .chars()
-                .take(BODY_QUOTE_CHARS)
-                .collect();
+            // Scrubbed before it is cut, so no token is left half-masked.
+            let answer = scrub_answer(config, &response.text().await.unwrap_or_default());
+            let answer: String = answer.trim().chars().take(BODY_QUOTE_CHARS).collect();
             let answer = answer.trim();
             let message = if answer.is_empty() {
                 format!("HTTP {status}")
@@ -311,6 +328,7 @@ mod tests {
                 record.sample = Sample {
                     columns: vec!["id".to_owned()],
                     rows: vec![vec![Some("a&b".to_owned())]],
+                    after_fix: false,
                 };
                 Entry::new(&record, "Why & how", Change::Untracked, None)
             })

@@ -132,3 +132,137 @@ async fn a_broken_rule_stops_the_whole_run_before_any_change() {
         1
     );
 }
+
+/// Runs `check` in `dir` with a deadline (a symlink loop used to run away).
+fn check_within(dir: &std::path::Path, env: &[(&str, &std::ffi::OsStr)]) -> (i32, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dbjanitor"));
+    command
+        .args(["--config", "dbjanitor.yaml", "check"])
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("run dbjanitor");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().expect("try_wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("check did not finish within 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Issue 9.6: `ln -s .. rules/sub/up` (and a second such link) is an error
+/// naming each link, once; every rule file is read once, so no false
+/// "duplicate rule name"; and `check` ends at once.
+#[test]
+fn symlink_loops_in_a_rule_folder_are_named_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("rules/sub/deeper")).expect("mkdir");
+    std::fs::write(
+        root.join("dbjanitor.yaml"),
+        "databases:\n  main:\n    url: \"sqlite:///nonexistent/x.db\"\nrules: [rules]\n",
+    )
+    .expect("config");
+    for (i, path) in [
+        "rules/a.yaml",
+        "rules/sub/b.yaml",
+        "rules/sub/deeper/c.yaml",
+    ]
+    .iter()
+    .enumerate()
+    {
+        std::fs::write(
+            root.join(path),
+            format!("name: r.{i}\ndatabase: main\ndetect: SELECT 1\n"),
+        )
+        .expect("rule");
+    }
+    std::os::unix::fs::symlink("..", root.join("rules/sub/up")).expect("symlink");
+    std::os::unix::fs::symlink("../..", root.join("rules/sub/deeper/up2")).expect("symlink");
+    // Not a loop: a second path to a folder already read is read once, silently.
+    std::os::unix::fs::symlink("sub/deeper", root.join("rules/also")).expect("symlink");
+    let (code, stderr) = check_within(root, &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(!stderr.contains("duplicate rule name"), "{stderr}");
+    // Each loop is named once, by the path it was met on (`rules/also` is
+    // walked first, so `up2` is met as `rules/also/up2`).
+    for link in ["/up", "/up2"] {
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains(&format!("{link} loops back to its own parent folder")))
+            .collect();
+        assert_eq!(lines.len(), 1, "{link}:\n{stderr}");
+        assert!(
+            lines[0].starts_with("dbjanitor.yaml:4:9: rule folder rules: the symlink rules/"),
+            "{}",
+            lines[0]
+        );
+    }
+    assert!(
+        stderr.contains("2 problems in the configuration"),
+        "{stderr}"
+    );
+    // Without the loops, the three rules load, each once.
+    std::fs::remove_file(root.join("rules/sub/up")).expect("rm");
+    std::fs::remove_file(root.join("rules/sub/deeper/up2")).expect("rm");
+    let (code, stderr) = check_within(root, &[]);
+    assert_eq!(code, 0, "{stderr}");
+}
+
+/// Issue 9.11: a variable set to bytes that are not UTF-8 is reported as
+/// such, not as "not set"; `$${` is a literal `${`.
+#[test]
+fn non_utf8_variables_and_the_dollar_escape() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(dir.path().join("rules")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("rules/r.yaml"),
+        "name: r.a\ndatabase: main\ndetect: SELECT 1\n",
+    )
+    .expect("rule");
+    std::fs::write(
+        dir.path().join("dbjanitor.yaml"),
+        "databases:\n  main:\n    url: \"${DBJ_TEST_LATIN1_URL}\"\nrules: [rules]\n",
+    )
+    .expect("config");
+    let latin1 = std::ffi::OsStr::from_bytes(b"sqlite:///tmp/caf\xe9.db");
+    let (code, stderr) = check_within(dir.path(), &[("DBJ_TEST_LATIN1_URL", latin1)]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "dbjanitor.yaml:3:10: environment variable DBJ_TEST_LATIN1_URL is not valid UTF-8"
+        ),
+        "{stderr}"
+    );
+    // `$${` stays a literal `${` (here in an SQLite path, which `list` prints as is).
+    std::fs::write(
+        dir.path().join("dbjanitor.yaml"),
+        "databases:\n  main:\n    url: \"sqlite:///tmp/a$${HOME}b-$$-${DBJ_TEST_PART}.db\"\nrules: [rules]\n",
+    )
+    .expect("config");
+    let out = Command::new(env!("CARGO_BIN_EXE_dbjanitor"))
+        .args(["--config", "dbjanitor.yaml", "list"])
+        .current_dir(dir.path())
+        .env("DBJ_TEST_PART", "x")
+        .output()
+        .expect("run dbjanitor");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    // (`list` prints URLs through the URL parser, which escapes the braces.)
+    assert!(
+        stdout.contains("sqlite:///tmp/a$%7BHOME%7Db-$$-x.db"),
+        "{stdout}"
+    );
+}

@@ -331,3 +331,129 @@ async fn sigterm_lets_a_slow_fix_finish_within_the_grace_period() {
         );
     }
 }
+
+/// Issue 9.3: HTTP clients cannot hold the shutdown: a half-sent request
+/// (no blank line), an idle keep-alive connection and a client that never
+/// reads its answer are all open at SIGTERM, and the daemon still exits 0
+/// within `shutdown_grace` plus a generous margin.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_is_not_held_by_http_clients() {
+    let app = jobs(Engine::Sqlite).await;
+    let case = crate::util::Case::new()
+        .database("main", app.url())
+        .config("daemon: { shutdown_grace: 2s }")
+        .rule(&format!("{STUCK}schedule: \"@every 1h\"\n"));
+    let port = free_port();
+    let child = case.spawn(&["daemon", "--listen", &format!("127.0.0.1:{port}")]);
+    eventually("/livez", async || {
+        http_get(port, "/livez").filter(|r| r.0 == 200)
+    })
+    .await;
+    let connect = || {
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2))
+            .expect("connect")
+    };
+    let mut half = connect();
+    half.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .expect("half a request");
+    let mut idle = connect();
+    idle.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("a keep-alive request");
+    let mut answer = [0u8; 12];
+    idle.read_exact(&mut answer).expect("an answer");
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    let mut never_reads = connect();
+    for _ in 0..50 {
+        never_reads
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("pipelined requests");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let signalled = Instant::now();
+    sigterm(&child);
+    let mut child = child;
+    let limit = Duration::from_secs(2 + 20);
+    while child.try_wait().expect("try_wait").is_none() {
+        if signalled.elapsed() > limit {
+            let _ = child.kill();
+            let out = RunOutput::from(child.wait_with_output().expect("wait"));
+            panic!(
+                "the daemon was still alive {}s after SIGTERM\nstderr:\n{}",
+                limit.as_secs(),
+                out.stderr
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = RunOutput::from(child.wait_with_output().expect("wait"));
+    out.assert_code(0);
+    assert!(out.stderr.contains("daemon stopped"), "{}", out.stderr);
+    drop((half, idle, never_reads));
+}
+
+/// Issue 9.4: ten slow rules on one PostgreSQL database with
+/// `jobs_per_database: 2`: the server never sees more than two of their
+/// sessions at once, and every rule still runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn parallel_runs_are_capped_per_database() {
+    const RULES: usize = 10;
+    let app = TestDb::new(Engine::Postgres).await;
+    let audit = TestDb::new(Engine::Sqlite).await;
+    let mut case = crate::util::Case::new()
+        .database("main", app.url())
+        .database("janitor", audit.url())
+        .config("audit: { database: janitor }\ndaemon: { jobs: 8, jobs_per_database: 2, shutdown_grace: 30s }");
+    for i in 0..RULES {
+        case = case.rule(&format!(
+            "name: slow.r{i}\ndatabase: main\nschedule: \"@every 1s\"\n\
+             detect: SELECT 'dbj-cap-probe' AS marker FROM pg_sleep(0.7)\n"
+        ));
+    }
+    let port = free_port();
+    let child = case.spawn(&["daemon", "--listen", &format!("127.0.0.1:{port}")]);
+    let sessions = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND application_name = 'dbjanitor' \
+         AND query LIKE '%dbj-cap-probe%' AND query NOT LIKE '%pg_stat_activity%'",
+        app.name
+    );
+    let mut most = 0;
+    let mut ran = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    while Instant::now() < deadline {
+        most = most.max(app.scalar(&sessions).await);
+        if let Some((200, response)) = http_get(port, "/metrics") {
+            let metrics = parse_metrics(body(&response));
+            ran = (0..RULES)
+                .filter(|i| {
+                    let rule = format!("slow.r{i}");
+                    let labels = [
+                        ("rule", rule.as_str()),
+                        ("database", "main"),
+                        ("outcome", "found"),
+                    ];
+                    sample(&metrics, "dbjanitor_runs_total", &labels).unwrap_or(0.0) >= 1.0
+                })
+                .collect();
+            assert!(
+                sample(
+                    &metrics,
+                    "dbjanitor_waiting",
+                    &[("rule", "slow.r0"), ("database", "main")]
+                )
+                .is_some(),
+                "dbjanitor_waiting is exposed"
+            );
+        }
+        if ran.len() == RULES && most >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sigterm(&child);
+    let out = exited(child).await;
+    out.assert_code(0);
+    assert_eq!(ran.len(), RULES, "every rule ran once at least: {ran:?}");
+    assert!(most <= 2, "{most} sessions at once on one database, cap 2");
+    assert_eq!(most, 2, "the two slots were used at once");
+    assert!(!out.stderr.contains("too many clients"), "{}", out.stderr);
+}

@@ -463,7 +463,9 @@ async fn batch_size_grows_towards_the_target(engine: Engine) {
         "name: jobs.retention\ndatabase: main\ndetect: \"SELECT id FROM job WHERE state = 'old'\"\nfix: \"{fix}\"\nmax_rows: 100\nbatch: {{ pause: 0s, size: 2, min_size: 1, max_size: 16, target: 30s }}\n"
     );
     // Dry run: the first batch has the initial size, rolled back.
-    let dry = case(&db).rule(&rule).run(&["run", "--dry-run", "--output", "json"]);
+    let dry = case(&db)
+        .rule(&rule)
+        .run(&["run", "--dry-run", "--output", "json"]);
     dry.assert_code(0);
     let r = dry.record("jobs.retention", "main");
     assert_eq!(r["outcome"], "would_fix");
@@ -488,7 +490,12 @@ async fn batch_size_grows_towards_the_target(engine: Engine) {
         .filter_map(|l| l.split("batch_size=").nth(1))
         .filter_map(|rest| rest.split_whitespace().next())
         .collect();
-    assert_eq!(sizes, ["2", "4", "8", "16", "16", "16", "16"], "{}", run.stderr);
+    assert_eq!(
+        sizes,
+        ["2", "4", "8", "16", "16", "16", "16"],
+        "{}",
+        run.stderr
+    );
     assert_eq!(
         db.rows("SELECT id FROM job").await,
         vec![vec![Some("100".to_owned())]]

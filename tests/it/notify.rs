@@ -748,3 +748,64 @@ async fn the_audit_table_quiets_repeats_of_one_shot_runs() {
         ]
     );
 }
+
+/// Issue 9.7: a receiver that echoes the request (Express answers 404
+/// `Cannot POST /hooks/SECRET-TOKEN`) must not carry the URL's path, query or
+/// a header value into stderr (even at trace level), the report or the run's
+/// `notify_errors`. Only scheme, host and port may show.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_echoed_webhook_path_is_scrubbed_everywhere() {
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+    const PATH_TOKEN: &str = "SECRET-TOKEN-4711";
+    const QUERY_TOKEN: &str = "QUERY-SECRET-0815";
+    const HEADER_TOKEN: &str = "HEADER-SECRET-1234";
+    let server = MockServer::builder().start().await;
+    Mock::given(method("POST"))
+        .respond_with(|request: &Request| {
+            let header = request
+                .headers
+                .get("x-hook-key")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let target = format!(
+                "{}?{}",
+                request.url.path(),
+                request.url.query().unwrap_or_default()
+            );
+            ResponseTemplate::new(404).set_body_string(format!(
+                "Cannot POST {target} (key {header}; {})",
+                request.url
+            ))
+        })
+        .mount(&server)
+        .await;
+    let db = jobs().await;
+    let url = format!("{}/hooks/{PATH_TOKEN}?key={QUERY_TOKEN}", server.uri());
+    let out = stuck_case(
+        &db,
+        "ops",
+        &format!(
+            "notifiers:\n  ops:\n    webhook: {{ url: \"{url}\", headers: {{ X-Hook-Key: \"{HEADER_TOKEN}\" }}, {FAST} }}\n"
+        ),
+    )
+    .env("RUST_LOG", "trace")
+    .run(&["run", "--output", "json"]);
+    out.assert_code(0);
+    assert_eq!(states(&db).await, fixed_states());
+    let error = out.record("jobs.stuck", "main")["notify_errors"][0]
+        .as_str()
+        .expect("notify error")
+        .to_owned();
+    assert!(
+        error.contains("HTTP 404 Not Found: Cannot POST ***"),
+        "{error}"
+    );
+    assert_eq!(server.received_requests().await.map_or(0, |r| r.len()), 1);
+    for (what, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+        for secret in [PATH_TOKEN, QUERY_TOKEN, HEADER_TOKEN, "hooks/"] {
+            assert!(!text.contains(secret), "{secret} in {what}:\n{text}");
+        }
+    }
+}
