@@ -5,12 +5,14 @@
 //! fix statement that depends on an earlier statement of the same fix (a table
 //! it creates) cannot be prepared ahead of it; such rules report that error.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use crate::db::{
     ConnectSettings, DbError, Dialect, MySqlSession, PgSession, Session, SqliteSession,
 };
 use crate::plan::Target;
+use crate::rule::BatchSize;
 
 /// What preparing one target found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,23 +53,29 @@ async fn prepare_on<S: Session>(session: Result<S, DbError>, target: &Target) ->
         Err(e) => return CheckResult::Unreachable(e.to_string()),
     };
     let dialect = target.database.dialect;
-    let mut queries: Vec<(String, &str)> = target
+    let mut queries: Vec<(String, Cow<'_, str>)> = target
         .rule
         .detect
         .statements(dialect)
         .into_iter()
-        .map(|s| ("detect".to_owned(), s))
+        .map(|s| ("detect".to_owned(), Cow::Borrowed(s)))
         .collect();
+    // A batch fix is prepared with the size of its first batch in `{batch_size}`.
+    let batch_size = target.rule.batch.and_then(|b| b.size).map(|s| s.initial);
     if let Some(fix) = &target.rule.fix {
         for (i, statement) in fix.statements(dialect).into_iter().enumerate() {
-            queries.push((format!("fix statement {}", i + 1), statement));
+            let sql = match batch_size {
+                Some(size) => Cow::Owned(BatchSize::substitute(statement, size)),
+                None => Cow::Borrowed(statement),
+            };
+            queries.push((format!("fix statement {}", i + 1), sql));
         }
     }
     let mut result = CheckResult::Ok {
         statements: queries.len(),
     };
     for (query, sql) in queries {
-        let prepared = tokio::time::timeout(target.rule.timeout, session.prepare(sql)).await;
+        let prepared = tokio::time::timeout(target.rule.timeout, session.prepare(&sql)).await;
         result = match prepared {
             Ok(Ok(())) => continue,
             Ok(Err(e)) => CheckResult::Invalid {

@@ -9,14 +9,16 @@
 //! and releases every lock the connection held. Nothing is ever left half
 //! done on a connection that someone else might use.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::db::{
     CommitOutcome, ConnectSettings, DbError, Detection, Dialect, MySqlSession, PgSession, Session,
@@ -24,10 +26,13 @@ use crate::db::{
 };
 use crate::outcome::{Outcome, Reason, RunRecord, Sample};
 use crate::plan::{Plan, Target};
-use crate::rule::{Batch, Mode, Rule};
+use crate::rule::{Batch, BatchSize, Mode, Rule};
 
 /// Extra time the client gives a statement beyond the server-side timeout.
 const CLIENT_GRACE: Duration = Duration::from_secs(2);
+
+/// How often a long batch run logs its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// How a run is carried out.
 #[derive(Debug, Clone, Copy)]
@@ -107,6 +112,7 @@ pub async fn run_target(
             dialect: database.dialect,
             dry_run: options.dry_run,
             cancel,
+            batch_size: AtomicU64::new(rule.batch.and_then(|b| b.size).map_or(0, |s| s.initial)),
         };
         match database.dialect {
             Dialect::Postgres => {
@@ -207,6 +213,8 @@ struct Run<'a> {
     dialect: Dialect,
     dry_run: bool,
     cancel: &'a CancellationToken,
+    /// The `{batch_size}` of the next batch (rules with `batch.size` only).
+    batch_size: AtomicU64,
 }
 
 impl Run<'_> {
@@ -425,9 +433,18 @@ impl Run<'_> {
         session: &mut S,
         progress: &mut FixProgress,
     ) -> Result<bool, StepError> {
+        let size = self
+            .rule
+            .batch
+            .and_then(|b| b.size)
+            .map(|_| self.batch_size.load(Ordering::Relaxed));
         for statement in self.fix_statements() {
+            let statement = match size {
+                Some(size) => Cow::Owned(BatchSize::substitute(statement, size)),
+                None => Cow::Borrowed(statement),
+            };
             let executed = self
-                .step(self.rule.timeout, session.execute(statement))
+                .step(self.rule.timeout, session.execute(&statement))
                 .await?;
             progress.statements += 1;
             if executed.modifies_data {
@@ -818,10 +835,12 @@ impl Run<'_> {
         let mut total = 0u64;
         let mut batches = 0u64;
         let mut last = 0u64;
+        let mut progress = Progress::new();
         while batches < batch.max_batches {
             if batches > 0 {
                 self.pause(session, batch.pause).await?;
             }
+            let began = Instant::now();
             let Some(changed) = self.one_batch(session, record, (batches, total)).await? else {
                 return Ok(());
             };
@@ -830,6 +849,8 @@ impl Run<'_> {
             batches += 1;
             record.changed = Some(total);
             record.batches = Some(batches);
+            self.adapt_batch_size(batch, began.elapsed(), last);
+            progress.batch_done(batches, total, self.batch_size.load(Ordering::Relaxed));
             if last == 0 {
                 break;
             }
@@ -850,6 +871,29 @@ impl Run<'_> {
             record.outcome = Outcome::Fixed;
         }
         Ok(())
+    }
+
+    /// After a batch of `changed` rows whose transaction took `took`: the size
+    /// of the next one (`batch.target`), logged at debug level.
+    fn adapt_batch_size(&self, batch: Batch, took: Duration, changed: u64) {
+        let Some(size) = batch.size else {
+            return;
+        };
+        let current = self.batch_size.load(Ordering::Relaxed);
+        // A short batch (the last one) says nothing about the time per row.
+        let next = if changed < current {
+            current
+        } else {
+            size.next(current, took)
+        };
+        self.batch_size.store(next, Ordering::Relaxed);
+        debug!(
+            batch_size = current,
+            changed,
+            took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            next_batch_size = next,
+            "batch committed"
+        );
     }
 
     /// Takes the session lock and sets the session timeout; `false` when skipped.
@@ -906,6 +950,39 @@ fn describe_error(error: &StepError) -> (Reason, String) {
             "cancelled before the run finished".to_owned(),
         ),
         StepError::Commit(cause, _) => describe_error(cause),
+    }
+}
+
+/// Progress of a long batch run: one log line every [`PROGRESS_EVERY`].
+struct Progress {
+    started: Instant,
+    last_log: Instant,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            started: now,
+            last_log: now,
+        }
+    }
+
+    fn batch_done(&mut self, batches: u64, rows: u64, batch_size: u64) {
+        if self.last_log.elapsed() < PROGRESS_EVERY {
+            return;
+        }
+        self.last_log = Instant::now();
+        let seconds = self.started.elapsed().as_secs_f64();
+        #[allow(clippy::cast_precision_loss)]
+        let rate = rows as f64 / seconds.max(1e-3);
+        info!(
+            batches,
+            rows,
+            rows_per_second = rate.round(),
+            batch_size,
+            "batch run in progress"
+        );
     }
 }
 

@@ -71,6 +71,58 @@ pub struct Batch {
     pub pause: Duration,
     /// Upper bound on batches per run; the rest waits for the next run.
     pub max_batches: u64,
+    /// The `{batch_size}` the fix uses for its `LIMIT`, when the rule sets
+    /// `batch.size`: the engine then chooses each batch's size itself.
+    pub size: Option<BatchSize>,
+}
+
+/// The placeholder a batch fix writes where its `LIMIT` goes. Braces cannot
+/// appear in PostgreSQL, MySQL or SQLite code outside a string literal, so the
+/// token cannot be mistaken for SQL; the loader checks that a fix uses it if
+/// and only if `batch.size` is set.
+pub const BATCH_SIZE_PLACEHOLDER: &str = "{batch_size}";
+
+/// `batch.size` (with `min_size`, `max_size`, `target`): how many rows one
+/// batch may change, and how the engine adapts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSize {
+    /// The size of the first batch (of every batch without a target).
+    pub initial: u64,
+    /// The size never goes below this.
+    pub min: u64,
+    /// The size never goes above this.
+    pub max: u64,
+    /// How long one batch's transaction should take: after each batch the
+    /// size is scaled by `target / measured` (at most ×2, at least ×½).
+    pub target: Option<Duration>,
+}
+
+impl BatchSize {
+    /// The size of the batch after one of `size` rows that took `took`:
+    /// scaled towards `target`, by at most a factor of two either way, within
+    /// `min..=max`. Without a target the size never changes.
+    #[must_use]
+    pub fn next(&self, size: u64, took: Duration) -> u64 {
+        let Some(target) = self.target else {
+            return size;
+        };
+        let took = took.as_secs_f64().max(1e-4);
+        let factor = (target.as_secs_f64() / took).clamp(0.5, 2.0);
+        // Sizes are far below 2^52, so the float round trip is exact enough.
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let scaled = (size as f64 * factor).round() as u64;
+        scaled.clamp(self.min, self.max)
+    }
+
+    /// `sql` with every placeholder replaced by `size`.
+    #[must_use]
+    pub fn substitute(sql: &str, size: u64) -> String {
+        sql.replace(BATCH_SIZE_PLACEHOLDER, &size.to_string())
+    }
 }
 
 /// The lock a rule runs under.
@@ -124,4 +176,48 @@ pub struct Rule {
     pub renotify_after: Duration,
     /// Disabled rules run only when named on the command line.
     pub enabled: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn size(target: Option<u64>) -> BatchSize {
+        BatchSize {
+            initial: 100,
+            min: 10,
+            max: 1000,
+            target: target.map(Duration::from_millis),
+        }
+    }
+
+    #[test]
+    fn batch_size_follows_the_target_by_at_most_a_factor_of_two() {
+        let adaptive = size(Some(200));
+        // Much faster than the target: doubles, and stops at max.
+        assert_eq!(adaptive.next(100, Duration::from_millis(1)), 200);
+        assert_eq!(adaptive.next(800, Duration::from_millis(1)), 1000);
+        // Near the target: scaled proportionally.
+        assert_eq!(adaptive.next(100, Duration::from_millis(160)), 125);
+        assert_eq!(adaptive.next(100, Duration::from_millis(250)), 80);
+        // Much slower: halves, and stops at min.
+        assert_eq!(adaptive.next(100, Duration::from_secs(10)), 50);
+        assert_eq!(adaptive.next(15, Duration::from_secs(10)), 10);
+        // A zero duration (coarse clocks) is "very fast", not a division by zero.
+        assert_eq!(adaptive.next(100, Duration::ZERO), 200);
+    }
+
+    #[test]
+    fn batch_size_without_a_target_is_fixed() {
+        assert_eq!(size(None).next(100, Duration::from_secs(10)), 100);
+        assert_eq!(size(None).next(100, Duration::ZERO), 100);
+    }
+
+    #[test]
+    fn placeholder_is_replaced_everywhere() {
+        assert_eq!(
+            BatchSize::substitute("DELETE FROM t ORDER BY id LIMIT {batch_size}", 250),
+            "DELETE FROM t ORDER BY id LIMIT 250"
+        );
+    }
 }

@@ -30,7 +30,7 @@ pub use notifier::{
 
 use crate::db::{DatabaseConfig, Dialect};
 use crate::outcome::Outcome;
-use crate::rule::{Batch, DialectSql, LockSpec, Mode, Rule};
+use crate::rule::{BATCH_SIZE_PLACEHOLDER, Batch, BatchSize, DialectSql, LockSpec, Mode, Rule};
 use crate::schedule::Schedule;
 use crate::secret::SecretUrl;
 use crate::sql::{implicit_commit, split_statements};
@@ -896,30 +896,7 @@ impl Loader<'_> {
             }
             (None, None) => u64::MAX,
         };
-        let batch = raw.batch.as_ref().and_then(|b| {
-            if raw.fix.is_none() {
-                self.err(file, b.referenced, "batch: needs a fix to repeat");
-            }
-            let pause = match &b.value.pause {
-                Some(p) => self.bounded_duration(file, p, limits::PAUSE, false)?,
-                None => Duration::from_millis(100),
-            };
-            let max_batches = match &b.value.max_batches {
-                Some(m) => match u64::try_from(m.value) {
-                    Ok(n) if n >= 1 => n,
-                    _ => {
-                        self.err(
-                            file,
-                            m.referenced,
-                            format!("max_batches must be at least 1, found {}", m.value),
-                        );
-                        return None;
-                    }
-                },
-                None => 1000,
-            };
-            Some(Batch { pause, max_batches })
-        });
+        let batch = self.batch(file, &raw, (&detect, fix.as_ref()), &dialects);
         let timeout = match &raw.timeout {
             Some(t) => self
                 .bounded_duration(file, t, limits::TIMEOUT, true)
@@ -983,6 +960,143 @@ impl Loader<'_> {
             enabled: raw.enabled.unwrap_or(true),
         };
         Some((rule, raw.name.referenced))
+    }
+
+    /// `batch:` of a rule, and where `{batch_size}` may appear: in every
+    /// dialect's fix when `batch.size` is set, nowhere otherwise.
+    fn batch(
+        &mut self,
+        file: &Path,
+        raw: &raw::RawRule,
+        sql: (&DialectSql, Option<&DialectSql>),
+        dialects: &[Dialect],
+    ) -> Option<Batch> {
+        let size_set = raw.batch.as_ref().is_some_and(|b| b.value.size.is_some());
+        self.placeholder_uses(file, raw, sql, dialects, size_set);
+        let b = raw.batch.as_ref()?;
+        if raw.fix.is_none() {
+            self.err(file, b.referenced, "batch: needs a fix to repeat");
+        }
+        let pause = match &b.value.pause {
+            Some(p) => self.bounded_duration(file, p, limits::PAUSE, false)?,
+            None => Duration::from_millis(100),
+        };
+        let max_batches = match &b.value.max_batches {
+            Some(m) => self.at_least_one(file, m, "max_batches")?,
+            None => 1000,
+        };
+        let size = match &b.value.size {
+            Some(size) => Some(self.batch_size(file, &b.value, size)?),
+            None => {
+                for (key, at) in [
+                    ("min_size", b.value.min_size.as_ref().map(|s| s.referenced)),
+                    ("max_size", b.value.max_size.as_ref().map(|s| s.referenced)),
+                    ("target", b.value.target.as_ref().map(|s| s.referenced)),
+                ] {
+                    if let Some(at) = at {
+                        self.err(file, at, format!("batch.{key} needs batch.size (and {BATCH_SIZE_PLACEHOLDER} in the fix)"));
+                    }
+                }
+                None
+            }
+        };
+        Some(Batch {
+            pause,
+            max_batches,
+            size,
+        })
+    }
+
+    /// `batch.size`, `min_size`, `max_size` and `target`, checked together.
+    fn batch_size(
+        &mut self,
+        file: &Path,
+        raw: &raw::RawBatch,
+        size: &Spanned<i64>,
+    ) -> Option<BatchSize> {
+        let initial = self.at_least_one(file, size, "batch.size")?;
+        let min = match &raw.min_size {
+            Some(m) => self.at_least_one(file, m, "batch.min_size")?,
+            None => initial.min(100),
+        };
+        let max = match &raw.max_size {
+            Some(m) => self.at_least_one(file, m, "batch.max_size")?,
+            None => initial.max(100_000),
+        };
+        if !(min..=max).contains(&initial) {
+            self.err(
+                file,
+                size.referenced,
+                format!("batch.size {initial} must lie between batch.min_size {min} and batch.max_size {max}"),
+            );
+            return None;
+        }
+        let target = match &raw.target {
+            Some(t) => Some(self.bounded_duration(file, t, limits::BATCH_TARGET, true)?),
+            None => None,
+        };
+        Some(BatchSize {
+            initial,
+            min,
+            max,
+            target,
+        })
+    }
+
+    /// Errors for `{batch_size}` in detect, or missing from / present in a fix
+    /// against `batch.size`.
+    fn placeholder_uses(
+        &mut self,
+        file: &Path,
+        raw: &raw::RawRule,
+        (detect, fix): (&DialectSql, Option<&DialectSql>),
+        dialects: &[Dialect],
+        size_set: bool,
+    ) {
+        if [&detect.any, &detect.mysql, &detect.postgres, &detect.sqlite]
+            .into_iter()
+            .flatten()
+            .any(|text| text.contains(BATCH_SIZE_PLACEHOLDER))
+        {
+            self.err(
+                file,
+                raw.detect.referenced,
+                format!("{BATCH_SIZE_PLACEHOLDER} belongs in a batch fix, not in detect"),
+            );
+        }
+        let (Some(fix), Some(raw_fix)) = (fix, raw.fix.as_ref()) else {
+            return;
+        };
+        for &dialect in dialects {
+            let uses = fix
+                .for_dialect(dialect)
+                .is_some_and(|text| text.contains(BATCH_SIZE_PLACEHOLDER));
+            if uses && !size_set {
+                self.err(
+                    file,
+                    raw_fix.referenced,
+                    format!(
+                        "the {dialect} fix uses {BATCH_SIZE_PLACEHOLDER}, which needs batch.size"
+                    ),
+                );
+            } else if !uses && size_set {
+                self.err(file, raw_fix.referenced, format!("batch.size is set, so the {dialect} fix must use {BATCH_SIZE_PLACEHOLDER} for its LIMIT"));
+            }
+        }
+    }
+
+    fn at_least_one(&mut self, file: &Path, value: &Spanned<i64>, key: &str) -> Option<u64> {
+        match u64::try_from(value.value) {
+            Ok(n) if n >= 1 => Some(n),
+            _ => {
+                self.err(
+                    file,
+                    value.referenced,
+                    format!("{key} must be at least 1, found {}", value.value),
+                );
+                None
+            }
+        }
     }
 
     /// Converts `detect:`/`fix:` and checks there is SQL for every dialect.
@@ -1124,6 +1238,8 @@ pub mod limits {
     pub const LOCK_WAIT: (&str, Duration) = ("lock.wait", Duration::from_secs(DAY));
     /// `batch.pause`: a pause is spent holding the rule's lock.
     pub const PAUSE: (&str, Duration) = ("batch.pause", Duration::from_secs(60 * 60));
+    /// `batch.target`: an hour; one batch's transaction holds its row locks that long.
+    pub const BATCH_TARGET: (&str, Duration) = ("batch.target", Duration::from_secs(60 * 60));
     /// `renotify_after`: a year; longer is "never", which `notify_on` says better.
     pub const RENOTIFY_AFTER: (&str, Duration) = ("renotify_after", Duration::from_secs(366 * DAY));
     /// `daemon.shutdown_grace`: a day.

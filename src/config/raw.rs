@@ -150,6 +150,10 @@ pub(crate) struct RawRule {
 pub(crate) struct RawBatch {
     pub(crate) pause: Option<Spanned<String>>,
     pub(crate) max_batches: Option<Spanned<i64>>,
+    pub(crate) size: Option<Spanned<i64>>,
+    pub(crate) min_size: Option<Spanned<i64>>,
+    pub(crate) max_size: Option<Spanned<i64>>,
+    pub(crate) target: Option<Spanned<String>>,
 }
 
 /// `lock:` of a rule.

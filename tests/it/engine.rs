@@ -99,6 +99,7 @@ on_every_engine!(
     statement_timeout_fails_and_rolls_back,
     autocommit_ddl_is_not_run_in_dry_run,
     batches_until_nothing_changes,
+    batch_size_grows_towards_the_target,
     sample_renders_any_column_type,
 );
 
@@ -435,6 +436,65 @@ async fn batches_until_nothing_changes(engine: Engine) {
     assert_eq!(
         (num(&r, "changed"), num(&r, "batches"), num(&r, "remaining")),
         (Some(5), Some(2), Some(0))
+    );
+    assert_eq!(
+        db.rows("SELECT id FROM job").await,
+        vec![vec![Some("100".to_owned())]]
+    );
+}
+
+/// `batch.size` with `{batch_size}`: a target far above what these tiny
+/// batches take makes every full batch double the next, up to `max_size`.
+async fn batch_size_grows_towards_the_target(engine: Engine) {
+    let db = TestDb::with_sql(engine, schema(engine)).await;
+    let values: Vec<String> = (1..=60)
+        .map(|i| format!("({i}, 'old', 'w', '2020-01-01 00:00:00')"))
+        .chain(std::iter::once(
+            "(100, 'new', 'w', '2026-01-01 00:00:00')".to_owned(),
+        ))
+        .collect();
+    db.exec(&format!(
+        "INSERT INTO job (id, state, owner, updated_at) VALUES {}",
+        values.join(", ")
+    ))
+    .await;
+    let fix = "DELETE FROM job WHERE id IN (SELECT id FROM (SELECT id FROM job WHERE state = 'old' ORDER BY id LIMIT {batch_size}) AS batch)";
+    let rule = format!(
+        "name: jobs.retention\ndatabase: main\ndetect: \"SELECT id FROM job WHERE state = 'old'\"\nfix: \"{fix}\"\nmax_rows: 100\nbatch: {{ pause: 0s, size: 2, min_size: 1, max_size: 16, target: 30s }}\n"
+    );
+    // Dry run: the first batch has the initial size, rolled back.
+    let dry = case(&db)
+        .rule(&rule)
+        .run(&["run", "--dry-run", "--output", "json"]);
+    dry.assert_code(0);
+    let r = dry.record("jobs.retention", "main");
+    assert_eq!(r["outcome"], "would_fix");
+    assert_eq!((num(&r, "changed"), num(&r, "batches")), (Some(2), Some(1)));
+    assert_eq!(db.scalar("SELECT count(*) FROM job").await, 61);
+    let run = case(&db)
+        .rule(&rule)
+        .env("RUST_LOG", "dbjanitor=debug")
+        .run(&["run", "--output", "json"]);
+    run.assert_code(0);
+    let r = run.record("jobs.retention", "main");
+    assert_eq!(r["outcome"], "fixed");
+    // 2 + 4 + 8 + 16 + 16 = 46, then 14 (a short batch), then 0.
+    assert_eq!(
+        (num(&r, "changed"), num(&r, "batches"), num(&r, "remaining")),
+        (Some(60), Some(7), Some(0))
+    );
+    let sizes: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("batch committed"))
+        .filter_map(|l| l.split("batch_size=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        sizes,
+        ["2", "4", "8", "16", "16", "16", "16"],
+        "{}",
+        run.stderr
     );
     assert_eq!(
         db.rows("SELECT id FROM job").await,
