@@ -179,6 +179,7 @@ pub fn load_with_env(path: &Path, env: &dyn Environment) -> Result<Config, Confi
     let mut loader = Loader {
         env,
         errors: Vec::new(),
+        failed: FailedNames::default(),
     };
     let config = loader.config(path);
     match config {
@@ -253,6 +254,21 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 struct Loader<'e> {
     env: &'e dyn Environment,
     errors: Vec<ConfigError>,
+    failed: FailedNames,
+}
+
+/// Names whose own error is already reported (issue 12.3): a database whose
+/// URL did not resolve still counts as defined for the rules that name it,
+/// and an unset variable is reported once however often it is used, so that
+/// one cause gives one message and not a wall of echoes.
+#[derive(Debug, Default)]
+struct FailedNames {
+    /// Databases in `databases:` that failed to load.
+    databases: BTreeSet<String>,
+    /// Notifiers in `notifiers:` that failed to load.
+    notifiers: BTreeSet<String>,
+    /// `${VAR}` names already reported as unset, empty or not UTF-8.
+    variables: BTreeSet<String>,
 }
 
 impl Loader<'_> {
@@ -271,11 +287,22 @@ impl Loader<'_> {
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         let mut databases = BTreeMap::new();
         for (name, db) in raw.databases {
-            if let Some(db) = self.database(path, base, &name, &db) {
-                databases.insert(name, Arc::new(db));
+            match self.database(path, base, &name, &db) {
+                Some(db) => {
+                    databases.insert(name, Arc::new(db));
+                }
+                None => {
+                    self.failed.databases.insert(name);
+                }
             }
         }
+        let notifier_names: Vec<String> = raw.notifiers.keys().cloned().collect();
         let notifiers = notifier::load_all(self, path, base, raw.notifiers);
+        self.failed.notifiers.extend(
+            notifier_names
+                .into_iter()
+                .filter(|name| !notifiers.contains_key(name)),
+        );
         let defaults = self.defaults(path, raw.defaults, &notifiers);
         let audit = raw
             .audit
@@ -373,7 +400,9 @@ impl Loader<'_> {
             None if self.env.is_set_but_not_unicode(name) => "is not valid UTF-8",
             None => "is not set",
         };
-        self.err(file, at, format!("environment variable {name} {problem}"));
+        if self.failed.variables.insert(name.to_owned()) {
+            self.err(file, at, format!("environment variable {name} {problem}"));
+        }
         None
     }
 
@@ -491,6 +520,9 @@ impl Loader<'_> {
         databases: &BTreeMap<String, Arc<DatabaseConfig>>,
     ) -> Option<AuditConfig> {
         let database = &raw.value.database;
+        if self.failed.databases.contains(&database.value) {
+            return None;
+        }
         if !databases.contains_key(&database.value) {
             self.err(
                 file,
@@ -580,8 +612,14 @@ impl Loader<'_> {
         for name in names {
             if notifiers.contains_key(&name.value) {
                 out.push(name.value.clone());
-            } else {
-                let known: Vec<&str> = notifiers.keys().map(String::as_str).collect();
+            } else if !self.failed.notifiers.contains(&name.value) {
+                let known: Vec<&str> = notifiers
+                    .keys()
+                    .chain(&self.failed.notifiers)
+                    .map(String::as_str)
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
                 self.err(
                     file,
                     name.referenced,
@@ -689,8 +727,16 @@ impl Loader<'_> {
         for db in db_names {
             match databases.get(db) {
                 Some(config) => dialects.push(config.dialect),
+                // Its own error is reported; this rule is not a second one.
+                None if self.failed.databases.contains(db) => {}
                 None => {
-                    let known: Vec<&str> = databases.keys().map(String::as_str).collect();
+                    let known: Vec<&str> = databases
+                        .keys()
+                        .chain(&self.failed.databases)
+                        .map(String::as_str)
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .collect();
                     self.err(
                         file,
                         raw.database.referenced,

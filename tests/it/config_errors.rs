@@ -266,3 +266,104 @@ fn non_utf8_variables_and_the_dollar_escape() {
         "{stdout}"
     );
 }
+
+/// `check` in `dir` on `config`, with `unset` removed from the environment:
+/// exit code and the lines of stderr.
+fn check_lines(dir: &std::path::Path, config: &str, unset: &[&str]) -> (i32, Vec<String>) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dbjanitor"));
+    command
+        .args(["--config", config, "check"])
+        .current_dir(dir)
+        .env_remove("RUST_LOG");
+    for name in unset {
+        command.env_remove(name);
+    }
+    let out = command.output().expect("run dbjanitor");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let lines = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    (out.status.code().unwrap_or(-1), lines)
+}
+
+/// Issue 12.3: the shipped example with its variables unset lists each
+/// variable once, and no rule echoes "unknown database" or "unknown
+/// notifier" for a database or notifier whose own error is already listed.
+#[test]
+fn unset_variables_in_the_example_are_reported_once_without_echoes() {
+    let (code, lines) = check_lines(
+        &crate::util::repo("examples"),
+        "dbjanitor.yaml",
+        &[
+            "APP_DB_URL",
+            "CLOUDSTACK_DB_URL",
+            "DRAGONFLY_DB_URL",
+            "ICINGADB_DB_URL",
+            "NIGHTINGALE_DB_URL",
+            "OPS_WEBHOOK_URL",
+        ],
+    );
+    assert_eq!(code, 2);
+    assert_eq!(
+        lines,
+        [
+            "dbjanitor.yaml:30:10: environment variable APP_DB_URL is not set",
+            "dbjanitor.yaml:26:10: environment variable CLOUDSTACK_DB_URL is not set",
+            "dbjanitor.yaml:22:10: environment variable DRAGONFLY_DB_URL is not set",
+            "dbjanitor.yaml:28:10: environment variable ICINGADB_DB_URL is not set",
+            "dbjanitor.yaml:24:10: environment variable NIGHTINGALE_DB_URL is not set",
+            "dbjanitor.yaml:47:12: environment variable OPS_WEBHOOK_URL is not set",
+            "6 problems in the configuration; nothing was run",
+        ]
+    );
+}
+
+/// Issue 12.3: one variable used by two databases is reported once; the
+/// rules, `audit:` and `notify:` naming what failed add nothing; a truly
+/// unknown name is still reported (and the list of known names includes the
+/// database that failed).
+#[test]
+fn consequences_of_a_reported_error_are_not_reported() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(dir.path().join("rules")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("dbjanitor.yaml"),
+        "databases:\n  a:\n    url: \"${DBJ_TEST_UNSET_12_3}\"\n  b:\n    url: \"${DBJ_TEST_UNSET_12_3}/b\"\n\
+         rules: [rules]\naudit:\n  database: a\ndefaults:\n  notify: [ops]\n\
+         notifiers:\n  ops:\n    webhook:\n      url: \"${DBJ_TEST_UNSET_12_3_HOOK}\"\n",
+    )
+    .expect("config");
+    std::fs::write(
+        dir.path().join("rules/r1.yaml"),
+        "name: r.one\ndatabase: [a, b]\ndetect: SELECT 1\nnotify: [ops]\n",
+    )
+    .expect("rule");
+    std::fs::write(
+        dir.path().join("rules/r2.yaml"),
+        "name: r.two\ndatabase: nope\ndetect: SELECT 1\n",
+    )
+    .expect("rule");
+    let (code, lines) = check_lines(
+        dir.path(),
+        "dbjanitor.yaml",
+        &["DBJ_TEST_UNSET_12_3", "DBJ_TEST_UNSET_12_3_HOOK"],
+    );
+    assert_eq!(code, 2);
+    assert_eq!(
+        lines,
+        [
+            "dbjanitor.yaml:3:10: environment variable DBJ_TEST_UNSET_12_3 is not set",
+            "dbjanitor.yaml:14:12: environment variable DBJ_TEST_UNSET_12_3_HOOK is not set",
+            &format!(
+                "{}: unknown database \"nope\"; databases in the config: [\"a\", \"b\"]",
+                "rules/r2.yaml:2:11"
+            ),
+            "3 problems in the configuration; nothing was run",
+        ]
+    );
+}
