@@ -9,6 +9,7 @@
 //! connects to a database.
 
 mod error;
+mod keys;
 mod notifier;
 mod raw;
 
@@ -195,17 +196,27 @@ fn yaml_options() -> serde_saphyr::Options {
     }
 }
 
-/// Parses one YAML file into `T`.
-fn parse_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+/// Parses one YAML file into `T`; on failure, every problem found: serde
+/// stops at the first, so unknown keys are looked for in a second reading
+/// ([`keys::unknown_keys`]) and serde's own "unknown field" then adds nothing.
+fn parse_file<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    kind: keys::FileKind,
+) -> Result<T, Vec<ConfigError>> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::file(path, format!("cannot read file: {e}")))?;
+        .map_err(|e| vec![ConfigError::file(path, format!("cannot read file: {e}"))])?;
     if text.trim().is_empty() {
-        return Err(ConfigError::file(path, "the file is empty"));
+        return Err(vec![ConfigError::file(path, "the file is empty")]);
     }
     serde_saphyr::from_str_with_options(&text, yaml_options()).map_err(|e| {
         let mut error = ConfigError::from_yaml(path, &e);
         point_at_tab(&text, &mut error);
-        error
+        let mut errors = keys::unknown_keys(path, &text, kind);
+        if errors.is_empty() || !error.message.starts_with("unknown field") {
+            errors.push(error);
+            errors.sort_by_key(|e| (e.location.line, e.location.column));
+        }
+        errors
     })
 }
 
@@ -277,10 +288,10 @@ impl Loader<'_> {
     }
 
     fn config(&mut self, path: &Path) -> Option<Config> {
-        let raw: RawConfig = match parse_file(path) {
+        let raw: RawConfig = match parse_file(path, keys::FileKind::Config) {
             Ok(raw) => raw,
             Err(e) => {
-                self.errors.push(e);
+                self.errors.extend(e);
                 return None;
             }
         };
@@ -699,10 +710,10 @@ impl Loader<'_> {
         notifiers: &BTreeMap<String, Arc<NotifierConfig>>,
         defaults: &Defaults,
     ) -> Option<(Rule, Location)> {
-        let raw: RawRule = match parse_file(file) {
+        let raw: RawRule = match parse_file(file, keys::FileKind::Rule) {
             Ok(raw) => raw,
             Err(e) => {
-                self.errors.push(e);
+                self.errors.extend(e);
                 return None;
             }
         };

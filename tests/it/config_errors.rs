@@ -367,3 +367,20 @@ fn consequences_of_a_reported_error_are_not_reported() {
         ]
     );
 }
+
+/// Issue 12.4: every unknown key of a file is reported in one pass, each
+/// with the key it most likely meant.
+#[test]
+fn every_unknown_key_of_a_file_is_reported_with_a_suggestion() {
+    let (code, lines) = check_lines(&fixture("bad/three-typos"), "dbjanitor.yaml", &[]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        lines,
+        [
+            "rules/r.yaml:3:1: unknown key `detcet`: did you mean `detect`?",
+            "rules/r.yaml:5:1: unknown key `max_row`: did you mean `max_rows`?",
+            "rules/r.yaml:6:1: unknown key `shedule`: did you mean `schedule`?",
+            "3 problems in the configuration; nothing was run",
+        ]
+    );
+}
