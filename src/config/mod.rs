@@ -11,6 +11,7 @@
 mod error;
 mod keys;
 mod notifier;
+mod plain;
 mod raw;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -211,6 +212,7 @@ fn parse_file<T: serde::de::DeserializeOwned>(
     serde_saphyr::from_str_with_options(&text, yaml_options()).map_err(|e| {
         let mut error = ConfigError::from_yaml(path, &e);
         point_at_tab(&text, &mut error);
+        error.message = plain::in_plain_words(&text, error.location.line, &error.message);
         let mut errors = keys::unknown_keys(path, &text, kind);
         if errors.is_empty() || !error.message.starts_with("unknown field") {
             errors.push(error);

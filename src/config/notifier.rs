@@ -309,7 +309,7 @@ fn email_config(
         );
         return None;
     }
-    if raw.to.value.is_empty() {
+    if raw.to.value.0.is_empty() {
         loader.err(
             file,
             raw.to.referenced,
@@ -320,10 +320,10 @@ fn email_config(
     let cc = raw
         .cc
         .as_ref()
-        .map(|cc| cc.value.clone())
+        .map(|cc| cc.value.0.clone())
         .unwrap_or_default();
     for (key, list, at) in [
-        ("to", &raw.to.value, raw.to.referenced),
+        ("to", &raw.to.value.0, raw.to.referenced),
         (
             "cc",
             &cc,
@@ -426,7 +426,7 @@ fn email_config(
         smtp: SecretUrl::new(smtp),
         tls,
         from,
-        to: raw.to.value.clone(),
+        to: raw.to.value.0.clone(),
         cc,
         username,
         password,

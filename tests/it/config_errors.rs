@@ -384,3 +384,35 @@ fn every_unknown_key_of_a_file_is_reported_with_a_suggestion() {
         ]
     );
 }
+
+/// Issue 12.5: `to: dba@example.org` is a list of one address; a list still
+/// works, and a bad address in either form is named.
+#[test]
+fn a_single_email_address_is_accepted_for_to() {
+    let email = |to: &str| {
+        format!(
+            "notifiers:\n  mail:\n    email:\n      smtp: \"smtp://127.0.0.1:2525\"\n      from: dbj@example.org\n      to: {to}\n"
+        )
+    };
+    for (to, code) in [
+        ("dba@example.org", 0),
+        ("[dba@example.org, ops@example.org]", 0),
+        ("not-an-address", 2),
+    ] {
+        let out = Case::new()
+            .database("main", "sqlite:///nonexistent/x.db")
+            .rule("name: a\ndatabase: main\ndetect: SELECT 1\n")
+            .config(&email(to))
+            .run(&["check"]);
+        assert_eq!(out.code, code, "to: {to}\n{}", out.stderr);
+        if code == 2 {
+            assert!(
+                out.stderr.contains(
+                    "dbjanitor.yaml:10:11: to: \"not-an-address\" is not an email address"
+                ),
+                "{}",
+                out.stderr
+            );
+        }
+    }
+}
