@@ -185,8 +185,8 @@ async fn notify_test(config_path: &Path, wanted: &[String]) -> Result<u8, AppErr
         table.add_row(vec![delivery.notifier.clone(), text]);
     }
     print_stdout(&format!(
-        "{table}\n{} notifiers: {} delivered, {failed} not delivered\n",
-        deliveries.len(),
+        "{table}\n{}: {} delivered, {failed} not delivered\n",
+        crate::report::counted(deliveries.len() as u64, "notifier"),
         deliveries.len() - failed
     ))?;
     Ok(if failed > 0 {
@@ -475,11 +475,11 @@ async fn daemon(config_path: &Path, args: &DaemonArgs) -> Result<u8, AppError> {
 async fn check(config_path: &Path, args: &CheckArgs) -> Result<u8, AppError> {
     let config = load_config(config_path)?;
     let mut out = format!(
-        "{}: ok: {} rules, {} databases, {} notifiers\n",
+        "{}: ok: {}, {}, {}\n",
         config.path.display(),
-        config.rules.len(),
-        config.databases.len(),
-        config.notifiers.len()
+        crate::report::counted(config.rules.len() as u64, "rule"),
+        crate::report::counted(config.databases.len() as u64, "database"),
+        crate::report::counted(config.notifiers.len() as u64, "notifier")
     );
     if !args.connect {
         print_stdout(&out)?;
@@ -523,8 +523,8 @@ async fn check(config_path: &Path, args: &CheckArgs) -> Result<u8, AppError> {
     out.push_str(&table.to_string());
     out.push('\n');
     out.push_str(&format!(
-        "{} pairs: {} ok, {invalid} invalid, {unreachable} unreachable\n",
-        targets.len(),
+        "{}: {} ok, {invalid} invalid, {unreachable} unreachable\n",
+        crate::report::counted(targets.len() as u64, "pair"),
         targets.len() - invalid - unreachable
     ));
     print_stdout(&out)?;

@@ -34,15 +34,16 @@ pub(super) fn in_plain_words(text: &str, line: u64, message: &str) -> String {
     if let Some(expected) = message.strip_prefix("invalid type: unit value, expected ") {
         return empty_value(&key, expected);
     }
-    if let Some(rest) = message.strip_prefix("invalid type: ") {
-        if let Some((kind, expected)) = rest.split_once(", expected ") {
-            let kind = match kind {
-                "sequence" => "a list",
-                "map" => "a map",
-                other => other,
-            };
-            return format!("{key} must be {expected}, found {kind}");
-        }
+    if let Some((kind, expected)) = message
+        .strip_prefix("invalid type: ")
+        .and_then(|rest| rest.split_once(", expected "))
+    {
+        let kind = match kind {
+            "sequence" => "a list",
+            "map" => "a map",
+            other => other,
+        };
+        return format!("{key} must be {expected}, found {kind}");
     }
     if let Some(rest) = message.strip_prefix("unknown variant ") {
         return format!("{key}: unknown value {rest}");

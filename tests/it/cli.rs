@@ -147,7 +147,7 @@ async fn text_report_shows_outcome_counts_and_sample() {
     );
     assert!(
         out.stdout
-            .contains("1 rule run(s) (dry run, nothing changed): 1 would_fix"),
+            .contains("1 rule run (dry run, nothing changed): 1 would_fix"),
         "{}",
         out.stdout
     );
@@ -206,7 +206,7 @@ async fn check_connect_prepares_sql_without_running_it() {
         .run(&["check"]);
     offline.assert_code(0);
     assert!(
-        offline.stdout.contains("ok: 1 rules, 1 databases"),
+        offline.stdout.contains("ok: 1 rule, 1 database"),
         "{}",
         offline.stdout
     );
@@ -264,11 +264,11 @@ async fn demo_runs_dry_run_fix_and_clean_rerun() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("2 rule run(s) (dry run, nothing changed): 2 would_fix"),
+        stdout.contains("2 rule runs (dry run, nothing changed): 2 would_fix"),
         "{stdout}"
     );
-    assert!(stdout.contains("2 rule run(s): 2 fixed"), "{stdout}");
-    assert!(stdout.contains("2 rule run(s): 2 clean"), "{stdout}");
+    assert!(stdout.contains("2 rule runs: 2 fixed"), "{stdout}");
+    assert!(stdout.contains("2 rule runs: 2 clean"), "{stdout}");
     let db = TestDb::existing_sqlite(&dir.path().join("dragonfly.db"));
     let active = db
         .rows("SELECT id FROM scheduler WHERE state = 'active' ORDER BY id")
