@@ -127,6 +127,7 @@ mod tests {
         Target {
             rule: Arc::new(rule),
             database: Arc::new(DatabaseConfig {
+                pragmas: Vec::new(),
                 name: "d".into(),
                 dialect: Dialect::Sqlite,
                 url: SecretUrl::new("sqlite://x.db".into()),

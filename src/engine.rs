@@ -19,12 +19,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::db::{
-    ConnectSettings, DbError, Detection, Dialect, MySqlSession, PgSession, Session, SqliteSession,
+    CommitOutcome, ConnectSettings, DbError, Detection, Dialect, MySqlSession, PgSession, Session,
+    SqliteSession,
 };
 use crate::outcome::{Outcome, Reason, RunRecord, Sample};
 use crate::plan::{Plan, Target};
 use crate::rule::{Batch, Mode, Rule};
-use crate::sql::is_ddl;
 
 /// Extra time the client gives a statement beyond the server-side timeout.
 const CLIENT_GRACE: Duration = Duration::from_secs(2);
@@ -167,12 +167,36 @@ enum StepError {
     Db(DbError),
     Timeout(Duration),
     Cancelled,
+    /// COMMIT got no (successful) reply: what the server did is found out by
+    /// [`Session::abort_after_commit`].
+    Commit(Box<StepError>, PendingCommit),
+}
+
+/// What a COMMIT without a reply would have committed, for the report.
+#[derive(Debug, Clone, Copy)]
+enum PendingCommit {
+    /// The transaction of a transactional rule.
+    Transaction,
+    /// Batch `number` (1-based) of a batch rule, with its rows.
+    Batch { number: u64, rows: u64 },
 }
 
 impl From<DbError> for StepError {
     fn from(e: DbError) -> Self {
         StepError::Db(e)
     }
+}
+
+/// How far a fix got: what its data-modifying statements changed.
+#[derive(Debug, Clone, Copy, Default)]
+struct FixProgress {
+    /// Statements that finished.
+    statements: usize,
+    /// The largest rows affected of one data-modifying statement: the rows
+    /// the fix changed (two UPDATEs over the same rows change them once).
+    changed: u64,
+    /// Whether any data-modifying statement ran.
+    modified: bool,
 }
 
 /// One run of one rule: the parts of the target the steps need.
@@ -200,35 +224,110 @@ impl Run<'_> {
         };
         match result {
             Ok(()) => session.close().await,
-            Err(error) => {
-                // Dropping the connection makes the server roll back and release the locks.
-                session.abort().await;
-                let rolled_back = if record.changed.is_some() && self.commits_as_it_goes() {
-                    "the connection was closed; statements already committed stay committed"
-                } else {
-                    "the connection was closed, so the server rolled back"
-                };
-                match error {
-                    StepError::Db(e @ DbError::Timeout(_)) => {
-                        fail(record, Reason::Timeout, &format!("{e}; {rolled_back}"));
-                    }
-                    StepError::Db(e) => {
-                        fail(record, Reason::SqlError, &format!("{e}; {rolled_back}"));
-                    }
-                    StepError::Timeout(limit) => fail(
-                        record,
-                        Reason::Timeout,
-                        &format!(
-                            "a statement ran longer than {}; {rolled_back}",
-                            humantime::format_duration(limit)
-                        ),
-                    ),
-                    StepError::Cancelled => fail(
-                        record,
-                        Reason::Cancelled,
-                        &format!("cancelled before the run finished; {rolled_back}"),
-                    ),
+            Err(StepError::Commit(cause, pending)) => {
+                let bound = session.abandon_bound();
+                let outcome = session.abort_after_commit().await;
+                self.commit_reply_lost(record, &cause, pending, outcome);
+                if !bound.is_zero() && record.outcome == Outcome::Failed {
+                    let error = record.error.take().unwrap_or_default();
+                    record.error = Some(format!(
+                        "{error}; the connection was dropped, and the server ends that session and releases its locks within {}",
+                        humantime::format_duration(bound)
+                    ));
                 }
+            }
+            Err(error) => {
+                if matches!(record.outcome, Outcome::GuardTripped | Outcome::WouldFix)
+                    && let Some(message) = record.message.take()
+                {
+                    // Decided to roll back, but the ROLLBACK itself did not complete.
+                    record.message = Some(format!(
+                        "{message} — the ROLLBACK did not complete (see error)"
+                    ));
+                }
+                let dropped = self.dropped(session.abandon_bound(), record);
+                session.abort().await;
+                let (reason, what) = describe_error(&error);
+                fail(record, reason, &format!("{what}; {dropped}"));
+            }
+        }
+    }
+
+    /// What dropping the connection after a failure means, truthfully: the
+    /// server rolls back what was open within the session's bound; what a
+    /// mode that commits as it goes already committed stays committed.
+    fn dropped(&self, bound: Duration, record: &RunRecord) -> String {
+        let committed = self.commits_as_it_goes() && record.changed.is_some();
+        match (bound.is_zero(), committed) {
+            (true, false) => "the connection was closed; SQLite rolls back the open transaction and releases its lock as it closes".to_owned(),
+            (true, true) => "the connection was closed; what was committed before (changed) stays committed".to_owned(),
+            (false, false) => format!(
+                "the connection was dropped; the server rolls back the open transaction and releases its locks within {}",
+                humantime::format_duration(bound)
+            ),
+            (false, true) => format!(
+                "the connection was dropped; what was committed before (changed) stays committed; the server releases its locks within {}",
+                humantime::format_duration(bound)
+            ),
+        }
+    }
+
+    /// Reports a COMMIT whose reply was lost from what the server confirmed.
+    fn commit_reply_lost(
+        &self,
+        record: &mut RunRecord,
+        cause: &StepError,
+        pending: PendingCommit,
+        outcome: CommitOutcome,
+    ) {
+        let (reason, what) = describe_error(cause);
+        let (subject, rows) = match pending {
+            PendingCommit::Transaction => (
+                "the transaction".to_owned(),
+                record.changed.unwrap_or_default(),
+            ),
+            PendingCommit::Batch { number, rows } => (format!("batch {number}"), rows),
+        };
+        match (outcome, pending) {
+            (CommitOutcome::Committed, PendingCommit::Transaction) => {
+                record.outcome = Outcome::Fixed;
+                record.reason = None;
+                record.message = Some(format!(
+                    "the COMMIT reply was lost ({what}); the server confirmed afterwards that the transaction committed"
+                ));
+            }
+            (CommitOutcome::Committed, PendingCommit::Batch { number, rows }) => {
+                record.changed = Some(record.changed.unwrap_or_default().saturating_add(rows));
+                record.batches = Some(number);
+                fail(
+                    record,
+                    reason,
+                    &format!(
+                        "the COMMIT reply of batch {number} was lost ({what}); the server confirmed afterwards that it committed; the run stopped there"
+                    ),
+                );
+            }
+            (CommitOutcome::RolledBack, _) => fail(
+                record,
+                reason,
+                &format!(
+                    "COMMIT of {subject} failed ({what}); the server confirmed afterwards that {subject} rolled back"
+                ),
+            ),
+            (CommitOutcome::Unknown(why), _) => {
+                let before = match pending {
+                    PendingCommit::Transaction => String::new(),
+                    PendingCommit::Batch { number, .. } => {
+                        format!("; the {} batches before it are committed", number - 1)
+                    }
+                };
+                fail(
+                    record,
+                    Reason::CommitUnknown,
+                    &format!(
+                        "COMMIT of {subject} got no reply ({what}); whether its {rows} changed rows are committed is unknown: {why}. Run detect by hand (or `dbjanitor run --dry-run`) to see what is left{before}"
+                    ),
+                );
             }
         }
     }
@@ -255,10 +354,27 @@ impl Run<'_> {
         tokio::select! {
             biased;
             () = self.cancel.cancelled() => Err(StepError::Cancelled),
-            result = tokio::time::timeout(limit + CLIENT_GRACE, future) => match result {
+            result = tokio::time::timeout(limit.saturating_add(CLIENT_GRACE), future) => match result {
                 Ok(inner) => inner.map_err(StepError::Db),
                 Err(_) => Err(StepError::Timeout(limit)),
             },
+        }
+    }
+
+    /// A COMMIT: not cancellable (cancelling it would only make its outcome
+    /// unknown); any failure becomes [`StepError::Commit`].
+    async fn commit_step(
+        &self,
+        pending: PendingCommit,
+        future: impl Future<Output = Result<(), DbError>>,
+    ) -> Result<(), StepError> {
+        match tokio::time::timeout(self.rule.timeout.saturating_add(CLIENT_GRACE), future).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StepError::Commit(Box::new(StepError::Db(e)), pending)),
+            Err(_) => Err(StepError::Commit(
+                Box::new(StepError::Timeout(self.rule.timeout)),
+                pending,
+            )),
         }
     }
 
@@ -278,28 +394,49 @@ impl Run<'_> {
             .unwrap_or_default()
     }
 
+    /// Rows detect reads at most: for a rule with a fix, one more than
+    /// `max_rows`, enough to know the guard trips; a report-only rule counts all.
+    fn detect_limit(&self) -> Option<u64> {
+        self.rule
+            .fix
+            .as_ref()
+            .map(|_| self.rule.max_rows.saturating_add(1))
+    }
+
     async fn detect<S: Session>(
         &self,
         session: &mut S,
         keep: usize,
     ) -> Result<Detection, StepError> {
-        self.step(self.rule.timeout, session.detect(self.detect_sql(), keep))
-            .await
+        self.step(
+            self.rule.timeout,
+            session.detect(self.detect_sql(), keep, self.detect_limit()),
+        )
+        .await
     }
 
-    /// Runs the fix's statements in order; returns the rows changed by its
-    /// data statements (DDL "rows affected" are rows copied, not changed).
-    async fn run_fix<S: Session>(&self, session: &mut S) -> Result<u64, StepError> {
-        let mut changed = 0u64;
+    /// Runs the fix's statements in order into `progress`. Only
+    /// data-modifying statements count; the fix stops early (and returns
+    /// `false`) once one statement changed more than `max_rows`.
+    async fn run_fix<S: Session>(
+        &self,
+        session: &mut S,
+        progress: &mut FixProgress,
+    ) -> Result<bool, StepError> {
         for statement in self.fix_statements() {
-            let affected = self
+            let executed = self
                 .step(self.rule.timeout, session.execute(statement))
                 .await?;
-            if !is_ddl(statement, self.dialect) {
-                changed = changed.saturating_add(affected);
+            progress.statements += 1;
+            if executed.modifies_data {
+                progress.modified = true;
+                progress.changed = progress.changed.max(executed.rows);
+                if executed.rows > self.rule.max_rows {
+                    return Ok(false);
+                }
             }
         }
-        Ok(changed)
+        Ok(true)
     }
 
     /// Steps 3–4 shared by every mode: detect, then decide whether the fix may
@@ -311,6 +448,7 @@ impl Run<'_> {
     ) -> Result<bool, StepError> {
         let detection = self.detect(session, Sample::MAX_ROWS).await?;
         record.detected = Some(detection.count);
+        record.detected_is_lower_bound = !detection.complete;
         record.sample = detection.sample;
         if detection.count == 0 {
             record.outcome = Outcome::Clean;
@@ -325,17 +463,58 @@ impl Run<'_> {
             return Ok(false);
         }
         if detection.count > self.rule.max_rows {
+            let found = if detection.complete {
+                format!("detect found {} rows", detection.count)
+            } else {
+                format!(
+                    "detect found more than {} rows (it stopped reading at {})",
+                    self.rule.max_rows, detection.count
+                )
+            };
             guard(
                 record,
                 Reason::DetectOverMaxRows,
                 format!(
-                    "detect found {} rows, more than max_rows {}; the fix was not run",
-                    detection.count, self.rule.max_rows
+                    "{found}, more than max_rows {}; the fix was not run",
+                    self.rule.max_rows
                 ),
             );
             return Ok(false);
         }
         Ok(true)
+    }
+
+    /// Verification: detect again; any row left → `verify_failed`, with the
+    /// rows that remained as the sample. Returns whether it passed.
+    async fn verify<S: Session>(
+        &self,
+        session: &mut S,
+        record: &mut RunRecord,
+        consequence: &str,
+    ) -> Result<bool, StepError> {
+        if !self.rule.verify {
+            return Ok(true);
+        }
+        let after = self.detect(session, Sample::MAX_ROWS).await?;
+        record.remaining = Some(after.count);
+        if after.count == 0 {
+            return Ok(true);
+        }
+        let found = if after.complete {
+            format!("{} rows", after.count)
+        } else {
+            format!("more than {} rows", self.rule.max_rows)
+        };
+        record.sample = after.sample;
+        record.sample.after_fix = true;
+        guard(
+            record,
+            Reason::VerifyFailed,
+            format!(
+                "detect still found {found} after the fix (the sample shows rows that remained); {consequence}"
+            ),
+        );
+        Ok(false)
     }
 
     /// Transactional mode: everything in one transaction under a transaction lock.
@@ -347,7 +526,7 @@ impl Run<'_> {
         let lock = &self.rule.lock;
         if !self
             .step(
-                lock.wait + self.rule.timeout,
+                lock.wait.saturating_add(self.rule.timeout),
                 session.begin_locked(&lock.name, lock.wait),
             )
             .await?
@@ -361,10 +540,16 @@ impl Run<'_> {
         )
         .await?;
         let commit = self.transactional_steps(session, record).await?;
-        self.step(self.rule.timeout, session.finish_locked(commit, &lock.name))
-            .await?;
         if commit {
+            self.commit_step(
+                PendingCommit::Transaction,
+                session.finish_locked(true, &lock.name),
+            )
+            .await?;
             record.outcome = Outcome::Fixed;
+        } else {
+            self.step(self.rule.timeout, session.finish_locked(false, &lock.name))
+                .await?;
         }
         Ok(())
     }
@@ -378,30 +563,22 @@ impl Run<'_> {
         if !self.detect_and_guard(session, record).await? {
             return Ok(false);
         }
-        let changed = self.run_fix(session).await?;
-        record.changed = Some(changed);
-        if changed > self.rule.max_rows {
+        let mut progress = FixProgress::default();
+        let within = self.run_fix(session, &mut progress).await?;
+        record.changed = Some(progress.changed);
+        if !within {
             guard(
                 record,
                 Reason::FixOverMaxRows,
                 format!(
-                    "the fix changed {changed} rows, more than max_rows {}; rolled back",
-                    self.rule.max_rows
+                    "a fix statement changed {} rows, more than max_rows {}; rolled back",
+                    progress.changed, self.rule.max_rows
                 ),
             );
             return Ok(false);
         }
-        if self.rule.verify {
-            let remaining = self.detect(session, 0).await?.count;
-            record.remaining = Some(remaining);
-            if remaining > 0 {
-                guard(
-                    record,
-                    Reason::VerifyFailed,
-                    format!("detect still found {remaining} rows after the fix; rolled back"),
-                );
-                return Ok(false);
-            }
+        if !self.verify(session, record, "rolled back").await? {
+            return Ok(false);
         }
         if self.dry_run {
             record.outcome = Outcome::WouldFix;
@@ -437,25 +614,57 @@ impl Run<'_> {
             would_fix_without_running(record);
             return Ok(());
         }
-        let changed = self.run_fix(session).await?;
-        record.changed = Some(changed);
-        if changed > self.rule.max_rows {
+        let mut progress = FixProgress::default();
+        let result = self.run_fix(session, &mut progress).await;
+        if progress.statements > 0 {
+            // Each statement committed as it finished, whatever comes next.
+            record.changed = Some(progress.changed);
+        }
+        if let Err(error) = result {
+            let total = self.fix_statements().len();
+            record.message = Some(format!(
+                "autocommit mode: {} of the fix's {total} statements finished and are committed ({} rows changed); the failing statement and those after it did not commit",
+                progress.statements, progress.changed
+            ));
+            return Err(error);
+        }
+        if progress.changed > self.rule.max_rows {
             guard(
                 record,
                 Reason::FixOverMaxRows,
                 format!(
-                    "the fix changed {changed} rows, more than max_rows {}; autocommit mode: the change is already committed",
-                    self.rule.max_rows
+                    "a fix statement changed {} rows, more than max_rows {}; autocommit mode: the change is already committed{}",
+                    progress.changed,
+                    self.rule.max_rows,
+                    self.statements_not_run(&progress),
                 ),
             );
             return Ok(());
         }
-        self.verify_after_commit(
-            session,
-            record,
-            "autocommit mode: the fix is already committed",
-        )
-        .await
+        if self
+            .verify(
+                session,
+                record,
+                "autocommit mode: the fix is already committed",
+            )
+            .await?
+        {
+            record.outcome = Outcome::Fixed;
+        }
+        Ok(())
+    }
+
+    /// "; the N statements after it were not run", when the fix stopped early.
+    fn statements_not_run(&self, progress: &FixProgress) -> String {
+        let left = self
+            .fix_statements()
+            .len()
+            .saturating_sub(progress.statements);
+        if left == 0 {
+            String::new()
+        } else {
+            format!("; the {left} statements after it were not run")
+        }
     }
 
     /// Batch mode: a session lock; the fix repeated, each batch its own
@@ -490,11 +699,13 @@ impl Run<'_> {
             return Ok(());
         }
         self.step(self.rule.timeout, session.begin()).await?;
-        let changed = self.run_fix(session).await?;
+        let mut progress = FixProgress::default();
+        let within = self.run_fix(session, &mut progress).await?;
         self.step(self.rule.timeout, session.rollback()).await?;
+        let changed = progress.changed;
         record.changed = Some(changed);
         record.batches = Some(1);
-        if changed > self.rule.max_rows {
+        if !within {
             guard(
                 record,
                 Reason::FixOverMaxRows,
@@ -512,54 +723,108 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Sleeps `pause` between batches. A pause longer than the rule's timeout
+    /// is cut into slices with a cheap statement between them, so the
+    /// server's idle limit (set from the timeout) does not end the session.
+    async fn pause<S: Session>(&self, session: &mut S, pause: Duration) -> Result<(), StepError> {
+        let mut left = pause;
+        while !left.is_zero() {
+            let slice = left.min(self.rule.timeout);
+            tokio::select! {
+                () = self.cancel.cancelled() => return Err(StepError::Cancelled),
+                () = tokio::time::sleep(slice) => {}
+            }
+            left = left.saturating_sub(slice);
+            if !left.is_zero() {
+                self.step(
+                    self.rule.timeout,
+                    session.set_statement_timeout(self.rule.timeout, false),
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One batch; returns the rows it changed, or `None` when it tripped
+    /// `max_rows` (the record then says what stays committed).
+    async fn one_batch<S: Session>(
+        &self,
+        session: &mut S,
+        record: &mut RunRecord,
+        done: (u64, u64),
+    ) -> Result<Option<u64>, StepError> {
+        let (batches, total) = done;
+        let transactional = self.rule.mode == Mode::Transactional;
+        if transactional {
+            self.step(self.rule.timeout, session.begin()).await?;
+        }
+        let mut progress = FixProgress::default();
+        let result = self.run_fix(session, &mut progress).await;
+        if !transactional && progress.statements > 0 {
+            // Autocommit: the statements that finished are committed.
+            record.changed = Some(total.saturating_add(progress.changed));
+            record.batches = Some(batches + 1);
+        }
+        let within = result?;
+        let last = progress.changed;
+        let reached = total.saturating_add(last);
+        if within && reached <= self.rule.max_rows {
+            if transactional {
+                let pending = PendingCommit::Batch {
+                    number: batches + 1,
+                    rows: last,
+                };
+                self.commit_step(pending, session.commit()).await?;
+            }
+            return Ok(Some(last));
+        }
+        let what = if transactional {
+            self.step(self.rule.timeout, session.rollback()).await?;
+            record.changed = Some(total);
+            record.batches = Some(batches);
+            format!(
+                "that batch was rolled back; the {batches} batches before it stay committed ({total} rows)"
+            )
+        } else {
+            record.changed = Some(reached);
+            record.batches = Some(batches + 1);
+            format!(
+                "autocommit: that batch is already committed, so {} batches committed {reached} rows{}",
+                batches + 1,
+                self.statements_not_run(&progress)
+            )
+        };
+        guard(
+            record,
+            Reason::FixOverMaxRows,
+            format!(
+                "batch {} brought the rows changed to {reached}, more than max_rows {}; {what}",
+                batches + 1,
+                self.rule.max_rows,
+            ),
+        );
+        Ok(None)
+    }
+
     async fn batch_steps<S: Session>(
         &self,
         session: &mut S,
         batch: Batch,
         record: &mut RunRecord,
     ) -> Result<(), StepError> {
-        let transactional = self.rule.mode == Mode::Transactional;
         let mut total = 0u64;
         let mut batches = 0u64;
         let mut last = 0u64;
         while batches < batch.max_batches {
             if batches > 0 {
-                tokio::select! {
-                    () = self.cancel.cancelled() => return Err(StepError::Cancelled),
-                    () = tokio::time::sleep(batch.pause) => {}
-                }
+                self.pause(session, batch.pause).await?;
             }
-            if transactional {
-                self.step(self.rule.timeout, session.begin()).await?;
-            }
-            last = self.run_fix(session).await?;
-            if total.saturating_add(last) > self.rule.max_rows {
-                if transactional {
-                    self.step(self.rule.timeout, session.rollback()).await?;
-                }
-                record.batches = Some(batches);
-                record.changed = Some(total);
-                guard(
-                    record,
-                    Reason::FixOverMaxRows,
-                    format!(
-                        "batch {} would bring the rows changed to {}, more than max_rows {}; that batch was {}; the {batches} before it stay committed",
-                        batches + 1,
-                        total.saturating_add(last),
-                        self.rule.max_rows,
-                        if transactional {
-                            "rolled back"
-                        } else {
-                            "already committed (autocommit)"
-                        },
-                    ),
-                );
+            let Some(changed) = self.one_batch(session, record, (batches, total)).await? else {
                 return Ok(());
-            }
-            if transactional {
-                self.step(self.rule.timeout, session.commit()).await?;
-            }
-            total += last;
+            };
+            last = changed;
+            total = total.saturating_add(last);
             batches += 1;
             record.changed = Some(total);
             record.batches = Some(batches);
@@ -576,30 +841,12 @@ impl Run<'_> {
             ));
             return Ok(());
         }
-        self.verify_after_commit(session, record, "batches are committed as they go")
-            .await
-    }
-
-    /// Verification for modes that cannot roll back: a guard, not an undo.
-    async fn verify_after_commit<S: Session>(
-        &self,
-        session: &mut S,
-        record: &mut RunRecord,
-        why: &str,
-    ) -> Result<(), StepError> {
-        if self.rule.verify {
-            let remaining = self.detect(session, 0).await?.count;
-            record.remaining = Some(remaining);
-            if remaining > 0 {
-                guard(
-                    record,
-                    Reason::VerifyFailed,
-                    format!("detect still found {remaining} rows after the fix; {why}"),
-                );
-                return Ok(());
-            }
+        if self
+            .verify(session, record, "batches are committed as they go")
+            .await?
+        {
+            record.outcome = Outcome::Fixed;
         }
-        record.outcome = Outcome::Fixed;
         Ok(())
     }
 
@@ -612,7 +859,7 @@ impl Run<'_> {
         let lock = &self.rule.lock;
         if !self
             .step(
-                lock.wait + self.rule.timeout,
+                lock.wait.saturating_add(self.rule.timeout),
                 session.lock_session(&lock.name, lock.wait),
             )
             .await?
@@ -634,6 +881,29 @@ impl Run<'_> {
             session.unlock_session(&self.rule.lock.name),
         )
         .await
+    }
+}
+
+/// The reason and wording of a failed step.
+fn describe_error(error: &StepError) -> (Reason, String) {
+    match error {
+        StepError::Db(e @ DbError::Timeout(_)) => (Reason::Timeout, e.to_string()),
+        StepError::Db(e @ DbError::Connect(_)) => (Reason::Connect, e.to_string()),
+        StepError::Db(DbError::Unsafe(e)) => (Reason::UnsafeSql, e.clone()),
+        StepError::Db(DbError::TransactionEnded(e)) => (Reason::TransactionEnded, e.clone()),
+        StepError::Db(e @ DbError::Sql(_)) => (Reason::SqlError, e.to_string()),
+        StepError::Timeout(limit) => (
+            Reason::Timeout,
+            format!(
+                "a statement ran longer than {}",
+                humantime::format_duration(*limit)
+            ),
+        ),
+        StepError::Cancelled => (
+            Reason::Cancelled,
+            "cancelled before the run finished".to_owned(),
+        ),
+        StepError::Commit(cause, _) => describe_error(cause),
     }
 }
 

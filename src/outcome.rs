@@ -94,6 +94,16 @@ pub enum Reason {
     AutocommitDryRun,
     /// Batch mode: `max_batches` was reached while batches still changed rows.
     MaxBatchesReached,
+    /// dbjanitor or the server refused SQL that could escape the guards (a
+    /// detect that writes or is not one query, a fix statement that would end
+    /// its transaction) before it changed anything.
+    UnsafeSql,
+    /// A fix statement ended the transaction it ran in: what ran before it
+    /// may be committed.
+    TransactionEnded,
+    /// COMMIT got no reply and the server could not say afterwards whether it
+    /// took effect.
+    CommitUnknown,
 }
 
 impl Reason {
@@ -111,6 +121,9 @@ impl Reason {
             Reason::SqlError => "sql_error",
             Reason::AutocommitDryRun => "autocommit_dry_run",
             Reason::MaxBatchesReached => "max_batches_reached",
+            Reason::UnsafeSql => "unsafe_sql",
+            Reason::TransactionEnded => "transaction_ended",
+            Reason::CommitUnknown => "commit_unknown",
         }
     }
 }
@@ -128,6 +141,10 @@ pub struct Sample {
     pub columns: Vec<String>,
     /// At most [`Sample::MAX_ROWS`] rows; `None` is SQL NULL.
     pub rows: Vec<Vec<Option<String>>>,
+    /// `true` when the rows are those verification still found after the
+    /// fix (`verify_failed`), not the rows detect found before it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub after_fix: bool,
 }
 
 impl Sample {
@@ -164,6 +181,10 @@ pub struct RunRecord {
     pub error: Option<String>,
     /// Rows detect found (before any fix), when detect ran.
     pub detected: Option<u64>,
+    /// `true` when detect stopped reading once the `max_rows` guard was
+    /// certain to trip: `detected` is then a lower bound (`max_rows + 1`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub detected_is_lower_bound: bool,
     /// Rows the fix changed (rows affected); in dry-run, what it would change.
     pub changed: Option<u64>,
     /// Rows detect still found after the fix, when verification ran.
@@ -198,6 +219,7 @@ impl RunRecord {
             message: None,
             error: None,
             detected: None,
+            detected_is_lower_bound: false,
             changed: None,
             remaining: None,
             batches: None,

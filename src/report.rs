@@ -136,6 +136,9 @@ pub fn counted(n: u64, noun: &str) -> String {
 #[must_use]
 pub fn sample_heading(sample: &Sample, detected: Option<u64>) -> String {
     let shown = sample.rows.len();
+    if sample.after_fix {
+        return format!("rows left after the fix ({shown} shown)");
+    }
     let total = detected.unwrap_or(shown as u64);
     format!("sample ({shown} of {})", counted(total, "row"))
 }

@@ -35,7 +35,7 @@ use crate::outcome::Outcome;
 use crate::rule::{Batch, DialectSql, LockSpec, Mode, Rule};
 use crate::schedule::Schedule;
 use crate::secret::SecretUrl;
-use crate::sql::{is_implicit_commit_ddl, split_statements};
+use crate::sql::{implicit_commit, split_statements};
 use raw::{OneOrMany, RawConfig, RawDatabase, RawRule, RawSql};
 
 /// Statement timeout when neither the rule nor `defaults` says.
@@ -327,7 +327,7 @@ impl Loader<'_> {
         if let Some(grace) = raw
             .daemon
             .and_then(|d| d.shutdown_grace)
-            .and_then(|g| self.duration(path, &g))
+            .and_then(|g| self.bounded_duration(path, &g, limits::SHUTDOWN_GRACE, false))
         {
             daemon.shutdown_grace = grace;
         }
@@ -491,11 +491,79 @@ impl Loader<'_> {
             );
             return None;
         }
+        let pragmas = self.pragmas(file, name, dialect, db.value.pragmas.as_ref());
         Some(DatabaseConfig {
             name: name.to_owned(),
             dialect,
             url: secret,
+            pragmas,
         })
+    }
+
+    /// `pragmas:` of a SQLite database: known names that change how SQL
+    /// behaves on a connection, with values the pragma accepts.
+    fn pragmas(
+        &mut self,
+        file: &Path,
+        name: &str,
+        dialect: Dialect,
+        raw: Option<&Spanned<BTreeMap<String, String>>>,
+    ) -> Vec<(String, String)> {
+        let Some(raw) = raw else {
+            return Vec::new();
+        };
+        if dialect != Dialect::Sqlite {
+            self.err(
+                file,
+                raw.referenced,
+                format!("database {name:?}: pragmas: is for SQLite databases only"),
+            );
+            return Vec::new();
+        }
+        let mut pragmas = Vec::new();
+        for (key, value) in &raw.value {
+            let value = value.trim().to_ascii_lowercase();
+            let valid = match key.as_str() {
+                "foreign_keys"
+                | "recursive_triggers"
+                | "case_sensitive_like"
+                | "defer_foreign_keys"
+                | "ignore_check_constraints"
+                | "trusted_schema"
+                | "reverse_unordered_selects"
+                | "automatic_index" => {
+                    matches!(
+                        value.as_str(),
+                        "on" | "off" | "true" | "false" | "1" | "0" | "yes" | "no"
+                    )
+                }
+                "temp_store" => matches!(
+                    value.as_str(),
+                    "default" | "file" | "memory" | "0" | "1" | "2"
+                ),
+                "cache_size" => value.parse::<i64>().is_ok(),
+                _ => {
+                    self.err(
+                        file,
+                        raw.referenced,
+                        format!(
+                            "database {name:?}: unknown pragma {key:?}; accepted: foreign_keys, recursive_triggers, case_sensitive_like, defer_foreign_keys, ignore_check_constraints, trusted_schema, reverse_unordered_selects, automatic_index, temp_store, cache_size"
+                        ),
+                    );
+                    continue;
+                }
+            };
+            if valid {
+                pragmas.push((key.clone(), value));
+            } else {
+                self.err(
+                    file,
+                    raw.referenced,
+                    format!("database {name:?}: invalid value {value:?} for pragma {key}"),
+                );
+            }
+        }
+        pragmas
     }
 
     fn defaults(
@@ -511,7 +579,10 @@ impl Loader<'_> {
         if let Some(tz) = raw.timezone.and_then(|tz| self.timezone(file, &tz)) {
             defaults.timezone = tz;
         }
-        if let Some(timeout) = raw.timeout.and_then(|t| self.positive_duration(file, &t)) {
+        if let Some(timeout) = raw
+            .timeout
+            .and_then(|t| self.bounded_duration(file, &t, limits::TIMEOUT, true))
+        {
             defaults.timeout = timeout;
         }
         if let Some(notify) = raw.notify {
@@ -520,7 +591,10 @@ impl Loader<'_> {
         if let Some(notify_on) = raw.notify_on {
             defaults.notify_on = notify_on.into_iter().map(|o| o.value).collect();
         }
-        if let Some(d) = raw.renotify_after.and_then(|d| self.duration(file, &d)) {
+        if let Some(d) = raw
+            .renotify_after
+            .and_then(|d| self.bounded_duration(file, &d, limits::RENOTIFY_AFTER, false))
+        {
             defaults.renotify_after = d;
         }
         defaults
@@ -545,7 +619,7 @@ impl Loader<'_> {
             return None;
         }
         let keep = match &raw.value.keep {
-            Some(keep) => Some(self.positive_duration(file, keep)?),
+            Some(keep) => Some(self.bounded_duration(file, keep, limits::AUDIT_KEEP, true)?),
             None => None,
         };
         Some(AuditConfig {
@@ -604,6 +678,35 @@ impl Loader<'_> {
                 None
             }
         }
+    }
+
+    /// A duration no longer than `max` (see [`limits`]); the message names the
+    /// key and the largest accepted value.
+    fn bounded_duration(
+        &mut self,
+        file: &Path,
+        text: &Spanned<String>,
+        (key, max): (&str, Duration),
+        positive: bool,
+    ) -> Option<Duration> {
+        let d = if positive {
+            self.positive_duration(file, text)?
+        } else {
+            self.duration(file, text)?
+        };
+        if d > max {
+            self.err(
+                file,
+                text.referenced,
+                format!(
+                    "{key} {:?} is too long: the largest accepted value is {}",
+                    text.value.trim(),
+                    humantime::format_duration(max)
+                ),
+            );
+            return None;
+        }
+        Some(d)
     }
 
     fn positive_duration(&mut self, file: &Path, text: &Spanned<String>) -> Option<Duration> {
@@ -737,7 +840,15 @@ impl Loader<'_> {
             );
         }
         let mut dialects = Vec::new();
-        for db in db_names {
+        for (index, db) in db_names.iter().enumerate() {
+            if db_names[..index].contains(db) {
+                self.err(
+                    file,
+                    raw.database.referenced,
+                    format!("database {db:?} is listed twice"),
+                );
+                continue;
+            }
             match databases.get(db) {
                 Some(config) => dialects.push(config.dialect),
                 // Its own error is reported; this rule is not a second one.
@@ -775,35 +886,11 @@ impl Loader<'_> {
             None => defaults.timezone,
         };
         let detect = self.dialect_sql(file, &raw.detect, "detect", &dialects);
-        for &dialect in &dialects {
-            let count = detect.statements(dialect).len();
-            if count > 1 {
-                self.err(
-                    file,
-                    raw.detect.referenced,
-                    format!(
-                        "detect for {dialect} holds {count} statements; it must be a single SELECT"
-                    ),
-                );
-            }
-        }
+        self.check_detect(file, &raw.detect, &detect, &dialects);
         let mode = raw.mode.unwrap_or_default();
         let fix = raw.fix.as_ref().map(|fix| {
             let sql = self.dialect_sql(file, fix, "fix", &dialects);
-            let ddl = sql
-                .statements(Dialect::MySql)
-                .into_iter()
-                .find(|s| is_implicit_commit_ddl(s));
-            if let (Mode::Transactional, true, Some(ddl)) = (mode, dialects.contains(&Dialect::MySql), ddl) {
-                let keyword = crate::sql::first_keyword(ddl, Dialect::MySql);
-                self.err(
-                    file,
-                    fix.referenced,
-                    format!(
-                        "the MySQL fix runs {keyword}, which commits implicitly and cannot be rolled back: set `mode: autocommit`"
-                    ),
-                );
-            }
+            self.check_fix(file, fix, &sql, &dialects, mode);
             sql
         });
         let max_rows = match (&raw.max_rows, &raw.fix) {
@@ -833,7 +920,7 @@ impl Loader<'_> {
                 self.err(file, b.referenced, "batch: needs a fix to repeat");
             }
             let pause = match &b.value.pause {
-                Some(p) => self.duration(file, p)?,
+                Some(p) => self.bounded_duration(file, p, limits::PAUSE, false)?,
                 None => Duration::from_millis(100),
             };
             let max_batches = match &b.value.max_batches {
@@ -853,7 +940,9 @@ impl Loader<'_> {
             Some(Batch { pause, max_batches })
         });
         let timeout = match &raw.timeout {
-            Some(t) => self.positive_duration(file, t).unwrap_or(defaults.timeout),
+            Some(t) => self
+                .bounded_duration(file, t, limits::TIMEOUT, true)
+                .unwrap_or(defaults.timeout),
             None => defaults.timeout,
         };
         let lock = LockSpec {
@@ -866,7 +955,7 @@ impl Loader<'_> {
                 .lock
                 .as_ref()
                 .and_then(|l| l.wait.as_ref())
-                .and_then(|w| self.duration(file, w))
+                .and_then(|w| self.bounded_duration(file, w, limits::LOCK_WAIT, false))
                 .unwrap_or(Duration::ZERO),
         };
         if lock.name.trim().is_empty() {
@@ -883,7 +972,9 @@ impl Loader<'_> {
         );
         // 0s is allowed: repeat every run.
         let renotify_after = match &raw.renotify_after {
-            Some(d) => self.duration(file, d).unwrap_or(defaults.renotify_after),
+            Some(d) => self
+                .bounded_duration(file, d, limits::RENOTIFY_AFTER, false)
+                .unwrap_or(defaults.renotify_after),
             None => defaults.renotify_after,
         };
         if self.errors.len() > errors_before {
@@ -914,6 +1005,92 @@ impl Loader<'_> {
     }
 
     /// Converts `detect:`/`fix:` and checks there is SQL for every dialect.
+    /// Detect must be one query (SELECT, WITH ... SELECT, VALUES, TABLE) on
+    /// every dialect the rule runs on; the server checks it again at run time.
+    fn check_detect(
+        &mut self,
+        file: &Path,
+        raw: &Spanned<RawSql>,
+        detect: &DialectSql,
+        dialects: &[Dialect],
+    ) {
+        for &dialect in dialects {
+            let statements = detect.statements(dialect);
+            if statements.len() > 1 {
+                let count = statements.len();
+                self.err(
+                    file,
+                    raw.referenced,
+                    format!(
+                        "detect for {dialect} holds {count} statements; it must be a single SELECT"
+                    ),
+                );
+            } else if let Some(statement) = statements.first()
+                && !crate::sql::is_query(statement, dialect)
+            {
+                let what = if crate::sql::hides_dml(statement, dialect) {
+                    "hides a data-modifying statement inside a WITH query".to_owned()
+                } else {
+                    format!(
+                        "is a {} statement",
+                        crate::sql::main_keyword(statement, dialect)
+                    )
+                };
+                self.err(
+                    file,
+                    raw.referenced,
+                    format!(
+                        "detect for {dialect} {what}; it must be a read-only query (SELECT, WITH ... SELECT, VALUES or TABLE)"
+                    ),
+                );
+            }
+        }
+    }
+
+    /// A fix must not control transactions (dbjanitor owns them), must not
+    /// hide writes in a query's CTE (they would not be counted), and in a
+    /// transactional MySQL rule must not commit implicitly.
+    fn check_fix(
+        &mut self,
+        file: &Path,
+        raw: &Spanned<RawSql>,
+        fix: &DialectSql,
+        dialects: &[Dialect],
+        mode: Mode,
+    ) {
+        for &dialect in dialects {
+            for statement in fix.statements(dialect) {
+                if let Some(words) = crate::sql::transaction_control(statement, dialect) {
+                    self.err(
+                        file,
+                        raw.referenced,
+                        format!(
+                            "the {dialect} fix runs {words}; dbjanitor opens, commits and rolls back the fix's transaction itself, so a fix may not control transactions"
+                        ),
+                    );
+                } else if crate::sql::hides_dml(statement, dialect) {
+                    self.err(
+                        file,
+                        raw.referenced,
+                        format!(
+                            "the {dialect} fix hides a data-modifying statement inside a WITH query; its rows would not be counted against max_rows: make the INSERT/UPDATE/DELETE the main statement"
+                        ),
+                    );
+                } else if let (Dialect::MySql, Mode::Transactional, Some(words)) =
+                    (dialect, mode, implicit_commit(statement))
+                {
+                    self.err(
+                        file,
+                        raw.referenced,
+                        format!(
+                            "the MySQL fix runs {words}, which commits implicitly and cannot be rolled back: set `mode: autocommit`"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
     fn dialect_sql(
         &mut self,
         file: &Path,
@@ -949,6 +1126,29 @@ impl Loader<'_> {
         }
         sql
     }
+}
+
+/// The longest durations each key accepts: values every engine can apply,
+/// with room for the sums dbjanitor makes (all arithmetic on durations
+/// saturates as well).
+pub mod limits {
+    use std::time::Duration;
+
+    const DAY: u64 = 24 * 60 * 60;
+
+    /// `timeout`: PostgreSQL `statement_timeout` stops at 2^31-1 ms (24.8
+    /// days) and `idle_in_transaction_session_timeout` is set to twice it.
+    pub const TIMEOUT: (&str, Duration) = ("timeout", Duration::from_secs(7 * DAY));
+    /// `lock.wait`: SQLite's busy timeout is an `i32` of milliseconds.
+    pub const LOCK_WAIT: (&str, Duration) = ("lock.wait", Duration::from_secs(DAY));
+    /// `batch.pause`: a pause is spent holding the rule's lock.
+    pub const PAUSE: (&str, Duration) = ("batch.pause", Duration::from_secs(60 * 60));
+    /// `renotify_after`: a year; longer is "never", which `notify_on` says better.
+    pub const RENOTIFY_AFTER: (&str, Duration) = ("renotify_after", Duration::from_secs(366 * DAY));
+    /// `daemon.shutdown_grace`: a day.
+    pub const SHUTDOWN_GRACE: (&str, Duration) = ("shutdown_grace", Duration::from_secs(DAY));
+    /// `audit.keep`: a hundred years, within every timestamp type.
+    pub const AUDIT_KEEP: (&str, Duration) = ("audit.keep", Duration::from_secs(36_525 * DAY));
 }
 
 /// Collects `*.yaml`/`*.yml` under a rule folder, following symlinks.

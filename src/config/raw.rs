@@ -36,6 +36,8 @@ pub(crate) struct RawConfig {
 pub(crate) struct RawDatabase {
     pub(crate) url: Option<Spanned<String>>,
     pub(crate) url_file: Option<Spanned<String>>,
+    /// SQLite pragmas the application sets on its connections.
+    pub(crate) pragmas: Option<Spanned<std::collections::BTreeMap<String, String>>>,
 }
 
 /// `defaults:`.

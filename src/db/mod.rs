@@ -87,6 +87,9 @@ pub struct DatabaseConfig {
     pub dialect: Dialect,
     /// The connection URL; prints redacted.
     pub url: SecretUrl,
+    /// SQLite pragmas set on every connection (`pragmas:` in the config),
+    /// validated names and values; empty for the other engines.
+    pub pragmas: Vec<(String, String)>,
 }
 
 /// What a session needs to know before it connects.
@@ -110,15 +113,52 @@ pub enum DbError {
     /// The server cancelled a statement that ran past its timeout.
     #[error("{0}")]
     Timeout(String),
+    /// dbjanitor or the server refused SQL that could escape the guards before
+    /// it changed anything: a detect that is not a single read-only query, a
+    /// fix statement that would end its transaction (COMMIT, END, ROLLBACK,
+    /// BEGIN, an implicitly committing statement in a transaction). Reported
+    /// as `failed`, reason `unsafe_sql`.
+    #[error("{0}")]
+    Unsafe(String),
+    /// A fix statement ended the transaction it ran in (found out afterwards,
+    /// e.g. MySQL `@@in_transaction` = 0 after an implicit commit): what ran
+    /// before it may be committed. Reported as `failed`, reason
+    /// `transaction_ended`, never as "rolled back".
+    #[error("{0}")]
+    TransactionEnded(String),
 }
 
 /// The count and a sample of a detect query's rows.
 #[derive(Debug, Clone, Default)]
 pub struct Detection {
-    /// Every row the query returned, counted as they streamed past.
+    /// Rows read: every row when `complete`, else exactly the `limit` asked for.
     pub count: u64,
     /// The first few rows, rendered as text.
     pub sample: Sample,
+    /// `false` when reading stopped at `limit` and the query had more rows.
+    pub complete: bool,
+}
+
+/// What one fix statement did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Executed {
+    /// Rows the server reported as affected.
+    pub rows: u64,
+    /// Whether it is a data-modifying statement (INSERT, UPDATE, DELETE,
+    /// MERGE, REPLACE, or a WITH ... ending in one of them); only these count
+    /// towards `changed` and `max_rows`. SELECT, SET, DDL and the like do not.
+    pub modifies_data: bool,
+}
+
+/// What became of a COMMIT whose reply did not arrive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// The server confirmed (afterwards, e.g. `pg_xact_status`) that it committed.
+    Committed,
+    /// The server confirmed that the transaction rolled back (or never reached it).
+    RolledBack,
+    /// Nobody can tell; the text says why (reported as reason `commit_unknown`).
+    Unknown(String),
 }
 
 /// The operations the engine performs on one pinned connection.
@@ -161,7 +201,8 @@ pub trait Session: Send + Sized {
     /// Opens a plain transaction (one batch of a batch rule).
     fn begin(&mut self) -> impl Future<Output = Result<(), DbError>> + Send;
 
-    /// Commits the open transaction.
+    /// Commits the open transaction (a batch, or the transaction of
+    /// `begin_locked` via `finish_locked`).
     fn commit(&mut self) -> impl Future<Output = Result<(), DbError>> + Send;
 
     /// Rolls back the open transaction.
@@ -176,15 +217,27 @@ pub trait Session: Send + Sized {
         in_transaction: bool,
     ) -> impl Future<Output = Result<(), DbError>> + Send;
 
-    /// Runs a query, counting its rows as they stream and keeping `keep` of them.
+    /// Runs a detect query. The backend guarantees, checked by the server
+    /// wherever the engine allows it, that it is ONE statement and READ ONLY:
+    /// multiple statements, DML (`DELETE ... RETURNING`, data-modifying CTEs)
+    /// and functions that write must fail with `DbError::Unsafe` (or the
+    /// server's error) before or without changing anything. It reads at most
+    /// `limit` rows (`None`: all) and keeps `keep` of them as the sample; the
+    /// query is not read further once the limit is reached.
     fn detect(
         &mut self,
         sql: &str,
         keep: usize,
+        limit: Option<u64>,
     ) -> impl Future<Output = Result<Detection, DbError>> + Send;
 
-    /// Runs one statement and returns its rows affected.
-    fn execute(&mut self, sql: &str) -> impl Future<Output = Result<u64, DbError>> + Send;
+    /// Runs ONE fix statement (the engine splits the fix with `sql::split_statements`;
+    /// the backend makes the server enforce "one statement" where it can, so a
+    /// lexer mistake cannot smuggle a second one in). Inside a transaction it
+    /// refuses statements that would end it (`DbError::Unsafe`, before running
+    /// them) and reports `DbError::TransactionEnded` if it finds the transaction
+    /// gone afterwards.
+    fn execute(&mut self, sql: &str) -> impl Future<Output = Result<Executed, DbError>> + Send;
 
     /// Asks the server to parse and plan `sql` without running it.
     fn prepare(&mut self, sql: &str) -> impl Future<Output = Result<(), DbError>> + Send;
@@ -195,6 +248,26 @@ pub trait Session: Send + Sized {
     /// Drops the connection at once; the server rolls back whatever was open
     /// and releases every lock the connection held.
     fn abort(self) -> impl Future<Output = ()> + Send;
+
+    /// Called by the engine INSTEAD of `abort` when COMMIT (directly or inside
+    /// `finish_locked(true, ..)`) failed or timed out without a reply: drops the
+    /// connection, then finds out what the server did with the transaction —
+    /// PostgreSQL asks `pg_xact_status(<xid taken before COMMIT>)` on a new
+    /// connection (waiting a bounded time while it is still "in progress");
+    /// MySQL/MariaDB and SQLite return `Unknown` with a reason.
+    fn abort_after_commit(self) -> impl Future<Output = CommitOutcome> + Send;
+
+    /// How long the server may keep this connection's transaction and locks
+    /// after the client vanished without closing it, given the server-side
+    /// limits this session set at connect (PostgreSQL
+    /// `idle_in_transaction_session_timeout`, `idle_session_timeout`,
+    /// `tcp_keepalives_*`, `client_connection_check_interval`; MariaDB/MySQL
+    /// `wait_timeout`, `idle_transaction_timeout`, `net_*_timeout`; SQLite:
+    /// zero, the lock is in the process). The engine's failure messages say
+    /// "the connection was dropped; the server rolls back the open
+    /// transaction and releases its locks within N s" with this N, never a
+    /// bare "the server rolled back".
+    fn abandon_bound(&self) -> Duration;
 }
 
 /// Turns a driver error into a [`DbError`] with the URL's secrets masked.
@@ -235,6 +308,27 @@ pub(crate) fn describe(err: &sqlx::Error) -> String {
         },
         None => err.to_string(),
     }
+}
+
+/// Refuses a fix statement that would end (or split) the transaction it runs
+/// in, before it reaches the server; `implicit` adds MySQL's implicitly
+/// committing statements.
+pub(crate) fn refuse_transaction_end(
+    sql: &str,
+    dialect: Dialect,
+    implicit: bool,
+) -> Result<(), DbError> {
+    if let Some(words) = crate::sql::transaction_control(sql, dialect) {
+        return Err(DbError::Unsafe(format!(
+            "the fix statement runs {words}, which would end or split dbjanitor's transaction; it was not run"
+        )));
+    }
+    if implicit && let Some(words) = crate::sql::implicit_commit(sql) {
+        return Err(DbError::Unsafe(format!(
+            "the fix statement runs {words}, which commits the open transaction implicitly; it was not run (use `mode: autocommit`)"
+        )));
+    }
+    Ok(())
 }
 
 /// Longest wait for a connection to close; after it the socket is just dropped.

@@ -21,8 +21,8 @@ use sqlx::{Connection, Decode, Row, TypeInfo, ValueRef};
 
 use super::text::{TextConn, TextDatabase};
 use super::{
-    ConnectSettings, DatabaseConfig, DbError, Detection, Session, connect_error, millis,
-    mysql_lock_name, sample,
+    CommitOutcome, ConnectSettings, DatabaseConfig, DbError, Detection, Dialect, Executed, Session,
+    connect_error, millis, mysql_lock_name, refuse_transaction_end, sample,
 };
 
 impl TextDatabase for MySql {
@@ -49,15 +49,56 @@ impl TextDatabase for MySql {
     }
 }
 
+/// Where the connection's transaction stands, as far as dbjanitor opened it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Txn {
+    /// Autocommit: no transaction open.
+    None,
+    /// `START TRANSACTION READ ONLY`: detect of a transactional rule.
+    ReadOnly,
+    /// A read-write transaction: the fix's.
+    ReadWrite,
+}
+
 /// One pinned MySQL/MariaDB connection.
 pub struct MySqlSession {
     text: TextConn<MySql>,
     mariadb: bool,
     schema: String,
+    txn: Txn,
+    timeout: Duration,
+    idle_limit: Duration,
+}
+
+/// The most `wait_timeout` accepts (one year), so any rule timeout maps to a valid value.
+const MAX_WAIT_TIMEOUT_SECS: u64 = 31_536_000;
+
+/// How long the server lets this connection sit idle (in or out of a
+/// transaction) or blocked on a dead socket before it ends it: twice the
+/// rule's timeout plus 10 s, in whole seconds. The engine never leaves a
+/// connection idle longer than its timeout (long batch pauses are sliced).
+fn idle_limit(timeout: Duration) -> Duration {
+    let secs = timeout
+        .as_secs()
+        .saturating_add(u64::from(timeout.subsec_nanos() > 0))
+        .saturating_mul(2)
+        .saturating_add(10)
+        .min(MAX_WAIT_TIMEOUT_SECS);
+    Duration::from_secs(secs)
+}
+
+/// Whether a MariaDB version string is 10.3 or later (`idle_transaction_timeout`).
+fn has_idle_transaction_timeout(version: &str) -> bool {
+    let mut parts = version.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor) >= (10, 3)
 }
 
 impl MySqlSession {
-    /// Connects with the URL of `db`, undoing sqlx's session defaults.
+    /// Connects with the URL of `db`, undoing sqlx's session defaults and
+    /// setting the server-side limits that end the session soon after
+    /// dbjanitor vanished (see [`Session::abandon_bound`]).
     pub async fn connect(db: &DatabaseConfig, settings: &ConnectSettings) -> Result<Self, DbError> {
         let options = MySqlConnectOptions::from_str(db.url.expose())
             .map_err(|e| connect_error(&db.url, &e))?
@@ -75,11 +116,110 @@ impl MySqlSession {
         let row = text
             .fetch_one("SELECT VERSION(), COALESCE(DATABASE(), '')")
             .await?;
-        Ok(Self {
-            mariadb: MySql::cell(&row, 0).is_some_and(|v| v.contains("MariaDB")),
+        let version = MySql::cell(&row, 0).unwrap_or_default();
+        let mut session = Self {
+            mariadb: version.contains("MariaDB"),
             schema: MySql::cell(&row, 1).unwrap_or_default(),
             text,
-        })
+            txn: Txn::None,
+            timeout: settings.timeout,
+            idle_limit: idle_limit(settings.timeout),
+        };
+        session.set_limits(&version).await?;
+        Ok(session)
+    }
+
+    /// `wait_timeout` (idle), `net_*_timeout` (blocked on the socket) and on
+    /// MariaDB 10.3+ `idle_transaction_timeout`, all [`idle_limit`].
+    async fn set_limits(&mut self, version: &str) -> Result<(), DbError> {
+        let idle = self.idle_limit.as_secs();
+        let mut sql = format!(
+            "SET SESSION wait_timeout = {idle}, SESSION interactive_timeout = {idle}, \
+             SESSION net_read_timeout = {idle}, SESSION net_write_timeout = {idle}"
+        );
+        if self.mariadb && has_idle_transaction_timeout(version) {
+            sql.push_str(&format!(", SESSION idle_transaction_timeout = {idle}"));
+        }
+        self.text.run(&sql).await
+    }
+
+    /// Has the server parse `sql` as ONE prepared statement (the prepared
+    /// statement protocol refuses several), without running it. Statements
+    /// the protocol does not support rest on dbjanitor's lexer alone.
+    async fn server_checks_one_statement(&mut self, sql: &str) -> Result<(), DbError> {
+        match self.text.prepare(sql).await {
+            Err(DbError::Sql(e))
+                if e.contains("not supported in the prepared statement protocol") =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Whether the server still has a transaction open on this connection:
+    /// MariaDB `@@in_transaction`; MySQL an InnoDB transaction of this thread.
+    async fn transaction_open(&mut self) -> Result<bool, DbError> {
+        let sql = if self.mariadb {
+            "SELECT @@in_transaction"
+        } else {
+            "SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = CONNECTION_ID()"
+        };
+        Ok(self.text.fetch_text(sql).await?.is_some_and(|v| v != "0"))
+    }
+
+    /// Runs a detect query read-only: in a `READ ONLY` transaction (its own,
+    /// or the rule's before the fix), or after the fix under a savepoint that
+    /// is rolled back, so whatever the query writes is undone.
+    async fn read_only(
+        &mut self,
+        sql: &str,
+        keep: usize,
+        limit: Option<u64>,
+    ) -> Result<Detection, DbError> {
+        match self.txn {
+            Txn::None => {
+                self.text.run("START TRANSACTION READ ONLY").await?;
+                let detection = self.text.detect(sql, keep, limit).await;
+                self.text.run("ROLLBACK").await?;
+                detection
+            }
+            Txn::ReadOnly => self.text.detect(sql, keep, limit).await,
+            Txn::ReadWrite => {
+                self.text.run("SAVEPOINT dbjanitor_detect").await?;
+                let detection = self.text.detect(sql, keep, limit).await;
+                self.text
+                    .run("ROLLBACK TO SAVEPOINT dbjanitor_detect")
+                    .await?;
+                self.text.run("RELEASE SAVEPOINT dbjanitor_detect").await?;
+                detection
+            }
+        }
+    }
+
+    /// [`Self::read_only`] with the server stopping at `limit` + 1 rows
+    /// (`sql_select_limit`; an explicit LIMIT in the query wins). A refused
+    /// write may surface on the statement after the query, so every error
+    /// of the sequence goes through the same mapping.
+    async fn limited_read_only(
+        &mut self,
+        sql: &str,
+        keep: usize,
+        limit: Option<u64>,
+    ) -> Result<Detection, DbError> {
+        if let Some(limit) = limit {
+            let rows = limit.saturating_add(1);
+            self.text
+                .run(&format!("SET SESSION sql_select_limit = {rows}"))
+                .await?;
+        }
+        let detection = self.read_only(sql, keep, limit).await?;
+        if limit.is_some() {
+            self.text
+                .run("SET SESSION sql_select_limit = DEFAULT")
+                .await?;
+        }
+        Ok(detection)
     }
 
     async fn get_lock(&mut self, lock_name: &str, wait: Duration) -> Result<bool, DbError> {
@@ -117,7 +257,10 @@ impl Session for MySqlSession {
         if !self.get_lock(lock_name, wait).await? {
             return Ok(false);
         }
-        self.text.run("START TRANSACTION").await?;
+        // Detect runs read-only; the first fix statement switches to a
+        // read-write transaction under the same lock.
+        self.text.run("START TRANSACTION READ ONLY").await?;
+        self.txn = Txn::ReadOnly;
         Ok(true)
     }
 
@@ -125,6 +268,7 @@ impl Session for MySqlSession {
         self.text
             .run(if commit { "COMMIT" } else { "ROLLBACK" })
             .await?;
+        self.txn = Txn::None;
         self.release_lock(lock_name).await
     }
 
@@ -137,15 +281,21 @@ impl Session for MySqlSession {
     }
 
     async fn begin(&mut self) -> Result<(), DbError> {
-        self.text.run("START TRANSACTION").await
+        self.text.run("START TRANSACTION").await?;
+        self.txn = Txn::ReadWrite;
+        Ok(())
     }
 
     async fn commit(&mut self) -> Result<(), DbError> {
-        self.text.run("COMMIT").await
+        self.text.run("COMMIT").await?;
+        self.txn = Txn::None;
+        Ok(())
     }
 
     async fn rollback(&mut self) -> Result<(), DbError> {
-        self.text.run("ROLLBACK").await
+        self.text.run("ROLLBACK").await?;
+        self.txn = Txn::None;
+        Ok(())
     }
 
     async fn set_statement_timeout(
@@ -168,12 +318,47 @@ impl Session for MySqlSession {
             .await
     }
 
-    async fn detect(&mut self, sql: &str, keep: usize) -> Result<Detection, DbError> {
-        self.text.detect(sql, keep).await
+    async fn detect(
+        &mut self,
+        sql: &str,
+        keep: usize,
+        limit: Option<u64>,
+    ) -> Result<Detection, DbError> {
+        if !crate::sql::is_query(sql, Dialect::MySql) {
+            return Err(DbError::Unsafe(
+                "detect is not a query (SELECT, WITH ... SELECT, VALUES, TABLE); it was not run"
+                    .to_owned(),
+            ));
+        }
+        // In a READ ONLY transaction MariaDB refuses a writing function already at PREPARE.
+        self.server_checks_one_statement(sql)
+            .await
+            .map_err(read_only_refusal)?;
+        self.limited_read_only(sql, keep, limit)
+            .await
+            .map_err(read_only_refusal)
     }
 
-    async fn execute(&mut self, sql: &str) -> Result<u64, DbError> {
-        self.text.execute(sql).await
+    async fn execute(&mut self, sql: &str) -> Result<Executed, DbError> {
+        refuse_transaction_end(sql, Dialect::MySql, self.txn != Txn::None)?;
+        if self.txn == Txn::ReadOnly {
+            // Nothing was written in the read-only transaction; the lock is still held.
+            self.text.run("ROLLBACK").await?;
+            self.text.run("START TRANSACTION").await?;
+            self.txn = Txn::ReadWrite;
+        }
+        self.server_checks_one_statement(sql).await?;
+        let rows = self.text.execute(sql).await?;
+        if self.txn == Txn::ReadWrite && !self.transaction_open().await? {
+            self.txn = Txn::None;
+            return Err(DbError::TransactionEnded(
+                "the server reports no open transaction after this fix statement: it ended dbjanitor's transaction (an implicit commit), so what the fix ran until now, this statement included, may be committed; check the rows".to_owned(),
+            ));
+        }
+        Ok(Executed {
+            rows,
+            modifies_data: crate::sql::modifies_data(sql, Dialect::MySql),
+        })
     }
 
     async fn prepare(&mut self, sql: &str) -> Result<(), DbError> {
@@ -186,5 +371,60 @@ impl Session for MySqlSession {
 
     async fn abort(self) {
         self.text.abort();
+    }
+
+    async fn abort_after_commit(self) -> CommitOutcome {
+        self.text.abort();
+        CommitOutcome::Unknown(
+            "MySQL/MariaDB cannot say afterwards whether a COMMIT whose reply was lost took effect"
+                .to_owned(),
+        )
+    }
+
+    fn abandon_bound(&self) -> Duration {
+        // A running statement ends within the timeout (MariaDB max_statement_time),
+        // then the idle limit ends the session.
+        self.timeout.saturating_add(self.idle_limit)
+    }
+}
+
+/// A write refused because detect runs in a READ ONLY transaction (error
+/// 1792, SQLSTATE 25006) is `DbError::Unsafe`.
+fn read_only_refusal(error: DbError) -> DbError {
+    match error {
+        DbError::Sql(text) if text.contains("25006") || text.contains("READ ONLY transaction") => {
+            DbError::Unsafe(format!(
+                "detect tried to write, which the server refused (it runs read-only): {text}"
+            ))
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_limit_is_twice_the_timeout_plus_ten_seconds_and_never_overflows() {
+        assert_eq!(
+            idle_limit(Duration::from_secs(60)),
+            Duration::from_secs(130)
+        );
+        assert_eq!(
+            idle_limit(Duration::from_millis(1500)),
+            Duration::from_secs(14)
+        );
+        assert_eq!(
+            idle_limit(Duration::MAX),
+            Duration::from_secs(MAX_WAIT_TIMEOUT_SECS)
+        );
+    }
+
+    #[test]
+    fn idle_transaction_timeout_from_mariadb_10_3() {
+        assert!(has_idle_transaction_timeout("10.11.19-MariaDB-0+deb12u1"));
+        assert!(has_idle_transaction_timeout("11.4.2-MariaDB"));
+        assert!(!has_idle_transaction_timeout("10.2.44-MariaDB"));
     }
 }

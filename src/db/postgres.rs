@@ -19,8 +19,8 @@ use sqlx::{Connection, Row, ValueRef};
 
 use super::text::{TextConn, TextDatabase};
 use super::{
-    ConnectSettings, DatabaseConfig, DbError, Detection, Session, connect_error, millis,
-    postgres_lock_key, sample,
+    CommitOutcome, ConnectSettings, DatabaseConfig, DbError, Detection, Dialect, Executed, Session,
+    connect_error, millis, postgres_lock_key, refuse_transaction_end, sample,
 };
 
 /// How often a waiting lock is retried.
@@ -155,12 +155,29 @@ impl Session for PgSession {
         self.text.run(&sql).await
     }
 
-    async fn detect(&mut self, sql: &str, keep: usize) -> Result<Detection, DbError> {
-        self.text.detect(sql, keep).await
+    async fn detect(
+        &mut self,
+        sql: &str,
+        keep: usize,
+        limit: Option<u64>,
+    ) -> Result<Detection, DbError> {
+        // Interim (sqlx): the tokio-postgres backend makes the server check read-only.
+        if !crate::sql::is_query(sql, Dialect::Postgres) {
+            return Err(DbError::Unsafe(
+                "detect is not a query (SELECT, WITH ... SELECT, VALUES, TABLE); it was not run"
+                    .to_owned(),
+            ));
+        }
+        self.text.detect(sql, keep, limit).await
     }
 
-    async fn execute(&mut self, sql: &str) -> Result<u64, DbError> {
-        self.text.execute(sql).await
+    async fn execute(&mut self, sql: &str) -> Result<Executed, DbError> {
+        refuse_transaction_end(sql, Dialect::Postgres, false)?;
+        let rows = self.text.execute(sql).await?;
+        Ok(Executed {
+            rows,
+            modifies_data: crate::sql::modifies_data(sql, Dialect::Postgres),
+        })
     }
 
     async fn prepare(&mut self, sql: &str) -> Result<(), DbError> {
@@ -174,4 +191,21 @@ impl Session for PgSession {
     async fn abort(self) {
         self.text.abort();
     }
+
+    async fn abort_after_commit(self) -> CommitOutcome {
+        self.text.abort();
+        CommitOutcome::Unknown(
+            "the COMMIT reply was lost and this backend does not ask the server afterwards"
+                .to_owned(),
+        )
+    }
+
+    fn abandon_bound(&self) -> Duration {
+        // Interim and conservative: a session lock on a vanished connection lasts
+        // until the server's TCP keepalive gives up (Linux default 2 h + 9 × 75 s).
+        ABANDON_BOUND
+    }
 }
+
+/// The server's default TCP keepalive: 7200 s idle, then 9 probes 75 s apart.
+const ABANDON_BOUND: Duration = Duration::from_secs(7200 + 9 * 75);

@@ -19,6 +19,11 @@ pub(crate) fn bytes(raw: &[u8]) -> String {
     {
         return clip(text);
     }
+    hex(raw)
+}
+
+/// Renders bytes as `0x…` hex, cut to fit a cell.
+pub(crate) fn hex(raw: &[u8]) -> String {
     let max_bytes = (Sample::MAX_CELL_CHARS - 3) / 2;
     let mut out = String::from("0x");
     for b in raw.iter().take(max_bytes) {

@@ -16,7 +16,8 @@ use sqlx::{Connection, Decode, Executor, Row, TypeInfo, ValueRef};
 
 use super::text::{TextConn, TextDatabase};
 use super::{
-    ConnectSettings, DatabaseConfig, DbError, Detection, Session, connect_error, sample, sql_error,
+    CommitOutcome, ConnectSettings, DatabaseConfig, DbError, Detection, Dialect, Executed, Session,
+    connect_error, refuse_transaction_end, sample, sql_error,
 };
 
 /// SQLite's primary result code for "database is locked".
@@ -38,9 +39,13 @@ impl TextDatabase for Sqlite {
             "BLOB" => <&[u8] as Decode<Sqlite>>::decode(value)
                 .ok()
                 .map(sample::bytes),
-            _ => <&str as Decode<Sqlite>>::decode(value)
-                .ok()
-                .map(sample::clip),
+            // TEXT that is not valid UTF-8 is shown as hex, never as NULL.
+            _ => match <&str as Decode<Sqlite>>::decode(value) {
+                Ok(text) => Some(sample::clip(text)),
+                Err(_) => <&[u8] as Decode<Sqlite>>::decode(row.try_get_raw(index).ok()?)
+                    .ok()
+                    .map(sample::hex),
+            },
         }
     }
 
@@ -52,14 +57,28 @@ impl TextDatabase for Sqlite {
 /// One SQLite connection.
 pub struct SqliteSession {
     text: TextConn<Sqlite>,
+    /// Whether dbjanitor opened a transaction (then a marker savepoint is set).
+    in_transaction: bool,
 }
+
+/// A savepoint set right after BEGIN: if a fix statement ended the
+/// transaction, releasing it fails ("no such savepoint"), which is how a
+/// session without `unsafe` FFI learns that the transaction is gone.
+const MARKER: &str = "dbjanitor_marker";
 
 impl SqliteSession {
     /// Opens the database file of `db`; a missing file is an error, never created.
     pub async fn connect(db: &DatabaseConfig, settings: &ConnectSettings) -> Result<Self, DbError> {
         let options = SqliteConnectOptions::from_str(db.url.expose())
             .map_err(|e| connect_error(&db.url, &e))?
-            .busy_timeout(settings.lock_wait);
+            .busy_timeout(settings.lock_wait)
+            // sqlx turns foreign keys on; the sqlite3 CLI and the library default
+            // to off, and rule SQL must mean what it means there (cascades would
+            // change rows no count sees).
+            .foreign_keys(false);
+        let options = db.pragmas.iter().fold(options, |options, (key, value)| {
+            options.pragma(key.clone(), value.clone())
+        });
         let conn = tokio::time::timeout(settings.timeout, SqliteConnection::connect_with(&options))
             .await
             .map_err(|_| DbError::Connect(format!("timed out after {:?}", settings.timeout)))?
@@ -69,7 +88,46 @@ impl SqliteSession {
                 conn,
                 url: db.url.clone(),
             },
+            in_transaction: false,
         })
+    }
+
+    /// `BEGIN IMMEDIATE` (the write lock) and the marker savepoint.
+    async fn begin_immediate(&mut self) -> Result<bool, DbError> {
+        match self
+            .text
+            .conn
+            .execute(sqlx::raw_sql("BEGIN IMMEDIATE"))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_busy(&e) => return Ok(false),
+            Err(e) => return Err(sql_error(&self.text.url, &e)),
+        }
+        self.text.run(&format!("SAVEPOINT {MARKER}")).await?;
+        self.in_transaction = true;
+        Ok(true)
+    }
+
+    /// Ends the transaction (COMMIT or ROLLBACK).
+    async fn end(&mut self, sql: &str) -> Result<(), DbError> {
+        self.in_transaction = false;
+        self.text.run(sql).await
+    }
+
+    /// Whether dbjanitor's transaction is still open: the marker savepoint
+    /// can be released and set again only inside it.
+    async fn transaction_open(&mut self) -> Result<bool, DbError> {
+        if self
+            .text
+            .run(&format!("RELEASE SAVEPOINT {MARKER}"))
+            .await
+            .is_err()
+        {
+            return Ok(false);
+        }
+        self.text.run(&format!("SAVEPOINT {MARKER}")).await?;
+        Ok(true)
     }
 }
 
@@ -82,25 +140,20 @@ fn is_busy(err: &sqlx::Error) -> bool {
 
 impl Session for SqliteSession {
     async fn begin_locked(&mut self, _lock_name: &str, _wait: Duration) -> Result<bool, DbError> {
-        match self
-            .text
-            .conn
-            .execute(sqlx::raw_sql("BEGIN IMMEDIATE"))
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if is_busy(&e) => Ok(false),
-            Err(e) => Err(sql_error(&self.text.url, &e)),
-        }
+        self.begin_immediate().await
     }
 
     async fn finish_locked(&mut self, commit: bool, _lock_name: &str) -> Result<(), DbError> {
-        self.text
-            .run(if commit { "COMMIT" } else { "ROLLBACK" })
-            .await
+        self.end(if commit { "COMMIT" } else { "ROLLBACK" }).await
     }
 
     async fn lock_session(&mut self, _lock_name: &str, _wait: Duration) -> Result<bool, DbError> {
+        // No advisory lock: probe the write lock as a transactional rule takes
+        // it, so a database busy at the start is `skipped` in every mode.
+        if !self.begin_immediate().await? {
+            return Ok(false);
+        }
+        self.end("ROLLBACK").await?;
         Ok(true)
     }
 
@@ -109,15 +162,22 @@ impl Session for SqliteSession {
     }
 
     async fn begin(&mut self) -> Result<(), DbError> {
-        self.text.run("BEGIN IMMEDIATE").await
+        if self.begin_immediate().await? {
+            Ok(())
+        } else {
+            Err(DbError::Sql(
+                "the SQLite database is locked by another writer (busy for longer than lock.wait)"
+                    .to_owned(),
+            ))
+        }
     }
 
     async fn commit(&mut self) -> Result<(), DbError> {
-        self.text.run("COMMIT").await
+        self.end("COMMIT").await
     }
 
     async fn rollback(&mut self) -> Result<(), DbError> {
-        self.text.run("ROLLBACK").await
+        self.end("ROLLBACK").await
     }
 
     async fn set_statement_timeout(
@@ -128,12 +188,42 @@ impl Session for SqliteSession {
         Ok(())
     }
 
-    async fn detect(&mut self, sql: &str, keep: usize) -> Result<Detection, DbError> {
-        self.text.detect(sql, keep).await
+    async fn detect(
+        &mut self,
+        sql: &str,
+        keep: usize,
+        limit: Option<u64>,
+    ) -> Result<Detection, DbError> {
+        if !crate::sql::is_query(sql, Dialect::Sqlite) {
+            return Err(DbError::Unsafe(
+                "detect is not a query (SELECT, WITH ... SELECT, VALUES); it was not run"
+                    .to_owned(),
+            ));
+        }
+        // The connection refuses every write while detect runs.
+        self.text.run("PRAGMA query_only = ON").await?;
+        let detection = self
+            .text
+            .detect(sql, keep, limit)
+            .await
+            .map_err(read_only_refusal);
+        self.text.run("PRAGMA query_only = OFF").await?;
+        detection
     }
 
-    async fn execute(&mut self, sql: &str) -> Result<u64, DbError> {
-        self.text.execute(sql).await
+    async fn execute(&mut self, sql: &str) -> Result<Executed, DbError> {
+        refuse_transaction_end(sql, Dialect::Sqlite, false)?;
+        let rows = self.text.execute(sql).await?;
+        if self.in_transaction && !self.transaction_open().await? {
+            self.in_transaction = false;
+            return Err(DbError::TransactionEnded(
+                "dbjanitor's transaction is gone after this fix statement: what the fix ran until now, this statement included, may be committed; check the rows".to_owned(),
+            ));
+        }
+        Ok(Executed {
+            rows,
+            modifies_data: crate::sql::modifies_data(sql, Dialect::Sqlite),
+        })
     }
 
     async fn prepare(&mut self, sql: &str) -> Result<(), DbError> {
@@ -146,5 +236,28 @@ impl Session for SqliteSession {
 
     async fn abort(self) {
         self.text.abort();
+    }
+
+    async fn abort_after_commit(self) -> CommitOutcome {
+        self.text.abort();
+        CommitOutcome::Unknown(
+            "SQLite did not finish the COMMIT within the timeout; whether it took effect is known only by reading the database".to_owned(),
+        )
+    }
+
+    fn abandon_bound(&self) -> Duration {
+        // The lock lives in this process: it ends with the connection or the process.
+        Duration::ZERO
+    }
+}
+
+/// A write refused under `PRAGMA query_only` (SQLITE_READONLY, code 8) is
+/// `DbError::Unsafe`.
+fn read_only_refusal(error: DbError) -> DbError {
+    match error {
+        DbError::Sql(text) if text.contains("readonly database") => DbError::Unsafe(format!(
+            "detect tried to write, which SQLite refused (it runs with query_only): {text}"
+        )),
+        other => other,
     }
 }

@@ -49,10 +49,20 @@ where
         self.fetch_one(sql).await.map(|row| DB::cell(&row, 0))
     }
 
-    /// Counts a query's rows as they stream past, keeping `keep` of them.
-    pub(crate) async fn detect(&mut self, sql: &str, keep: usize) -> Result<Detection, DbError> {
+    /// Counts a query's rows as they stream past, keeping `keep` of them;
+    /// stops reading after `limit` rows (one more is read to learn whether
+    /// the result was complete).
+    pub(crate) async fn detect(
+        &mut self,
+        sql: &str,
+        keep: usize,
+        limit: Option<u64>,
+    ) -> Result<Detection, DbError> {
         let keep = keep.min(Sample::MAX_ROWS);
-        let mut detection = Detection::default();
+        let mut detection = Detection {
+            complete: true,
+            ..Detection::default()
+        };
         let mut rows = self
             .conn
             .fetch(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())));
@@ -61,6 +71,10 @@ where
             .await
             .map_err(|e| sql_error(&self.url, &e))?
         {
+            if limit.is_some_and(|limit| detection.count >= limit) {
+                detection.complete = false;
+                break;
+            }
             if detection.count == 0 {
                 detection.sample.columns =
                     row.columns().iter().map(|c| c.name().to_owned()).collect();

@@ -392,6 +392,7 @@ mod tests {
                 vec![Some("1".to_owned()), None],
                 vec![Some("2".to_owned()), Some("w2".to_owned())],
             ],
+            after_fix: false,
         };
         let d = digest(vec![Entry::new(
             &record,

@@ -328,6 +328,7 @@ mod tests {
                 record.sample = Sample {
                     columns: vec!["id".to_owned()],
                     rows: vec![vec![Some("a&b".to_owned())]],
+                    after_fix: false,
                 };
                 Entry::new(&record, "Why & how", Change::Untracked, None)
             })

@@ -37,5 +37,8 @@ mod notify;
 mod readme;
 /// Every rule of the pack on every engine it claims, against faithful fixtures.
 mod rulepack;
+/// Issue 8: read-only detect, transactions a fix cannot end, counts, a lock
+/// released within the stated bound after a stall, a lost COMMIT reply.
+mod safety;
 /// No password in logs, reports or errors.
 mod secrets;
