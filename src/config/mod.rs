@@ -278,7 +278,9 @@ struct Loader<'e> {
 struct FailedNames {
     /// Databases in `databases:` that failed to load.
     databases: BTreeSet<String>,
-    /// Notifiers in `notifiers:` that failed to load.
+    /// Notifiers in `notifiers:` that failed to load, or that are off
+    /// (`optional: true` with an unset URL variable): rules naming them are
+    /// not in error, and they are left out of every notify list.
     notifiers: BTreeSet<String>,
     /// `${VAR}` names already reported as unset, empty or not UTF-8.
     variables: BTreeSet<String>,

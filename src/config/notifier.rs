@@ -164,6 +164,17 @@ pub(super) fn load_all(
             );
             continue;
         }
+        let off = notifier
+            .value
+            .optional
+            .unwrap_or(false)
+            .then(|| unset_url_variable(loader, &notifier.value))
+            .flatten();
+        if let Some(variable) = off {
+            tracing::debug!(notifier = %name, %variable, "optional notifier is off: its URL variable is unset or empty");
+            loader.failed.notifiers.insert(name);
+            continue;
+        }
         let config = match (&notifier.value.webhook, &notifier.value.email) {
             (Some(webhook), None) => {
                 webhook_config(loader, file, webhook).map(NotifierConfig::Webhook)
@@ -185,6 +196,33 @@ pub(super) fn load_all(
         }
     }
     out
+}
+
+/// The first `${VAR}` of the notifier's URL (webhook `url`, email `smtp`)
+/// that is unset or empty, if any: an `optional: true` notifier is then off.
+fn unset_url_variable(loader: &Loader<'_>, raw: &RawNotifier) -> Option<String> {
+    let url = match (&raw.webhook, &raw.email) {
+        (Some(webhook), _) => &webhook.value.url.value,
+        (None, Some(email)) => &email.value.smtp.value,
+        (None, None) => return None,
+    };
+    let mut rest = url.as_str();
+    while let Some(start) = rest.find('$') {
+        let after = &rest[start + 1..];
+        if let Some(literal) = after.strip_prefix("${") {
+            rest = literal;
+            continue;
+        }
+        let Some((name, tail)) = after.strip_prefix('{').and_then(|a| a.split_once('}')) else {
+            rest = after;
+            continue;
+        };
+        if loader.env.var(name).is_none_or(|v| v.is_empty()) {
+            return Some(name.to_owned());
+        }
+        rest = tail;
+    }
+    None
 }
 
 fn webhook_config(

@@ -57,6 +57,9 @@ pub(crate) struct RawDefaults {
 pub(crate) struct RawNotifier {
     pub(crate) webhook: Option<Spanned<RawWebhook>>,
     pub(crate) email: Option<Spanned<RawEmail>>,
+    /// Skip this notifier (no error) when a `${VAR}` of its URL is unset or
+    /// empty: a deployment without, say, Slack leaves the variable out.
+    pub(crate) optional: Option<bool>,
 }
 
 /// `webhook:` notifier.

@@ -416,3 +416,63 @@ fn a_single_email_address_is_accepted_for_to() {
         }
     }
 }
+
+/// Issue 12.9: a notifier with `optional: true` is off when its URL
+/// variable is unset or empty: the run works (and fixes) without it, rules
+/// and defaults naming it are not in error; set, it is a notifier like any
+/// other; without `optional`, the unset variable stays an error.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_optional_notifier_is_off_when_its_url_variable_is_unset() {
+    let db = TestDb::with_sql(
+        Engine::Sqlite,
+        "CREATE TABLE t (id int PRIMARY KEY, state text); INSERT INTO t VALUES (1, 'bad'), (2, 'ok');",
+    )
+    .await;
+    let notifier = |optional: &str| {
+        format!(
+            "defaults:\n  notify: [ops]\nnotifiers:\n  ops:\n{optional}    webhook:\n      url: \"${{DBJ_TEST_OPTIONAL_HOOK}}\"\n      format: slack\n"
+        )
+    };
+    let case = |optional: &str| {
+        Case::new()
+            .database("main", db.url())
+            .rule("name: fix.bad\ndatabase: main\ndetect: SELECT id FROM t WHERE state = 'bad'\nfix: UPDATE t SET state = 'ok' WHERE state = 'bad'\nmax_rows: 5\nnotify: [ops]\n")
+            .config(&notifier(optional))
+    };
+    let optional = case("    optional: true\n");
+    let check = optional.run(&["check"]);
+    check.assert_code(0);
+    assert!(
+        check.stdout.contains("ok: 1 rule, 1 database, 0 notifiers"),
+        "{}",
+        check.stdout
+    );
+    let run = optional.run(&["run", "--output", "json"]);
+    run.assert_code(0);
+    assert_eq!(run.outcome("fix.bad", "main"), "fixed");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM t WHERE state = 'bad'")
+            .await,
+        0
+    );
+    let set = case("    optional: true\n")
+        .env("DBJ_TEST_OPTIONAL_HOOK", "http://127.0.0.1:9/hook")
+        .run(&["check"]);
+    set.assert_code(0);
+    assert!(set.stdout.contains("1 notifier\n"), "{}", set.stdout);
+    let required = case("").run(&["check"]);
+    required.assert_code(2);
+    let config = required_config_path(&required.stderr);
+    assert_eq!(
+        required.stderr.lines().collect::<Vec<_>>(),
+        [
+            format!("{config}:10:12: environment variable DBJ_TEST_OPTIONAL_HOOK is not set"),
+            "1 problem in the configuration; nothing was run".to_owned(),
+        ]
+    );
+}
+
+/// The config path a message starts with (a temporary folder, no `:`).
+fn required_config_path(stderr: &str) -> &str {
+    stderr.split(':').next().unwrap_or_default()
+}
