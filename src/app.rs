@@ -410,6 +410,7 @@ fn override_max_rows(plan: &mut Plan, named: &[String], max_rows: u64) -> Result
 /// `--metrics-file`: this run's pairs, plus, when the audit table is
 /// available, the last recorded run of every other enabled pair, so that a
 /// `--due` run that ran nothing does not make the other rules' series vanish.
+/// Dry runs add no pair series of their own (README "Metrics for timers").
 async fn write_metrics_file(
     path: &Path,
     config: &Config,
@@ -438,7 +439,9 @@ async fn write_metrics_file(
             }
         }
     }
-    for record in records {
+    // A dry run changed nothing: its records never replace the real state's
+    // series (success, failure, counts), which come from the audit table.
+    for record in records.iter().filter(|r| !r.dry_run) {
         let key = PairLabels::of(&record.rule, &record.database);
         let mut state = PairState::from(record);
         if state.last_success_at.is_none() {
@@ -527,6 +530,18 @@ async fn check(config_path: &Path, args: &CheckArgs) -> Result<u8, AppError> {
         crate::report::counted(targets.len() as u64, "pair"),
         targets.len() - invalid - unreachable
     ));
+    match check_audit(&config).await {
+        AuditCheck::None => {}
+        AuditCheck::Ok(line) => out.push_str(&line),
+        AuditCheck::Unreachable(line) => {
+            unreachable += 1;
+            out.push_str(&line);
+        }
+        AuditCheck::Refused(line) => {
+            invalid += 1;
+            out.push_str(&line);
+        }
+    }
     print_stdout(&out)?;
     Ok(if invalid > 0 {
         exit::USAGE
@@ -535,6 +550,49 @@ async fn check(config_path: &Path, args: &CheckArgs) -> Result<u8, AppError> {
     } else {
         exit::SUCCESS
     })
+}
+
+/// What `check --connect` found about the audit database.
+enum AuditCheck {
+    /// No `audit:` section.
+    None,
+    /// Reachable, with a schema this binary can use (line for the output).
+    Ok(String),
+    /// Not reachable within `audit.timeout`: every `run` would exit 1.
+    Unreachable(String),
+    /// A schema this binary must not touch: `run` would exit 2.
+    Refused(String),
+}
+
+/// `check --connect` on the audit database: connect and read the schema
+/// version, changing nothing.
+async fn check_audit(config: &Config) -> AuditCheck {
+    let Some(store) = AuditStore::from_config(config) else {
+        return AuditCheck::None;
+    };
+    let name = store.database();
+    match store.probe().await {
+        Ok(version) if version > audit::SCHEMA_VERSION => AuditCheck::Refused(format!(
+            "audit database {name}: {}\n",
+            AuditError::SchemaTooNew {
+                found: version,
+                known: audit::SCHEMA_VERSION,
+            }
+        )),
+        Ok(0) => AuditCheck::Ok(format!(
+            "audit database {name}: ok (no schema yet: created by the first run)\n"
+        )),
+        Ok(version) if version < audit::SCHEMA_VERSION => AuditCheck::Ok(format!(
+            "audit database {name}: ok (schema version {version}: upgraded to {} by the next run)\n",
+            audit::SCHEMA_VERSION
+        )),
+        Ok(version) => AuditCheck::Ok(format!(
+            "audit database {name}: ok (schema version {version})\n"
+        )),
+        Err(e) => AuditCheck::Unreachable(format!(
+            "audit database {name}: unreachable: {e}: runs could not be recorded, `run` would exit 1 and `run --due` would run nothing\n"
+        )),
+    }
 }
 
 fn list(config_path: &Path) -> Result<u8, AppError> {

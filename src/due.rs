@@ -68,7 +68,7 @@ pub async fn filter<H: History>(
     let mut due = Vec::with_capacity(targets.len());
     for target in targets {
         let last = if target.rule.schedule.is_some() {
-            states.next().flatten().map(|s| s.started_at)
+            states.next().flatten().map(|s| s.last_run_at)
         } else {
             None
         };

@@ -6,6 +6,12 @@
 //! run. The daemon keeps this in memory ([`MemoryHistory`]); one-shot runs
 //! (CronJob, systemd timer) keep it in the audit table, which implements the
 //! same trait. Without either, every run starts with no memory.
+//!
+//! Only real runs are remembered: a dry run changes nothing and is never a
+//! state. A `skipped` run (the lock was held by another replica or a timer)
+//! is a run for `--due` but not a state: it says nothing about the data. And
+//! what the receivers were told is the last notification that was
+//! *delivered* ([`Notified`]), not merely attempted.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,15 +21,61 @@ use chrono::{DateTime, Utc};
 
 use crate::outcome::{Outcome, RunRecord};
 
-/// The last known state of one (rule, database) pair.
+/// The last known state of one (rule, database) pair, from real runs only:
+/// a dry run changes nothing, so it neither makes a rule "not due" nor is a
+/// state anyone must be told about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LastState {
-    /// Outcome of the latest recorded run.
+    /// Start of the latest real run, whatever its outcome, `skipped`
+    /// included: `run --due` asks whether the schedule ticked since.
+    pub last_run_at: DateTime<Utc>,
+    /// Outcome of the latest real run that looked at the data (not
+    /// `skipped`: a run that found the lock held elsewhere says nothing about
+    /// the data, so it must not look like a change of state). `None` when
+    /// every recorded run was skipped.
+    pub state: Option<Outcome>,
+    /// The last notification that was delivered about a real run: what the
+    /// receivers were last told.
+    pub notified: Option<Notified>,
+}
+
+/// A delivered notification, as the history remembers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Notified {
+    /// The outcome it told about.
     pub outcome: Outcome,
-    /// When that run started.
-    pub started_at: DateTime<Utc>,
-    /// When a notification was last sent for this pair, whatever its outcome.
-    pub last_notified_at: Option<DateTime<Utc>>,
+    /// Start of the run it was about.
+    pub at: DateTime<Utc>,
+}
+
+impl LastState {
+    /// The state after `record` (notified or not) on top of `previous`, or
+    /// `previous` unchanged for a dry run. The daemon's memory folds records
+    /// with it; the audit table answers the same questions with queries.
+    #[must_use]
+    pub fn after(previous: Option<&LastState>, record: &RunRecord, notified: bool) -> Option<Self> {
+        if record.dry_run {
+            return previous.cloned();
+        }
+        let state = if record.outcome == Outcome::Skipped {
+            previous.and_then(|p| p.state)
+        } else {
+            Some(record.outcome)
+        };
+        let notified = if notified {
+            Some(Notified {
+                outcome: record.outcome,
+                at: record.started_at,
+            })
+        } else {
+            previous.and_then(|p| p.notified)
+        };
+        Some(LastState {
+            last_run_at: record.started_at,
+            state,
+            notified,
+        })
+    }
 }
 
 /// Errors of a history store (the audit database may be down).
@@ -70,6 +122,19 @@ pub struct MemoryHistory {
     states: Mutex<HashMap<(String, String), LastState>>,
 }
 
+impl MemoryHistory {
+    /// A history that starts from `state` for (`rule`, `database`): the daemon
+    /// judges a backlog of runs against what the audit table said, in order.
+    #[must_use]
+    pub fn seeded(rule: &str, database: &str, state: Option<LastState>) -> Self {
+        let history = Self::default();
+        if let (Some(state), Ok(mut states)) = (state, history.states.lock()) {
+            states.insert((rule.to_owned(), database.to_owned()), state);
+        }
+        history
+    }
+}
+
 impl History for MemoryHistory {
     async fn last_state(
         &self,
@@ -90,20 +155,10 @@ impl History for MemoryHistory {
             .map_err(|_| HistoryError("in-memory history poisoned".to_owned()))?;
         for (i, record) in records.iter().enumerate() {
             let key = (record.rule.clone(), record.database.clone());
-            let previous_notified = states.get(&key).and_then(|s| s.last_notified_at);
             let was_notified = notified.get(i).copied().unwrap_or(false);
-            states.insert(
-                key,
-                LastState {
-                    outcome: record.outcome,
-                    started_at: record.started_at,
-                    last_notified_at: if was_notified {
-                        Some(record.started_at)
-                    } else {
-                        previous_notified
-                    },
-                },
-            );
+            if let Some(next) = LastState::after(states.get(&key), record, was_notified) {
+                states.insert(key, next);
+            }
         }
         Ok(())
     }
@@ -113,29 +168,44 @@ impl History for MemoryHistory {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn memory_history_keeps_the_last_notification_time() {
-        let history = MemoryHistory::default();
-        let mut first = RunRecord::new("r", "d", false, Utc::now());
-        first.outcome = Outcome::Failed;
+    fn run(outcome: Outcome, dry_run: bool) -> RunRecord {
+        let mut r = RunRecord::new("r", "d", dry_run, Utc::now());
+        r.outcome = outcome;
+        r
+    }
+
+    async fn state(history: &MemoryHistory) -> LastState {
         history
-            .record(&[first.clone()], &[true])
-            .await
-            .expect("record");
-        let mut second = RunRecord::new("r", "d", false, Utc::now());
-        second.outcome = Outcome::Failed;
-        history
-            .record(&[second.clone()], &[false])
-            .await
-            .expect("record");
-        let state = history
             .last_state("r", "d")
             .await
             .expect("state")
-            .expect("some");
-        assert_eq!(state.outcome, Outcome::Failed);
-        assert_eq!(state.started_at, second.started_at);
-        assert_eq!(state.last_notified_at, Some(first.started_at));
+            .expect("some")
+    }
+
+    #[tokio::test]
+    async fn memory_history_keeps_the_last_delivered_notification() {
+        let history = MemoryHistory::default();
+        let first = run(Outcome::Found, false);
+        history
+            .record(std::slice::from_ref(&first), &[true])
+            .await
+            .expect("record");
+        let second = run(Outcome::Failed, false);
+        history
+            .record(std::slice::from_ref(&second), &[false])
+            .await
+            .expect("record");
+        let now = state(&history).await;
+        assert_eq!(now.state, Some(Outcome::Failed));
+        assert_eq!(now.last_run_at, second.started_at);
+        // What the receivers were told is still the found run.
+        assert_eq!(
+            now.notified,
+            Some(Notified {
+                outcome: Outcome::Found,
+                at: first.started_at
+            })
+        );
         assert!(
             history
                 .last_state("r", "other")
@@ -143,5 +213,30 @@ mod tests {
                 .expect("state")
                 .is_none()
         );
+    }
+
+    #[tokio::test]
+    async fn skipped_runs_move_only_the_last_run_time_and_dry_runs_nothing() {
+        let history = MemoryHistory::default();
+        let found = run(Outcome::Found, false);
+        history
+            .record(std::slice::from_ref(&found), &[true])
+            .await
+            .expect("record");
+        let skipped = run(Outcome::Skipped, false);
+        history
+            .record(std::slice::from_ref(&skipped), &[false])
+            .await
+            .expect("record");
+        let now = state(&history).await;
+        assert_eq!(now.state, Some(Outcome::Found), "skipped is not a state");
+        assert_eq!(now.last_run_at, skipped.started_at, "but it is a run");
+        let dry = run(Outcome::WouldFix, true);
+        history.record(&[dry], &[true]).await.expect("record");
+        assert_eq!(state(&history).await, now, "a dry run changes nothing");
+        // Only skipped runs so far: a run, but no state.
+        let fresh = MemoryHistory::default();
+        fresh.record(&[skipped], &[false]).await.expect("record");
+        assert_eq!(state(&fresh).await.state, None);
     }
 }

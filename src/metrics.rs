@@ -90,13 +90,11 @@ fn ms_to_seconds(ms: u64) -> f64 {
 
 /// Whether an outcome counts as a success for `last_success_timestamp_seconds`:
 /// the run completed as intended (`skipped` ran nothing; `guard_tripped` and
-/// `failed` need a person).
+/// `failed` need a person; `would_fix` comes from a dry run, which changed
+/// nothing and never moves the real state's series).
 #[must_use]
 pub fn is_success(outcome: Outcome) -> bool {
-    matches!(
-        outcome,
-        Outcome::Clean | Outcome::Found | Outcome::Fixed | Outcome::WouldFix
-    )
+    matches!(outcome, Outcome::Clean | Outcome::Found | Outcome::Fixed)
 }
 
 /// The daemon's live metrics.
@@ -206,7 +204,7 @@ impl DaemonMetrics {
         );
         registry.register(
             "audit_errors",
-            "Runs that could not be recorded in the audit table",
+            "Audit (run history) reads and writes that failed or timed out",
             audit_errors.clone(),
         );
         for pair in pairs {
@@ -311,9 +309,9 @@ impl DaemonMetrics {
             .set(i64::from(up));
     }
 
-    /// Counts runs the audit table did not get.
-    pub fn audit_error(&self, runs: u64) {
-        self.audit_errors.inc_by(runs);
+    /// Counts failed audit reads or writes.
+    pub fn audit_error(&self, operations: u64) {
+        self.audit_errors.inc_by(operations);
     }
 
     /// The OpenMetrics text of every metric.
@@ -341,7 +339,7 @@ impl From<&RunRecord> for LastRun {
     }
 }
 
-/// Renders the textfile of one `run`: per pair, the last run's start,
+/// Renders the textfile of one `run`: per pair, the last real run's start,
 /// duration, counts and outcome (one series per outcome, 1 for the actual
 /// one), the last success; and the invocation's own time, exit status and
 /// number of pairs run.
@@ -389,7 +387,7 @@ pub fn textfile(
     );
     registry.register(
         "last_success_timestamp_seconds",
-        "Start of the last run that ended clean, found, fixed or would_fix (Unix time)",
+        "Start of the last real run that ended clean, found or fixed (Unix time)",
         last_success.clone(),
     );
     registry.register(

@@ -17,14 +17,21 @@
 //! - MySQL/MariaDB: DDL commits implicitly, so there is no transaction to hide
 //!   behind. `GET_LOCK` serialises the migrators; every MySQL migration is a
 //!   single statement (applied whole or not at all); and its version row is
-//!   written with `dirty = 1` *before* the statement and set to 0 after it. A
-//!   process that dies in between leaves the row dirty, and every later start
-//!   refuses to touch the schema until a person has looked (the error says
-//!   what to check and which row to fix), rather than guessing.
+//!   written with `dirty = 1` *before* the statement and set to 0 after it.
+//!   The DDL waits for its metadata lock at most `audit.migrate_lock_wait`
+//!   (`lock_wait_timeout`; a warning says what it waits for after a few
+//!   seconds). A statement the server refused (that lock wait included) was
+//!   not applied: its row is deleted again and the next start retries. Only a
+//!   statement whose fate is unknown (the connection or the process died
+//!   during it) leaves the row dirty; the next start then looks at the schema
+//!   ([`MYSQL_CREATES`]): every object there → the row is marked done; none →
+//!   the row is deleted and the step applied again; some → it refuses to
+//!   guess and says what to check and which row to fix.
 
 use std::time::Duration;
 
 use chrono::Utc;
+use sqlx::mysql::MySqlDatabaseError;
 use sqlx::{Connection, Executor, Row};
 
 use super::{AuditError, Conn};
@@ -97,8 +104,25 @@ pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 /// Name of the lock that serialises migrators (PostgreSQL key, MySQL lock name).
 pub const MIGRATION_LOCK: &str = "dbjanitor.audit.migrate";
 
-/// How long a migrator waits for another one before giving up.
-const LOCK_WAIT: Duration = Duration::from_secs(60);
+/// After this long without an answer, a MySQL DDL is said (in a warning) to
+/// be waiting for its metadata lock.
+const MDL_NOTICE: Duration = Duration::from_secs(2);
+
+/// MySQL/MariaDB `ER_LOCK_WAIT_TIMEOUT`: the DDL never got its metadata lock.
+const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
+
+/// What each MySQL migration creates, in [`MIGRATIONS`] order: `(table,
+/// column)`, `None` for the table itself. After an interrupted migration the
+/// schema says whether it was applied (all there), not started (none), or
+/// neither.
+pub(crate) const MYSQL_CREATES: [&[(&str, Option<&str>)]; MIGRATIONS.len()] = [
+    &[("dbjanitor_runs", None)],
+    &[
+        ("dbjanitor_runs", Some("notified")),
+        ("dbjanitor_runs", Some("remaining")),
+        ("dbjanitor_runs", Some("batches")),
+    ],
+];
 
 /// What a migration call did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,13 +186,17 @@ fn pending(from: u32, target: u32) -> impl Iterator<Item = &'static Migration> {
 }
 
 /// Brings the schema on `conn` up to `target` (at most [`SCHEMA_VERSION`]).
-pub(super) async fn migrate(conn: &mut Conn, target: u32) -> Result<Migrated, AuditError> {
+pub(super) async fn migrate(
+    conn: &mut Conn,
+    target: u32,
+    lock_wait: Duration,
+) -> Result<Migrated, AuditError> {
     let target = target.min(SCHEMA_VERSION);
     match conn {
         Conn::Postgres(c, url) => {
             let err = |e: sqlx::Error| AuditError::sql(url, &e);
             let mut tx = c.begin().await.map_err(err)?;
-            let wait = format!("{}ms", LOCK_WAIT.as_millis());
+            let wait = format!("{}ms", lock_wait.as_millis().max(1));
             sqlx::query("SELECT set_config('lock_timeout', $1, true)")
                 .bind(wait)
                 .execute(&mut *tx)
@@ -230,17 +258,17 @@ pub(super) async fn migrate(conn: &mut Conn, target: u32) -> Result<Migrated, Au
             let lock = mysql_lock_name(schema, MIGRATION_LOCK);
             let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
                 .bind(&lock)
-                .bind(i64::try_from(LOCK_WAIT.as_secs()).unwrap_or(60))
+                .bind(i64::try_from(lock_wait.as_secs()).unwrap_or(60))
                 .fetch_one(&mut *c)
                 .await
                 .map_err(err)?;
             if got != Some(1) {
                 return Err(AuditError::Sql(format!(
                     "another process has been migrating the audit schema for over {}s (lock {lock:?})",
-                    LOCK_WAIT.as_secs()
+                    lock_wait.as_secs()
                 )));
             }
-            let result = migrate_mysql(c, url, target).await;
+            let result = migrate_mysql(c, url, target, lock_wait).await;
             // On error the caller drops the connection, which releases the lock too.
             sqlx::query("DO RELEASE_LOCK(?)")
                 .bind(&lock)
@@ -292,9 +320,36 @@ async fn migrate_mysql(
     c: &mut sqlx::MySqlConnection,
     url: &crate::secret::SecretUrl,
     target: u32,
+    lock_wait: Duration,
 ) -> Result<Migrated, AuditError> {
     let err = |e: sqlx::Error| AuditError::sql(url, &e);
+    // The DDL's own bound on its metadata lock (seconds, at least 1).
+    sqlx::query("SET SESSION lock_wait_timeout = ?")
+        .bind(lock_wait.as_secs().max(1))
+        .execute(&mut *c)
+        .await
+        .map_err(err)?;
     c.execute(VERSION_TABLE_MYSQL).await.map_err(err)?;
+    let mut found = mysql_versions(c, url).await?;
+    if let Some((version, name)) = found.1.clone() {
+        recover_mysql(c, url, version, &name).await?;
+        found = mysql_versions(c, url).await?;
+    }
+    check(&found, Dialect::MySql)?;
+    for migration in pending(found.0, target) {
+        apply_mysql(c, url, migration, lock_wait).await?;
+    }
+    Ok(Migrated {
+        from: found.0,
+        to: found.0.max(target),
+    })
+}
+
+async fn mysql_versions(
+    c: &mut sqlx::MySqlConnection,
+    url: &crate::secret::SecretUrl,
+) -> Result<Applied, AuditError> {
+    let err = |e: sqlx::Error| AuditError::sql(url, &e);
     let rows = sqlx::query(SELECT_VERSIONS)
         .fetch_all(&mut *c)
         .await
@@ -306,35 +361,180 @@ async fn migrate_mysql(
         let dirty: bool = row.try_get(2).map_err(err)?;
         found_rows.push((i64::from(version), name, dirty));
     }
-    let found = applied(found_rows);
-    check(&found, Dialect::MySql)?;
-    for migration in pending(found.0, target) {
-        let version = i32::try_from(migration.version).unwrap_or(i32::MAX);
-        sqlx::query(
-            "INSERT INTO dbjanitor_schema_version (version, name, applied_at, dirty, applied_by) VALUES (?, ?, ?, TRUE, ?)",
-        )
+    Ok(applied(found_rows))
+}
+
+/// One MySQL migration: the dirty row, the DDL (bounded wait for its
+/// metadata lock), the row marked done. A DDL the server refused was not
+/// applied (one statement, applied whole or not at all): its row goes again.
+async fn apply_mysql(
+    c: &mut sqlx::MySqlConnection,
+    url: &crate::secret::SecretUrl,
+    migration: &Migration,
+    lock_wait: Duration,
+) -> Result<(), AuditError> {
+    let err = |e: sqlx::Error| AuditError::sql(url, &e);
+    let version = i32::try_from(migration.version).unwrap_or(i32::MAX);
+    sqlx::query(
+        "INSERT INTO dbjanitor_schema_version (version, name, applied_at, dirty, applied_by) VALUES (?, ?, ?, TRUE, ?)",
+    )
+    .bind(version)
+    .bind(migration.name)
+    .bind(Utc::now())
+    .bind(super::VERSION)
+    .execute(&mut *c)
+    .await
+    .map_err(err)?;
+    let ddl_result = {
+        // One statement (a unit test checks it): applied whole or not at all.
+        let statement = split_statements(migration.mysql, Dialect::MySql).concat();
+        let ddl = c.execute(sqlx::AssertSqlSafe(statement));
+        tokio::pin!(ddl);
+        tokio::select! {
+            result = &mut ddl => result,
+            () = tokio::time::sleep(MDL_NOTICE) => {
+                tracing::warn!(
+                    version = migration.version,
+                    name = migration.name,
+                    wait_s = lock_wait.as_secs(),
+                    "audit schema migration waiting for the metadata lock on dbjanitor_runs: another session holds \
+                     the table open (an open transaction that read it, e.g. mysqldump --single-transaction)"
+                );
+                ddl.await
+            }
+        }
+    };
+    match ddl_result {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(db_error)) => {
+            // Refused by the server: nothing applied, so nothing is dirty.
+            let lock_timeout = db_error
+                .try_downcast_ref::<MySqlDatabaseError>()
+                .is_some_and(|e| e.number() == ER_LOCK_WAIT_TIMEOUT);
+            sqlx::query("DELETE FROM dbjanitor_schema_version WHERE version = ? AND dirty = TRUE")
+                .bind(version)
+                .execute(&mut *c)
+                .await
+                .map_err(err)?;
+            if lock_timeout {
+                return Err(AuditError::MetadataLock {
+                    version: migration.version,
+                    name: migration.name,
+                    wait: lock_wait,
+                });
+            }
+            return Err(AuditError::migration(
+                migration,
+                url,
+                &sqlx::Error::Database(db_error),
+            ));
+        }
+        // The connection failed during the DDL: its fate is unknown, the row stays dirty.
+        Err(e) => return Err(AuditError::migration(migration, url, &e)),
+    }
+    sqlx::query("UPDATE dbjanitor_schema_version SET dirty = FALSE WHERE version = ?")
         .bind(version)
-        .bind(migration.name)
-        .bind(Utc::now())
-        .bind(super::VERSION)
         .execute(&mut *c)
         .await
         .map_err(err)?;
-        for statement in split_statements(migration.mysql, Dialect::MySql) {
-            c.execute(sqlx::AssertSqlSafe(statement.to_owned()))
-                .await
-                .map_err(|e| AuditError::migration(migration, url, &e))?;
-        }
-        sqlx::query("UPDATE dbjanitor_schema_version SET dirty = FALSE WHERE version = ?")
-            .bind(version)
-            .execute(&mut *c)
+    Ok(())
+}
+
+/// A dirty row left by an interrupted migration: the schema decides. Every
+/// object of the migration there → marked done; none → row deleted (applied
+/// again next); some → [`AuditError::Dirty`] for a person to look at.
+async fn recover_mysql(
+    c: &mut sqlx::MySqlConnection,
+    url: &crate::secret::SecretUrl,
+    version: u32,
+    name: &str,
+) -> Result<(), AuditError> {
+    let err = |e: sqlx::Error| AuditError::sql(url, &e);
+    let dirty = || AuditError::Dirty {
+        version,
+        name: name.to_owned(),
+        dialect: Dialect::MySql,
+    };
+    let index = usize::try_from(version).unwrap_or(usize::MAX);
+    let Some(objects) = index.checked_sub(1).and_then(|i| MYSQL_CREATES.get(i)) else {
+        return Err(dirty());
+    };
+    let mut present = 0usize;
+    for (table, column) in objects.iter() {
+        let count: i64 = match column {
+            None => sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?",
+            )
+            .bind(table)
+            .fetch_one(&mut *c)
             .await
-            .map_err(err)?;
+            .map_err(err)?,
+            Some(column) => sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = DATABASE() \
+                 AND table_name = ? AND column_name = ?",
+            )
+            .bind(table)
+            .bind(column)
+            .fetch_one(&mut *c)
+            .await
+            .map_err(err)?,
+        };
+        present += usize::from(count > 0);
     }
-    Ok(Migrated {
-        from: found.0,
-        to: found.0.max(target),
-    })
+    let sql = if present == objects.len() {
+        "UPDATE dbjanitor_schema_version SET dirty = FALSE WHERE version = ?"
+    } else if present == 0 {
+        "DELETE FROM dbjanitor_schema_version WHERE version = ?"
+    } else {
+        return Err(dirty());
+    };
+    sqlx::query(sql)
+        .bind(i32::try_from(version).unwrap_or(i32::MAX))
+        .execute(&mut *c)
+        .await
+        .map_err(err)?;
+    tracing::warn!(
+        version,
+        name,
+        applied = present > 0,
+        "audit schema migration had been interrupted; the schema shows it {}",
+        if present > 0 {
+            "completed: marked done"
+        } else {
+            "not started: applying it again"
+        }
+    );
+    Ok(())
+}
+
+/// Like [`current_version`], but 0 when there is no version table yet
+/// (`check --connect` on a database dbjanitor never wrote to).
+pub(super) async fn version_if_any(conn: &mut Conn) -> Result<u32, AuditError> {
+    let exists = match conn {
+        Conn::Postgres(c, url) => sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM (SELECT to_regclass('dbjanitor_schema_version') AS t) AS x WHERE t IS NOT NULL",
+        )
+        .fetch_one(&mut *c)
+        .await
+        .map_err(|e| AuditError::sql(url, &e))?,
+        Conn::MySql(c, url, _) => sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() \
+             AND table_name = 'dbjanitor_schema_version'",
+        )
+        .fetch_one(&mut *c)
+        .await
+        .map_err(|e| AuditError::sql(url, &e))?,
+        Conn::Sqlite(c, url) => sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'dbjanitor_schema_version'",
+        )
+        .fetch_one(&mut *c)
+        .await
+        .map_err(|e| AuditError::sql(url, &e))?,
+    };
+    if exists == 0 {
+        return Ok(0);
+    }
+    current_version(conn).await
 }
 
 /// Reads the schema version without changing anything (0: no schema).

@@ -34,7 +34,7 @@ pub use migrate::{MIGRATION_LOCK, MIGRATIONS, Migrated, Migration, SCHEMA_VERSIO
 
 use crate::config::Config;
 use crate::db::{DatabaseConfig, Dialect, describe};
-use crate::history::{History, HistoryError, LastState};
+use crate::history::{History, HistoryError, LastState, Notified};
 use crate::outcome::{Outcome, RunRecord};
 use crate::secret::SecretUrl;
 
@@ -53,8 +53,20 @@ const PRUNE_MAX_BATCHES: u32 = 100;
 /// Retention runs at most this often per process (a CronJob pod runs it once).
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
-/// Connecting, and each operation, gives up after this.
+/// Upper bound of a connection attempt inside [`Conn::open`]; the store's own
+/// `audit.timeout` ([`DEFAULT_TIMEOUT`]) is shorter and applies on top.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `audit.timeout` when the config does not say: each audit read or write
+/// (connect included) gives up after this, so a stalled audit database costs
+/// a run seconds, never its schedule.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `audit.migrate_lock_wait` when the config does not say: how long a
+/// migration waits for another migrator and, on MySQL/MariaDB, for the
+/// metadata lock of its DDL (`lock_wait_timeout`), or on PostgreSQL for its
+/// table locks (`lock_timeout`).
+pub const DEFAULT_MIGRATE_LOCK_WAIT: Duration = Duration::from_secs(60);
 
 /// Why the audit history could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -101,9 +113,26 @@ pub enum AuditError {
     /// A statement failed.
     #[error("audit database: {0}")]
     Sql(String),
-    /// An operation took longer than [`TIMEOUT`].
-    #[error("audit database: no answer within {}s", TIMEOUT.as_secs())]
-    Timeout,
+    /// An operation took longer than its bound (`audit.timeout`, or the
+    /// migration's own bound).
+    #[error("audit database: no answer within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    /// A MySQL/MariaDB migration could not get the metadata lock of its DDL:
+    /// nothing was applied, the next start tries again.
+    #[error(
+        "audit schema migration {version} ({name}) could not get the metadata lock on dbjanitor_runs within {}: \
+         another session holds the table open (an open transaction that read it, e.g. mysqldump --single-transaction). \
+         Nothing was applied; the next run tries again",
+        humantime::format_duration(*.wait)
+    )]
+    MetadataLock {
+        /// The migration.
+        version: u32,
+        /// Its name.
+        name: &'static str,
+        /// How long it waited (`audit.migrate_lock_wait`).
+        wait: Duration,
+    },
 }
 
 impl AuditError {
@@ -190,7 +219,7 @@ impl Conn {
         };
         tokio::time::timeout(TIMEOUT, connect)
             .await
-            .map_err(|_| AuditError::Timeout)?
+            .map_err(|_| AuditError::Timeout(TIMEOUT))?
     }
 
     async fn close(self) {
@@ -211,8 +240,11 @@ impl Conn {
 async fn finish<T>(
     conn: Conn,
     result: Result<Result<T, AuditError>, tokio::time::error::Elapsed>,
+    bound: Duration,
 ) -> Result<T, AuditError> {
-    let result = result.map_err(|_| AuditError::Timeout).and_then(|r| r);
+    let result = result
+        .map_err(|_| AuditError::Timeout(bound))
+        .and_then(|r| r);
     if result.is_ok() {
         conn.close().await;
     }
@@ -241,6 +273,8 @@ pub struct LastRun {
 pub struct AuditStore {
     database: Arc<DatabaseConfig>,
     keep: Option<Duration>,
+    timeout: Duration,
+    migrate_lock_wait: Duration,
     host: String,
     migrated: tokio::sync::Mutex<bool>,
     last_prune: Mutex<Option<Instant>>,
@@ -302,18 +336,60 @@ const LAST_POSTGRES: &str = "SELECT outcome, started_at, duration_ms, detected, 
     WHERE rule = $1 AND database_name = $2 AND NOT dry_run ORDER BY started_at DESC, id DESC LIMIT 1";
 const LAST_OTHER: &str = "SELECT outcome, started_at, duration_ms, detected, changed FROM dbjanitor_runs \
     WHERE rule = ? AND database_name = ? AND dry_run = 0 ORDER BY started_at DESC, id DESC LIMIT 1";
-const NOTIFIED_POSTGRES: &str = "SELECT MAX(started_at) FROM dbjanitor_runs WHERE rule = $1 AND database_name = $2 AND notified";
-const NOTIFIED_OTHER: &str = "SELECT MAX(started_at) FROM dbjanitor_runs WHERE rule = ? AND database_name = ? AND notified = 1";
+/// The last real run of a pair that looked at the data (not skipped): its state.
+const STATE_POSTGRES: &str = "SELECT outcome, started_at FROM dbjanitor_runs WHERE rule = $1 AND database_name = $2 \
+    AND NOT dry_run AND outcome <> 'skipped' ORDER BY started_at DESC, id DESC LIMIT 1";
+const STATE_OTHER: &str = "SELECT outcome, started_at FROM dbjanitor_runs WHERE rule = ? AND database_name = ? \
+    AND dry_run = 0 AND outcome <> 'skipped' ORDER BY started_at DESC, id DESC LIMIT 1";
+/// The last real run of a pair whose notification was delivered.
+const NOTIFIED_POSTGRES: &str = "SELECT outcome, started_at FROM dbjanitor_runs WHERE rule = $1 AND database_name = $2 \
+    AND NOT dry_run AND notified ORDER BY started_at DESC, id DESC LIMIT 1";
+const NOTIFIED_OTHER: &str = "SELECT outcome, started_at FROM dbjanitor_runs WHERE rule = ? AND database_name = ? \
+    AND dry_run = 0 AND notified = 1 ORDER BY started_at DESC, id DESC LIMIT 1";
 const SUCCESS_POSTGRES: &str = "SELECT MAX(started_at) FROM dbjanitor_runs WHERE rule = $1 AND database_name = $2 \
     AND NOT dry_run AND outcome IN ('clean', 'found', 'fixed')";
 const SUCCESS_OTHER: &str = "SELECT MAX(started_at) FROM dbjanitor_runs WHERE rule = ? AND database_name = ? \
     AND dry_run = 0 AND outcome IN ('clean', 'found', 'fixed')";
-const PRUNE_POSTGRES: &str = "DELETE FROM dbjanitor_runs WHERE id IN \
-    (SELECT id FROM dbjanitor_runs WHERE started_at < $1 ORDER BY started_at LIMIT $2)";
-const PRUNE_MYSQL: &str =
-    "DELETE FROM dbjanitor_runs WHERE started_at < ? ORDER BY started_at LIMIT ?";
-const PRUNE_SQLITE: &str = "DELETE FROM dbjanitor_runs WHERE id IN \
-    (SELECT id FROM dbjanitor_runs WHERE started_at < ? ORDER BY started_at LIMIT ?)";
+/// `EXISTS` a newer real run of the same pair as `r` that also satisfies `$and`.
+macro_rules! newer_real_run {
+    ($and:literal) => {
+        concat!(
+            "EXISTS (SELECT 1 FROM dbjanitor_runs n WHERE n.rule = r.rule AND n.database_name = r.database_name \
+             AND (n.started_at > r.started_at OR (n.started_at = r.started_at AND n.id > r.id)) AND NOT n.dry_run",
+            $and,
+            ")"
+        )
+    };
+}
+
+/// Retention: rows older than the cutoff, except each pair's latest rows that
+/// `run --due`, notifications and `--metrics-file` read (the latest real run,
+/// the latest real state, the latest delivered notification, the latest
+/// success), whatever their age. A dry run's row is never needed.
+macro_rules! prune_sql {
+    ($cutoff:literal, $limit:literal) => {
+        concat!(
+            "DELETE FROM dbjanitor_runs WHERE id IN (SELECT id FROM (SELECT r.id FROM dbjanitor_runs r WHERE r.started_at < ",
+            $cutoff,
+            " AND (r.dry_run OR (",
+            newer_real_run!(""),
+            " AND (r.outcome = 'skipped' OR ",
+            newer_real_run!(" AND n.outcome <> 'skipped'"),
+            ") AND (NOT r.notified OR ",
+            newer_real_run!(" AND n.notified"),
+            ") AND (r.outcome NOT IN ('clean', 'found', 'fixed') OR ",
+            newer_real_run!(" AND n.outcome IN ('clean', 'found', 'fixed')"),
+            "))) ORDER BY r.started_at LIMIT ",
+            $limit,
+            ") AS t)"
+        )
+    };
+}
+
+// The derived table (with its LIMIT) is what lets MySQL delete from the
+// table its subquery reads (error 1093 otherwise).
+const PRUNE_POSTGRES: &str = prune_sql!("$1", "$2");
+const PRUNE_OTHER: &str = prune_sql!("?", "?");
 
 /// Runs `$body` on whichever connection `conn` is, with `$sql` set to the
 /// dialect's text (`$pg` for PostgreSQL, `$other` for MySQL and SQLite, or
@@ -349,6 +425,8 @@ impl AuditStore {
         Self {
             database,
             keep,
+            timeout: DEFAULT_TIMEOUT,
+            migrate_lock_wait: DEFAULT_MIGRATE_LOCK_WAIT,
             host: gethostname::gethostname().to_string_lossy().into_owned(),
             migrated: tokio::sync::Mutex::new(false),
             last_prune: Mutex::new(None),
@@ -360,7 +438,32 @@ impl AuditStore {
     pub fn from_config(config: &Config) -> Option<Self> {
         let audit = config.audit.as_ref()?;
         let database = config.databases.get(&audit.database)?;
-        Some(Self::new(Arc::clone(database), audit.keep))
+        Some(
+            Self::new(Arc::clone(database), audit.keep)
+                .with_bounds(audit.timeout, audit.migrate_lock_wait),
+        )
+    }
+
+    /// Sets `audit.timeout` (each read or write, connect included) and
+    /// `audit.migrate_lock_wait`.
+    #[must_use]
+    pub fn with_bounds(mut self, timeout: Duration, migrate_lock_wait: Duration) -> Self {
+        self.timeout = timeout;
+        self.migrate_lock_wait = migrate_lock_wait;
+        self
+    }
+
+    /// Opens a connection within `audit.timeout`.
+    async fn open(&self) -> Result<Conn, AuditError> {
+        tokio::time::timeout(self.timeout, Conn::open(&self.database))
+            .await
+            .map_err(|_| AuditError::Timeout(self.timeout))?
+    }
+
+    /// A migration's own bound: waiting for another migrator and for the
+    /// metadata lock, plus time for the DDL itself (a large table).
+    fn migrate_bound(&self) -> Duration {
+        self.migrate_lock_wait * 2 + Duration::from_secs(120)
     }
 
     /// The audit database's name in the config.
@@ -395,16 +498,29 @@ impl AuditStore {
     /// Brings the schema up to `version` exactly (never down). `migrate`
     /// calls it with [`SCHEMA_VERSION`]; tests use it to build older schemas.
     pub async fn migrate_to(&self, version: u32) -> Result<Migrated, AuditError> {
-        let mut conn = Conn::open(&self.database).await?;
-        let result = tokio::time::timeout(TIMEOUT, migrate::migrate(&mut conn, version)).await;
-        finish(conn, result).await
+        let mut conn = self.open().await?;
+        let bound = self.migrate_bound();
+        let result = tokio::time::timeout(
+            bound,
+            migrate::migrate(&mut conn, version, self.migrate_lock_wait),
+        )
+        .await;
+        finish(conn, result, bound).await
     }
 
     /// The schema version in the database (0: none yet); changes nothing.
     pub async fn schema_version(&self) -> Result<u32, AuditError> {
-        let mut conn = Conn::open(&self.database).await?;
-        let result = tokio::time::timeout(TIMEOUT, migrate::current_version(&mut conn)).await;
-        finish(conn, result).await
+        let mut conn = self.open().await?;
+        let result = tokio::time::timeout(self.timeout, migrate::current_version(&mut conn)).await;
+        finish(conn, result, self.timeout).await
+    }
+
+    /// `check --connect`: connects within `audit.timeout` and reads the
+    /// schema version (0 when there is no schema yet); changes nothing.
+    pub async fn probe(&self) -> Result<u32, AuditError> {
+        let mut conn = self.open().await?;
+        let result = tokio::time::timeout(self.timeout, migrate::version_if_any(&mut conn)).await;
+        finish(conn, result, self.timeout).await
     }
 
     /// Inserts one row per record (in one transaction), then applies
@@ -418,10 +534,13 @@ impl AuditStore {
             return Ok(());
         }
         self.migrate().await?;
-        let mut conn = Conn::open(&self.database).await?;
-        let result =
-            tokio::time::timeout(TIMEOUT, insert(&mut conn, records, notified, &self.host)).await;
-        finish(conn, result).await?;
+        let mut conn = self.open().await?;
+        let result = tokio::time::timeout(
+            self.timeout,
+            insert(&mut conn, records, notified, &self.host),
+        )
+        .await;
+        finish(conn, result, self.timeout).await?;
         if let Err(e) = self.prune_if_due().await {
             // Retention is housekeeping: the runs are recorded.
             tracing::warn!(error = %e, "audit retention failed; it is retried later");
@@ -456,9 +575,11 @@ impl AuditStore {
         else {
             return Ok(0);
         };
-        let mut conn = Conn::open(&self.database).await?;
-        let result = tokio::time::timeout(TIMEOUT, prune(&mut conn, cutoff)).await;
-        let deleted = finish(conn, result).await?;
+        let mut conn = self.open().await?;
+        // Housekeeping in batches of its own: a bound per call of several batches.
+        let bound = self.timeout.max(TIMEOUT);
+        let result = tokio::time::timeout(bound, prune(&mut conn, cutoff)).await;
+        let deleted = finish(conn, result, bound).await?;
         if deleted > 0 {
             tracing::info!(deleted, database = %self.database.name, "audit retention: old runs deleted");
         }
@@ -482,8 +603,8 @@ impl AuditStore {
         pairs: &[(String, String)],
     ) -> Result<Vec<Option<LastRun>>, AuditError> {
         self.migrate().await?;
-        let mut conn = Conn::open(&self.database).await?;
-        let result = tokio::time::timeout(TIMEOUT, async {
+        let mut conn = self.open().await?;
+        let result = tokio::time::timeout(self.timeout, async {
             let mut out = Vec::with_capacity(pairs.len());
             for (rule, database) in pairs {
                 out.push(last_run(&mut conn, rule, database).await?);
@@ -491,7 +612,7 @@ impl AuditStore {
             Ok(out)
         })
         .await;
-        finish(conn, result).await
+        finish(conn, result, self.timeout).await
     }
 }
 
@@ -519,19 +640,15 @@ async fn prune(conn: &mut Conn, cutoff: DateTime<Utc>) -> Result<u64, AuditError
     let mut total = 0u64;
     for _ in 0..PRUNE_MAX_BATCHES {
         let limit = i64::from(PRUNE_BATCH);
-        let batch = on_each!(
-            &mut *conn,
-            PRUNE_POSTGRES,
-            PRUNE_MYSQL,
-            PRUNE_SQLITE,
-            |c, sql, url| sqlx::query(sql)
+        let batch = on_each!(&mut *conn, PRUNE_POSTGRES, PRUNE_OTHER, |c, sql, url| {
+            sqlx::query(sql)
                 .bind(cutoff)
                 .bind(limit)
                 .execute(&mut *c)
                 .await
                 .map_err(|e| AuditError::sql(url, &e))?
                 .rows_affected()
-        );
+        });
         total += batch;
         if batch < u64::from(PRUNE_BATCH) {
             break;
@@ -571,6 +688,54 @@ async fn last_run(
     }))
 }
 
+/// The [`LastState`] of one pair (`None`: it never ran for real).
+async fn last_state(
+    conn: &mut Conn,
+    rule: &str,
+    database: &str,
+) -> Result<Option<LastState>, AuditError> {
+    let Some((_, last_run_at)) = latest(conn, LAST_POSTGRES, LAST_OTHER, rule, database).await?
+    else {
+        return Ok(None);
+    };
+    let state = match latest(conn, STATE_POSTGRES, STATE_OTHER, rule, database).await? {
+        Some((outcome, _)) => Some(parse_outcome(&outcome)?),
+        None => None,
+    };
+    let notified = match latest(conn, NOTIFIED_POSTGRES, NOTIFIED_OTHER, rule, database).await? {
+        Some((outcome, at)) => Some(Notified {
+            outcome: parse_outcome(&outcome)?,
+            at,
+        }),
+        None => None,
+    };
+    Ok(Some(LastState {
+        last_run_at,
+        state,
+        notified,
+    }))
+}
+
+/// The first two columns (outcome, started_at) of the first row of a
+/// per-pair query ordered newest first.
+async fn latest(
+    conn: &mut Conn,
+    pg: &'static str,
+    other: &'static str,
+    rule: &str,
+    database: &str,
+) -> Result<Option<(String, DateTime<Utc>)>, AuditError> {
+    let row: Option<(String, DateTime<Utc>)> = on_each!(conn, pg, other, |c, sql, url| {
+        sqlx::query_as(sql)
+            .bind(rule)
+            .bind(database)
+            .fetch_optional(&mut *c)
+            .await
+            .map_err(|e| AuditError::sql(url, &e))
+    })?;
+    Ok(row)
+}
+
 /// `SELECT MAX(started_at) ...` for one pair.
 async fn max_started(
     conn: &mut Conn,
@@ -608,31 +773,16 @@ impl History for AuditStore {
         pairs: &[(&str, &str)],
     ) -> Result<Vec<Option<LastState>>, HistoryError> {
         self.migrate().await?;
-        let mut conn = Conn::open(&self.database).await?;
-        let result = tokio::time::timeout(TIMEOUT, async {
+        let mut conn = self.open().await?;
+        let result = tokio::time::timeout(self.timeout, async {
             let mut states = Vec::with_capacity(pairs.len());
             for (rule, database) in pairs {
-                let state = match last_run(&mut conn, rule, database).await? {
-                    Some(last) => Some(LastState {
-                        outcome: last.outcome,
-                        started_at: last.started_at,
-                        last_notified_at: max_started(
-                            &mut conn,
-                            NOTIFIED_POSTGRES,
-                            NOTIFIED_OTHER,
-                            rule,
-                            database,
-                        )
-                        .await?,
-                    }),
-                    None => None,
-                };
-                states.push(state);
+                states.push(last_state(&mut conn, rule, database).await?);
             }
             Ok(states)
         })
         .await;
-        Ok(finish(conn, result).await?)
+        Ok(finish(conn, result, self.timeout).await?)
     }
 
     async fn record(&self, records: &[RunRecord], notified: &[bool]) -> Result<(), HistoryError> {

@@ -52,6 +52,10 @@ pub struct AuditConfig {
     pub database: String,
     /// How long history rows are kept; `None` keeps them forever.
     pub keep: Option<Duration>,
+    /// Bound of each audit read or write, connect included (`audit.timeout`).
+    pub timeout: Duration,
+    /// How long a schema migration waits for locks (`audit.migrate_lock_wait`).
+    pub migrate_lock_wait: Duration,
 }
 
 /// Settings of `dbjanitor daemon` (`daemon:`).
@@ -624,9 +628,19 @@ impl Loader<'_> {
             Some(keep) => Some(self.bounded_duration(file, keep, limits::AUDIT_KEEP, true)?),
             None => None,
         };
+        let timeout = match &raw.value.timeout {
+            Some(d) => self.bounded_duration(file, d, limits::AUDIT_TIMEOUT, true)?,
+            None => crate::audit::DEFAULT_TIMEOUT,
+        };
+        let migrate_lock_wait = match &raw.value.migrate_lock_wait {
+            Some(d) => self.bounded_duration(file, d, limits::AUDIT_MIGRATE_LOCK_WAIT, true)?,
+            None => crate::audit::DEFAULT_MIGRATE_LOCK_WAIT,
+        };
         Some(AuditConfig {
             database: database.value.clone(),
             keep,
+            timeout,
+            migrate_lock_wait,
         })
     }
 
@@ -1151,6 +1165,12 @@ pub mod limits {
     pub const SHUTDOWN_GRACE: (&str, Duration) = ("shutdown_grace", Duration::from_secs(DAY));
     /// `audit.keep`: a hundred years, within every timestamp type.
     pub const AUDIT_KEEP: (&str, Duration) = ("audit.keep", Duration::from_secs(36_525 * DAY));
+    /// `audit.timeout`: a day (it bounds each audit read or write).
+    pub const AUDIT_TIMEOUT: (&str, Duration) = ("audit.timeout", Duration::from_secs(DAY));
+    /// `audit.migrate_lock_wait`: a day (PostgreSQL `lock_timeout` is an
+    /// `i32` of milliseconds).
+    pub const AUDIT_MIGRATE_LOCK_WAIT: (&str, Duration) =
+        ("audit.migrate_lock_wait", Duration::from_secs(DAY));
 }
 
 /// Collects `*.yaml`/`*.yml` under a rule folder, following symlinks.

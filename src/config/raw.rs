@@ -101,6 +101,8 @@ pub(crate) struct RawEmail {
 pub(crate) struct RawAudit {
     pub(crate) database: Spanned<String>,
     pub(crate) keep: Option<Spanned<String>>,
+    pub(crate) timeout: Option<Spanned<String>>,
+    pub(crate) migrate_lock_wait: Option<Spanned<String>>,
 }
 
 /// `daemon:`.

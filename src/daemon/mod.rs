@@ -30,6 +30,14 @@
 //!
 //! Run history goes to the audit table when the config has one (so `run
 //! --due`, another replica and the next start see it), else to memory.
+//! Notifications and recording happen *after* a run, off its schedule: each
+//! pair has a bookkeeping queue worked by one task at a time (so a run is
+//! always judged against the history its predecessors left), and a run
+//! finishing while the queue is busy is added to the next batch. A stalled
+//! audit database therefore costs bookkeeping `audit.timeout` per batch, never
+//! a tick; its failures are logged and counted (`dbjanitor_audit_errors_total`).
+//! At most `daemon.jobs` batches are worked on at once (their own permits,
+//! not the runs'), so the audit database never sees more connections than that.
 
 mod http;
 
@@ -51,9 +59,10 @@ pub use http::{HEALTH_INTERVAL, HEALTH_TIMEOUT, Health};
 use crate::audit::RunHistory;
 use crate::config::Config;
 use crate::engine::{RunOptions, run_target};
-use crate::history::History;
+use crate::history::{History, HistoryError, LastState, MemoryHistory};
 use crate::metrics::{DaemonMetrics, PairLabels};
 use crate::notify;
+use crate::outcome::RunRecord;
 use crate::plan::{Plan, Selection, Target};
 
 /// Longest single sleep before the wall clock is read again.
@@ -82,12 +91,62 @@ struct Shared {
     slots: Arc<Semaphore>,
     /// `daemon.jobs_per_database`: runs at once per database name.
     database_slots: HashMap<String, Arc<Semaphore>>,
+    /// Per (rule, database): finished runs waiting for notification and recording.
+    bookkeeping: HashMap<(String, String), Arc<std::sync::Mutex<Backlog>>>,
+    /// `daemon.jobs` again, for bookkeeping batches: they never hold a run's
+    /// slot, and never open more audit connections at once than runs.
+    bookkeeping_slots: Arc<Semaphore>,
 }
 
 /// The slots a run holds while it runs: its database's, then the process's.
 struct Slots {
     _database: Option<OwnedSemaphorePermit>,
     _process: OwnedSemaphorePermit,
+}
+
+/// Finished runs of one pair not yet notified and recorded.
+#[derive(Debug, Default)]
+struct Backlog {
+    records: Vec<RunRecord>,
+    /// A task is working through the backlog.
+    busy: bool,
+}
+
+/// The run history as the daemon uses it: every failed read or write is
+/// counted in `dbjanitor_audit_errors_total`.
+struct Counted<'a> {
+    history: &'a RunHistory,
+    metrics: &'a DaemonMetrics,
+}
+
+impl Counted<'_> {
+    fn count<T>(&self, result: Result<T, HistoryError>) -> Result<T, HistoryError> {
+        if result.is_err() {
+            self.metrics.audit_error(1);
+        }
+        result
+    }
+}
+
+impl History for Counted<'_> {
+    async fn last_state(
+        &self,
+        rule: &str,
+        database: &str,
+    ) -> Result<Option<LastState>, HistoryError> {
+        self.count(self.history.last_state(rule, database).await)
+    }
+
+    async fn last_states(
+        &self,
+        pairs: &[(&str, &str)],
+    ) -> Result<Vec<Option<LastState>>, HistoryError> {
+        self.count(self.history.last_states(pairs).await)
+    }
+
+    async fn record(&self, records: &[RunRecord], notified: &[bool]) -> Result<(), HistoryError> {
+        self.count(self.history.record(records, notified).await)
+    }
 }
 
 /// Resets a pair's "running" flag however its run ends.
@@ -100,49 +159,116 @@ impl Drop for Running {
 }
 
 impl Shared {
-    /// One run of one pair, then its bookkeeping: metrics and run history.
-    async fn run(&self, target: &Target) {
+    /// One run of one pair (in its lock-key turn and within the process's
+    /// and its database's slots); its bookkeeping is queued, off the schedule.
+    async fn run(self: &Arc<Self>, target: &Target) {
         let pair = PairLabels::of(&target.rule.name, &target.database.name);
         let (db, lock) = target.lock_key();
         let key = (db.to_owned(), lock.to_owned());
         let queue = self.lock_keys.get(&key).cloned().unwrap_or_default();
-        let _turn = tokio::select! {
-            turn = queue.lock_owned() => turn,
-            () = self.stop.cancelled() => return,
+        let record = {
+            let _turn = tokio::select! {
+                turn = queue.lock_owned() => turn,
+                () = self.stop.cancelled() => return,
+            };
+            self.metrics.set_waiting(&pair, true);
+            let slots = tokio::select! {
+                slots = self.take_slots(&target.database.name) => slots,
+                () = self.stop.cancelled() => None,
+            };
+            self.metrics.set_waiting(&pair, false);
+            let Some(_slots) = slots else {
+                return;
+            };
+            self.metrics.set_running(&pair, true);
+            let options = RunOptions {
+                dry_run: false,
+                jobs: 1,
+            };
+            let record = run_target(target, &options, &self.cancel).await;
+            self.metrics.set_running(&pair, false);
+            record
         };
-        self.metrics.set_waiting(&pair, true);
-        let slots = tokio::select! {
-            slots = self.take_slots(&target.database.name) => slots,
-            () = self.stop.cancelled() => None,
-        };
-        self.metrics.set_waiting(&pair, false);
-        let Some(_slots) = slots else {
-            return;
-        };
-        self.metrics.set_running(&pair, true);
-        let options = RunOptions {
-            dry_run: false,
-            jobs: 1,
-        };
-        let mut record = run_target(target, &options, &self.cancel).await;
-        self.metrics.set_running(&pair, false);
         self.metrics.observe(&record);
-        // Design §3 step 9: notifications decide from `self.history` as it was
-        // before this run, then the history stores whether it notified.
-        let notified = notify::deliver(
-            &self.config,
-            std::slice::from_mut(&mut record),
-            Some(self.history.as_ref()),
-        )
-        .await;
-        if let Err(e) = self
-            .history
-            .record(std::slice::from_ref(&record), &notified)
-            .await
-        {
-            self.metrics.audit_error(1);
-            tracing::error!(error = %e, "the run could not be recorded in the run history");
+        self.enqueue(record);
+    }
+
+    /// Adds a finished run to its pair's backlog, starting a worker unless one is busy.
+    fn enqueue(self: &Arc<Self>, record: RunRecord) {
+        let key = (record.rule.clone(), record.database.clone());
+        let backlog = self.bookkeeping.get(&key).cloned().unwrap_or_default();
+        let start = match backlog.lock() {
+            Ok(mut backlog) => {
+                backlog.records.push(record);
+                !std::mem::replace(&mut backlog.busy, true)
+            }
+            Err(_) => false,
+        };
+        if start {
+            let shared = Arc::clone(self);
+            self.tracker
+                .spawn(async move { shared.work_through(&backlog).await }.in_current_span());
         }
+    }
+
+    /// Notifies and records the backlog's runs, batch by batch, until it is empty.
+    async fn work_through(&self, backlog: &std::sync::Mutex<Backlog>) {
+        loop {
+            let mut batch = match backlog.lock() {
+                Ok(mut backlog) if backlog.records.is_empty() => {
+                    backlog.busy = false;
+                    return;
+                }
+                Ok(mut backlog) => std::mem::take(&mut backlog.records),
+                Err(_) => return,
+            };
+            // The semaphore is never closed; without a permit it would just go on.
+            let _slot = Arc::clone(&self.bookkeeping_slots)
+                .acquire_owned()
+                .await
+                .ok();
+            let history = Counted {
+                history: self.history.as_ref(),
+                metrics: self.metrics.as_ref(),
+            };
+            // Design §3 step 9: notifications decide from the history as it
+            // was before these runs, then the history stores whether they notified.
+            let notified = if batch.len() == 1 {
+                notify::deliver(&self.config, &mut batch, Some(&history)).await
+            } else {
+                self.deliver_in_order(&mut batch, &history).await
+            };
+            if let Err(e) = history.record(&batch, &notified).await {
+                tracing::error!(error = %e, runs = batch.len(), "the runs could not be recorded in the run history");
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Several runs of one pair (bookkeeping fell behind, e.g. a slow
+    /// webhook or audit database): the history is read once, and each run is
+    /// judged against the state the one before it left, so an unchanged
+    /// state is still told once.
+    async fn deliver_in_order(&self, batch: &mut [RunRecord], history: &Counted<'_>) -> Vec<bool> {
+        let Some(first) = batch.first() else {
+            return Vec::new();
+        };
+        let (rule, database) = (first.rule.clone(), first.database.clone());
+        let Ok(state) = history.last_state(&rule, &database).await else {
+            // Unreadable (logged, counted): notified as without history.
+            warn!("cannot read the run history; notifying as if there were none");
+            return notify::deliver::<MemoryHistory>(&self.config, batch, None).await;
+        };
+        let memory = MemoryHistory::seeded(&rule, &database, state);
+        let mut notified = Vec::with_capacity(batch.len());
+        for record in batch.iter_mut() {
+            let one = std::slice::from_mut(record);
+            let flags = notify::deliver(&self.config, one, Some(&memory)).await;
+            let _ = memory.record(one, &flags).await;
+            notified.extend(flags);
+        }
+        notified
     }
 }
 
@@ -312,6 +438,13 @@ pub async fn run(
             ((db.to_owned(), lock.to_owned()), Arc::default())
         })
         .collect();
+    let bookkeeping = scheduled
+        .iter()
+        .map(|t| {
+            let key = (t.rule.name.clone(), t.database.name.clone());
+            (key, Arc::default())
+        })
+        .collect();
     let tracker = TaskTracker::new();
     let shared = Arc::new(Shared {
         config: Arc::new(config.clone()),
@@ -330,6 +463,8 @@ pub async fn run(
                 (name.clone(), Arc::new(Semaphore::new(limit)))
             })
             .collect(),
+        bookkeeping,
+        bookkeeping_slots: Arc::new(Semaphore::new(config.daemon.jobs)),
     });
     info!(
         pairs = scheduled.len(),

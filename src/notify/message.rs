@@ -72,7 +72,8 @@ pub struct Entry {
     pub sample: Sample,
     /// Why this run is in the message (news, reminder, recovery).
     pub change: Change,
-    /// The outcome of the previous run, where history is kept.
+    /// The outcome of the previous real run, where history is kept; for a
+    /// recovery, the problem the receivers were last told about.
     pub previous_outcome: Option<Outcome>,
 }
 
@@ -158,6 +159,8 @@ impl Entry {
         ));
         let change = match (self.change, self.previous_outcome) {
             (Change::Untracked, _) => None,
+            // A recovery names what the receivers were last told about.
+            (Change::Recovered, Some(told)) => Some(format!("recovered (last notified: {told})")),
             (change, Some(previous)) if previous != self.outcome || change == Change::Repeated => {
                 Some(format!("{} (previous run: {previous})", change.as_str()))
             }

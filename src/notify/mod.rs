@@ -92,10 +92,7 @@ pub fn compose<'c>(
                 continue;
             }
         };
-        let previous = match past {
-            Past::Last(last) => Some(last.outcome),
-            Past::Untracked | Past::Never => None,
-        };
+        let previous = policy::previous_outcome(change, past);
         let entry = Entry::new(record, &rule.description, change, previous);
         for name in &rule.notify {
             // Names were resolved when the config loaded; `get_key_value`
@@ -188,7 +185,11 @@ pub async fn deliver_at<H: History>(
         None => vec![Past::Untracked; records.len()],
         Some(_) => states
             .iter()
-            .map(|state| match state {
+            .zip(records.iter())
+            .map(|(state, record)| match state {
+                // A dry run neither reads nor writes the alert-fatigue state:
+                // it is notified like a run without history.
+                _ if record.dry_run => Past::Untracked,
                 Ok(Some(last)) => Past::Last(last),
                 Ok(None) => Past::Never,
                 // The store is down: notify as if there were no history. A

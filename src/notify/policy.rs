@@ -18,6 +18,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::history::LastState;
+#[cfg(test)]
+use crate::history::Notified;
 use crate::outcome::Outcome;
 use crate::rule::Rule;
 
@@ -121,17 +123,21 @@ fn is_good(outcome: Outcome) -> bool {
 
 /// Decides whether the run that ended in `outcome` is notified.
 ///
-/// With history (`Past::Never`/`Past::Last`):
-/// - a problem that was notified and is now `clean` or `fixed` → `Recovered`,
-///   whatever `notify_on` says (the receivers were told about the problem, so
-///   they are told it is over);
+/// With history (`Past::Never`/`Past::Last`), the past is the pair's last
+/// *real* state (dry runs and `skipped` runs are not states: a skipped run
+/// found the lock held elsewhere and says nothing about the data) and the
+/// last notification that was *delivered* (what the receivers were told):
+/// - the receivers were last told about a problem (`found`, `would_fix`,
+///   `guard_tripped`, `failed`) and the pair is `clean` or `fixed` now →
+///   `Recovered`, whatever `notify_on` says (they were told about the
+///   problem, so they are told it is over; a problem nobody was told of
+///   never gets a recovery message);
 /// - otherwise an outcome not in `notify_on` → quiet;
-/// - the first run, or an outcome different from the last run's → `New`
-///   (a `skipped` run in between counts as a different outcome: a skipped run
-///   says nothing about the data, so the next real outcome is announced);
-/// - the same outcome as last time → `Repeated` if the last message is at
-///   least `renotify_after` old, `New` if no message was ever delivered for
-///   the pair, else quiet until then.
+/// - no earlier state, or an outcome different from the last state → `New`;
+/// - the same outcome as the last state → `New` if the receivers were never
+///   told about this outcome (its notification was not delivered, or the
+///   last delivered one was about another outcome), else `Repeated` once the
+///   last delivered message is `renotify_after` old, quiet until then.
 #[must_use]
 pub fn decide(
     policy: &Policy<'_>,
@@ -146,21 +152,16 @@ pub fn decide(
         Past::Untracked | Past::Never => return Decision::Quiet(Quiet::NotWanted),
         Past::Last(last) => last,
     };
-    let previous = last.outcome;
-    if is_good(outcome)
-        && is_problem(previous)
-        && policy.notify_on.contains(&previous)
-        && last.last_notified_at.is_some()
-    {
+    if is_good(outcome) && last.notified.is_some_and(|told| is_problem(told.outcome)) {
         return Decision::Notify(Change::Recovered);
     }
     if !wanted {
         return Decision::Quiet(Quiet::NotWanted);
     }
-    if previous != outcome {
+    if last.state != Some(outcome) {
         return Decision::Notify(Change::New);
     }
-    let Some(notified_at) = last.last_notified_at else {
+    let Some(told) = last.notified.filter(|told| told.outcome == outcome) else {
         return Decision::Notify(Change::New);
     };
     // A renotify_after too large for chrono means "never remind".
@@ -169,13 +170,25 @@ pub fn decide(
             until: DateTime::<Utc>::MAX_UTC,
         });
     };
-    let until = notified_at
+    let until = told
+        .at
         .checked_add_signed(quiet)
         .unwrap_or(DateTime::<Utc>::MAX_UTC);
     if now >= until {
         Decision::Notify(Change::Repeated)
     } else {
         Decision::Quiet(Quiet::Unchanged { until })
+    }
+}
+
+/// The outcome a message names as the previous one: for a recovery, the
+/// problem the receivers were last told about; otherwise the last state.
+#[must_use]
+pub fn previous_outcome(change: Change, past: Past<'_>) -> Option<Outcome> {
+    match (change, past) {
+        (Change::Recovered, Past::Last(last)) => last.notified.map(|told| told.outcome),
+        (_, Past::Last(last)) => last.state,
+        (_, Past::Untracked | Past::Never) => None,
     }
 }
 
@@ -199,11 +212,16 @@ mod tests {
             .collect()
     }
 
+    /// A pair whose last state is `outcome` (started at `started`), last
+    /// notified at `notified` about that same outcome.
     fn last(outcome: Outcome, started: u32, notified: Option<u32>) -> LastState {
         LastState {
-            outcome,
-            started_at: at(started),
-            last_notified_at: notified.map(at),
+            last_run_at: at(started),
+            state: Some(outcome),
+            notified: notified.map(|hour| Notified {
+                outcome,
+                at: at(hour),
+            }),
         }
     }
 
@@ -368,9 +386,9 @@ mod tests {
 
     #[test]
     fn no_recovery_message_for_a_problem_nobody_was_told_about() {
-        // found is not wanted: its disappearance is not news either.
+        // found is not wanted, so nobody heard of it: its end is not news either.
         let on: BTreeSet<Outcome> = [Outcome::Failed].into();
-        let prev = last(Outcome::Found, 2, Some(1));
+        let prev = last(Outcome::Found, 2, None);
         assert_eq!(
             decide_with(&on, Outcome::Clean, Some(&prev), 3),
             Decision::Quiet(Quiet::NotWanted)
@@ -384,10 +402,69 @@ mod tests {
         );
     }
 
+    /// Issue 16 item 10: found (told) → failed (webhook 500) → failed → clean.
+    #[test]
+    fn only_delivered_notifications_of_the_same_state_keep_it_quiet() {
+        let on = default_on();
+        let told_found = Some(Notified {
+            outcome: Outcome::Found,
+            at: at(1),
+        });
+        // The failure at 2 was not delivered: at 3 the state is still news.
+        let failed_untold = LastState {
+            last_run_at: at(2),
+            state: Some(Outcome::Failed),
+            notified: told_found,
+        };
+        assert_eq!(
+            decide_with(&on, Outcome::Failed, Some(&failed_untold), 3),
+            Decision::Notify(Change::New)
+        );
+        // Had it gone clean instead, the receivers last heard "found": the
+        // recovery is about that, never about the failure nobody was told of.
+        let past = Past::Last(&failed_untold);
+        let policy = Policy {
+            notify_on: &on,
+            renotify_after: 4 * HOUR,
+        };
+        assert_eq!(
+            decide(&policy, Outcome::Clean, past, at(3)),
+            Decision::Notify(Change::Recovered)
+        );
+        assert_eq!(
+            previous_outcome(Change::Recovered, past),
+            Some(Outcome::Found)
+        );
+        assert_eq!(previous_outcome(Change::New, past), Some(Outcome::Failed));
+        // Once the failure is delivered (at 3), it is quiet and a recovery names it.
+        let failed_told = last(Outcome::Failed, 3, Some(3));
+        assert_eq!(
+            decide_with(&on, Outcome::Failed, Some(&failed_told), 4),
+            Decision::Quiet(Quiet::Unchanged { until: at(7) })
+        );
+        assert_eq!(
+            previous_outcome(Change::Recovered, Past::Last(&failed_told)),
+            Some(Outcome::Failed)
+        );
+        // A recovery that was delivered is not repeated.
+        let recovered = LastState {
+            last_run_at: at(5),
+            state: Some(Outcome::Clean),
+            notified: Some(Notified {
+                outcome: Outcome::Clean,
+                at: at(5),
+            }),
+        };
+        assert_eq!(
+            decide_with(&on, Outcome::Clean, Some(&recovered), 6),
+            Decision::Quiet(Quiet::NotWanted)
+        );
+    }
+
     #[test]
     fn clean_after_clean_or_fixed_is_quiet() {
         let on = default_on();
-        for previous in [Outcome::Clean, Outcome::Fixed, Outcome::Skipped] {
+        for previous in [Outcome::Clean, Outcome::Fixed] {
             let prev = last(previous, 2, Some(2));
             assert_eq!(
                 decide_with(&on, Outcome::Clean, Some(&prev), 3),
@@ -422,12 +499,30 @@ mod tests {
         );
     }
 
+    /// Issue 9 item 1: a replica that lost the lock recorded `skipped`.
     #[test]
-    fn a_skipped_run_in_between_makes_the_next_outcome_news() {
+    fn a_skipped_run_in_between_changes_nothing() {
         let on = default_on();
-        let prev = last(Outcome::Skipped, 3, Some(2));
+        let found_then_skipped = LastState {
+            last_run_at: at(3),
+            state: Some(Outcome::Found),
+            notified: Some(Notified {
+                outcome: Outcome::Found,
+                at: at(2),
+            }),
+        };
         assert_eq!(
-            decide_with(&on, Outcome::Failed, Some(&prev), 3),
+            decide_with(&on, Outcome::Found, Some(&found_then_skipped), 3),
+            Decision::Quiet(Quiet::Unchanged { until: at(6) })
+        );
+        // Only skipped runs so far: the first real state is news.
+        let only_skipped = LastState {
+            last_run_at: at(3),
+            state: None,
+            notified: None,
+        };
+        assert_eq!(
+            decide_with(&on, Outcome::Found, Some(&only_skipped), 3),
             Decision::Notify(Change::New)
         );
         // Skipped itself is not wanted by default.

@@ -29,6 +29,9 @@ mod daemon;
 mod engine;
 /// Test harness: a fault-injection TCP proxy (stall, lost replies, cuts) in front of the real servers.
 mod faults;
+/// Run history that stays right: two replicas, delivered notifications,
+/// retention, dry-run metrics, a stalled audit database, MySQL metadata locks.
+mod history;
 /// monitoring/: every metric the dashboard and the alerts use is served.
 mod monitoring;
 /// Webhook and email notifications against real HTTP and SMTP servers on loopback.

@@ -1,0 +1,624 @@
+//! Run history that stays right: two daemon replicas notify a state once
+//! (a `skipped` run is not a state), alert fatigue follows the notifications
+//! that were delivered, retention keeps what `--due` needs, a dry run leaves
+//! the metrics series alone, `check --connect` checks the audit database, a
+//! stalled audit database never holds up the schedule, and a MySQL migration
+//! waits for its metadata lock within a bound and recovers by itself.
+//!
+//! Real servers throughout: PostgreSQL and MariaDB, SQLite files, a real HTTP
+//! server (wiremock) for webhooks, two real daemon processes, and the fault
+//! proxy (`faults`) in front of the audit database.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sqlx::{Connection, Executor};
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::audit::{STUCK, audited, jobs, parse_metrics, store, truthy};
+use crate::faults::FaultProxy;
+use crate::util::{Case, Engine, RunOutput, TestDb};
+
+on_every_engine!(
+    alert_fatigue_follows_delivered_notifications,
+    retention_keeps_the_rows_due_and_notifications_read,
+);
+
+const DEADLINE: Duration = Duration::from_secs(90);
+
+// ---------------------------------------------------------------- helpers
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The body of `GET path` on the daemon, or `None` while nobody answers.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response
+        .contains(" 200 ")
+        .then(|| crate::daemon::body(&response).to_owned())
+}
+
+/// Polls `check` until it returns `Some`, panicking with `what` after [`DEADLINE`].
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// SIGTERM, then waits (bounded) for the exit.
+async fn stop(mut child: Child) -> RunOutput {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + DEADLINE;
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = RunOutput::from(child.wait_with_output().expect("wait"));
+            panic!("the daemon did not exit after SIGTERM\n{}", out.stderr);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    RunOutput::from(child.wait_with_output().expect("wait"))
+}
+
+/// A webhook notifier `ops` at `url`: no retries, so a 500 is simply not delivered.
+fn webhook(url: &str) -> String {
+    format!(
+        "notifiers:\n  ops:\n    webhook: {{ url: \"{url}\", timeout: 5s, retries: 0, deadline: 10s }}\n"
+    )
+}
+
+/// A webhook server answering every POST with `status`.
+async fn answer(server: &MockServer, status: u16) {
+    server.reset().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(status))
+        .mount(server)
+        .await;
+}
+
+/// The JSON payloads the webhook server received since its last reset.
+async fn payloads(server: &MockServer) -> Vec<Value> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap_or(Value::Null))
+        .collect()
+}
+
+/// Sum of every sample of `name` in an OpenMetrics text.
+fn metric_sum(text: &str, name: &str) -> f64 {
+    parse_metrics(text)
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+// ------------------------------------------------------ 9.1: two replicas
+
+/// Issue 9 item 1: k8s/daemon ships 2 replicas. The one that loses the lock
+/// records `skipped`; that must not make the next `found` look new.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_daemon_replicas_notify_an_unchanged_state_once() {
+    let app = TestDb::new(Engine::Postgres).await;
+    let audit = TestDb::new(Engine::Postgres).await;
+    let hook = MockServer::start().await;
+    answer(&hook, 200).await;
+    // Detect holds the lock for a while, so the replicas' ticks collide.
+    let case = audited(&app, &audit)
+        .rule(
+            "name: slow.found\ndatabase: main\nschedule: \"@every 1s\"\nnotify: [ops]\n\
+             detect: SELECT 1 AS x FROM pg_sleep(0.5)\n",
+        )
+        .config(&webhook(&format!("{}/hook", hook.uri())));
+    case.write_config();
+    let first = case.spawn(&["daemon"]);
+    let second = case.spawn(&["daemon"]);
+    eventually("10 found runs and 2 skipped runs", async || {
+        audit.try_exec("SELECT 1 FROM dbjanitor_runs").await.ok()?;
+        let rows = audit
+            .rows(
+                "SELECT \
+                 (SELECT count(*) FROM dbjanitor_runs WHERE outcome = 'found'), \
+                 (SELECT count(*) FROM dbjanitor_runs WHERE outcome = 'skipped')",
+            )
+            .await;
+        let n = |i: usize| {
+            rows[0][i]
+                .as_deref()
+                .unwrap_or("0")
+                .parse::<i64>()
+                .unwrap_or(0)
+        };
+        (n(0) >= 10 && n(1) >= 2).then_some(())
+    })
+    .await;
+    stop(first).await.assert_code(0);
+    stop(second).await.assert_code(0);
+    let sent = payloads(&hook).await;
+    assert_eq!(sent.len(), 1, "one notification for one state: {sent:#?}");
+    assert_eq!(sent[0]["runs"][0]["outcome"], "found");
+    assert_eq!(sent[0]["runs"][0]["change"], "new");
+    assert_eq!(
+        audit
+            .scalar("SELECT count(*) FROM dbjanitor_runs WHERE notified")
+            .await,
+        1
+    );
+}
+
+// ----------------------------------------------- 16.10: delivered, real state
+
+/// Issue 16 item 10: found (notified) → failed (webhook 500, not delivered) →
+/// failed again: notified now; a dry run in between does not count; the
+/// later clean is a recovery from the failure the receivers were told of.
+async fn alert_fatigue_follows_delivered_notifications(engine: Engine) {
+    let app = TestDb::with_sql(
+        engine,
+        "CREATE TABLE t (id integer PRIMARY KEY); INSERT INTO t VALUES (1);",
+    )
+    .await;
+    let audit = TestDb::new(engine).await;
+    let hook = MockServer::start().await;
+    answer(&hook, 200).await;
+    let case = audited(&app, &audit)
+        .rule("name: t.rows\ndatabase: main\nnotify: [ops]\ndetect: SELECT id FROM t\n")
+        .config(&webhook(&format!("{}/hook", hook.uri())));
+    let run = |args: &[&str]| {
+        let mut all = vec!["run", "--output", "json"];
+        all.extend_from_slice(args);
+        case.run(&all)
+    };
+
+    run(&[]).assert_code(0);
+    let sent = payloads(&hook).await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["runs"][0]["outcome"], "found");
+
+    // The table is gone: failed, and the webhook answers 500 (not delivered).
+    app.exec("DROP TABLE t").await;
+    answer(&hook, 500).await;
+    let out = run(&[]);
+    out.assert_code(1);
+    assert!(
+        !out.record("t.rows", "main")["notify_errors"]
+            .as_array()
+            .expect("notify_errors")
+            .is_empty()
+    );
+    assert_eq!(payloads(&hook).await.len(), 1, "attempted once");
+
+    // Still failing, webhook back: nobody was told of the failure, so it is news.
+    answer(&hook, 200).await;
+    run(&[]).assert_code(1);
+    let sent = payloads(&hook).await;
+    assert_eq!(sent.len(), 1, "the failure is notified now: {sent:#?}");
+    assert_eq!(sent[0]["runs"][0]["outcome"], "failed");
+    assert_eq!(sent[0]["runs"][0]["change"], "new");
+    assert_eq!(sent[0]["runs"][0]["previous_outcome"], "failed");
+
+    // Unchanged and told: quiet. A dry run is notified on its own terms
+    // (untracked) and changes nothing of that.
+    answer(&hook, 200).await;
+    run(&[]).assert_code(1);
+    assert!(payloads(&hook).await.is_empty(), "unchanged: quiet");
+    run(&["--dry-run"]).assert_code(1);
+    let sent = payloads(&hook).await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["runs"][0]["change"], "untracked");
+    assert_eq!(sent[0]["dry_run"], true);
+    let case = if engine == Engine::Sqlite {
+        case
+    } else {
+        // The real notification is now 2 hours old, the dry run's is fresh:
+        // the reminder is due, whatever the dry run was told.
+        let two_hours_ago = match engine {
+            Engine::Postgres => "started_at - interval '2 hours'",
+            _ => "started_at - INTERVAL 2 HOUR",
+        };
+        audit
+            .exec(&format!(
+                "UPDATE dbjanitor_runs SET started_at = {two_hours_ago} WHERE NOT dry_run"
+            ))
+            .await;
+        let case = case.config("defaults: { renotify_after: 1h }");
+        answer(&hook, 200).await;
+        case.run(&["run"]).assert_code(1);
+        let sent = payloads(&hook).await;
+        assert_eq!(sent.len(), 1, "a reminder: {sent:#?}");
+        assert_eq!(sent[0]["runs"][0]["change"], "repeated");
+        case
+    };
+
+    // The table is back, empty: clean, a recovery from the failure people were told of.
+    answer(&hook, 200).await;
+    app.exec("CREATE TABLE t (id integer PRIMARY KEY)").await;
+    case.run(&["run"]).assert_code(0);
+    let sent = payloads(&hook).await;
+    assert_eq!(sent.len(), 1, "{sent:#?}");
+    assert_eq!(sent[0]["runs"][0]["outcome"], "clean");
+    assert_eq!(sent[0]["runs"][0]["change"], "recovered");
+    assert_eq!(sent[0]["runs"][0]["previous_outcome"], "failed");
+    answer(&hook, 200).await;
+    case.run(&["run"]).assert_code(0);
+    assert!(payloads(&hook).await.is_empty(), "a recovery is told once");
+}
+
+// ------------------------------------------------------- 16.11: retention
+
+/// Issue 16 item 11: retention deleted a yearly rule's only row, and `--due`
+/// ran it again at once.
+async fn retention_keeps_the_rows_due_and_notifications_read(engine: Engine) {
+    let app = jobs(engine).await;
+    let audit = TestDb::new(engine).await;
+    let case = audited(&app, &audit)
+        .config("  keep: 1s")
+        .rule("name: a.yearly\ndatabase: main\nschedule: \"@yearly\"\ndetect: SELECT id FROM job WHERE state = 'done'\n")
+        .rule("name: b.manual\ndatabase: main\ndetect: SELECT id FROM job WHERE state = 'done'\n");
+    let json = |args: &[&str]| {
+        let mut all = vec!["run", "--output", "json"];
+        all.extend_from_slice(args);
+        case.run(&all)
+    };
+    let first = json(&["--due"]);
+    first.assert_code(0);
+    assert_eq!(first.outcome("a.yearly", "main"), "found");
+    json(&["a.yearly"]).assert_code(0);
+    json(&["a.yearly", "--dry-run"]).assert_code(0);
+    let count = async |filter: &str| {
+        audit
+            .scalar(&format!(
+                "SELECT count(*) FROM dbjanitor_runs WHERE rule = 'a.yearly' AND {filter}"
+            ))
+            .await
+    };
+    // Everything is older than `keep` now; another run prunes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    json(&["b.manual"]).assert_code(0);
+    assert_eq!(count("dry_run = TRUE").await, 0, "old dry runs go");
+    assert_eq!(
+        count("dry_run = FALSE").await,
+        1,
+        "the latest real run stays"
+    );
+    // The yearly rule ran this year: nothing is due.
+    let due = json(&["--due"]);
+    due.assert_code(0);
+    assert_eq!(due.json()["rules"], serde_json::json!([]), "{}", due.stdout);
+    assert_eq!(count("dry_run = FALSE").await, 1);
+}
+
+// ------------------------------------------------ 16.13: dry-run metrics
+
+/// Issue 16 item 13: a dry run set `last_success_timestamp_seconds` and the
+/// outcome series of a pair whose real state was a failure.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_leaves_the_metrics_of_the_real_state_alone() {
+    let app = TestDb::new(Engine::Sqlite).await;
+    let audit = TestDb::new(Engine::Sqlite).await;
+    let case = audited(&app, &audit).rule(STUCK);
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("dbjanitor.prom");
+    let file = path.display().to_string();
+    let read = || parse_metrics(&std::fs::read_to_string(&path).expect("metrics file"));
+    let series = |scrape: &prometheus_parse::Scrape, name: &str, outcome: Option<&str>| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == name
+                    && s.labels.get("rule") == Some("jobs.stuck")
+                    && outcome.is_none_or(|o| s.labels.get("outcome") == Some(o))
+            })
+            .map(|s| s.value.clone())
+    };
+    // No table yet: the real run fails.
+    case.run(&["run", "--metrics-file", &file]).assert_code(1);
+    let failed = read();
+    let one = Some(prometheus_parse::Value::Gauge(1.0));
+    assert_eq!(
+        series(&failed, "dbjanitor_last_run_outcome", Some("failed")),
+        one
+    );
+    assert_eq!(
+        series(&failed, "dbjanitor_last_success_timestamp_seconds", None),
+        None
+    );
+    // The table appears; a dry run would fix it.
+    app.exec(
+        "CREATE TABLE job (id integer PRIMARY KEY, state varchar(16) NOT NULL); \
+         INSERT INTO job VALUES (1, 'stuck');",
+    )
+    .await;
+    case.run(&["run", "--dry-run", "--metrics-file", &file])
+        .assert_code(0);
+    let dry = read();
+    assert_eq!(
+        series(&dry, "dbjanitor_last_run_outcome", Some("failed")),
+        one,
+        "the real state is still the failure"
+    );
+    assert_eq!(
+        series(&dry, "dbjanitor_last_run_outcome", Some("would_fix")),
+        Some(prometheus_parse::Value::Gauge(0.0))
+    );
+    assert_eq!(
+        series(&dry, "dbjanitor_last_success_timestamp_seconds", None),
+        None
+    );
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM job WHERE state = 'stuck'")
+            .await,
+        1
+    );
+    // The real fix moves them.
+    case.run(&["run", "--metrics-file", &file]).assert_code(0);
+    let fixed = read();
+    assert_eq!(
+        series(&fixed, "dbjanitor_last_run_outcome", Some("fixed")),
+        one
+    );
+    assert!(series(&fixed, "dbjanitor_last_success_timestamp_seconds", None).is_some());
+}
+
+// ------------------------------------------------- 9.5: check --connect
+
+/// Issue 9 item 5: `check --connect` said ok with the audit database down.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_connect_checks_the_audit_database() {
+    let app = jobs(Engine::Sqlite).await;
+    let audit = TestDb::new(Engine::Postgres).await;
+    let dead = format!("postgres://postgres@127.0.0.1:{}/nothing", free_port());
+    let down = Case::new()
+        .database("main", app.url())
+        .database("janitor", &dead)
+        .config("audit: { database: janitor, timeout: 3s }")
+        .rule(STUCK)
+        .run(&["check", "--connect"]);
+    down.assert_code(1);
+    assert!(
+        down.stdout.contains("audit database janitor: unreachable"),
+        "{}",
+        down.stdout
+    );
+    let case = audited(&app, &audit).rule(STUCK);
+    let fresh = case.run(&["check", "--connect"]);
+    fresh.assert_code(0);
+    assert!(
+        fresh
+            .stdout
+            .contains("audit database janitor: ok (no schema yet"),
+        "{}",
+        fresh.stdout
+    );
+    case.run(&["run"]).assert_code(0);
+    let migrated = case.run(&["check", "--connect"]);
+    migrated.assert_code(0);
+    assert!(
+        migrated
+            .stdout
+            .contains("audit database janitor: ok (schema version 2)"),
+        "{}",
+        migrated.stdout
+    );
+    // check changed nothing: one run, one row.
+    assert_eq!(audit.scalar("SELECT count(*) FROM dbjanitor_runs").await, 1);
+}
+
+// ------------------------------------------- 9.2: a stalled audit database
+
+async fn a_stalled_audit_database_never_holds_up_the_schedule(engine: Engine) {
+    let app = TestDb::new(engine).await;
+    let audit = TestDb::new(engine).await;
+    let proxy = FaultProxy::in_front_of(audit.url());
+    let port = free_port();
+    let case = Case::new()
+        .database("main", app.url())
+        .database("janitor", &proxy.url_for(audit.url()))
+        .config("audit: { database: janitor, timeout: 2s }")
+        .rule(
+            "name: every.second\ndatabase: main\nschedule: \"@every 1s\"\ndetect: SELECT 1 AS x\n",
+        );
+    let child = case.spawn(&["daemon", "--listen", &format!("127.0.0.1:{port}")]);
+    // The schema is migrated before the server starts.
+    eventually("/livez", async || http_get(port, "/livez")).await;
+    let recorded = async || audit.scalar("SELECT count(*) FROM dbjanitor_runs").await;
+    eventually("2 audit rows", async || {
+        (recorded().await >= 2).then_some(())
+    })
+    .await;
+    let before = http_get(port, "/metrics").expect("/metrics");
+    proxy.stall();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let during = http_get(port, "/metrics").expect("/metrics");
+    let runs = |text: &str| metric_sum(text, "dbjanitor_runs_total");
+    assert!(
+        runs(&during) - runs(&before) >= 5.0,
+        "the rule kept its schedule: {} runs in 10 s\n{during}",
+        runs(&during) - runs(&before)
+    );
+    assert!(
+        metric_sum(&during, "dbjanitor_audit_errors_total") >= 1.0,
+        "audit failures are counted\n{during}"
+    );
+    assert!(
+        metric_sum(&during, "dbjanitor_overlap_skips_total") <= 2.0,
+        "no tick waited for the audit database\n{during}"
+    );
+    proxy.release();
+    let stalled_rows = recorded().await;
+    eventually("rows recorded again after the stall", async || {
+        (recorded().await > stalled_rows).then_some(())
+    })
+    .await;
+    let out = stop(child).await;
+    out.assert_code(0);
+    assert!(
+        out.stderr.contains("could not be recorded")
+            || out.stderr.contains("cannot read the run history"),
+        "audit failures are logged\n{}",
+        out.stderr
+    );
+}
+
+mod a_stalled_audit_database_never_holds_up_the_schedule {
+    use crate::util::Engine;
+    #[tokio::test(flavor = "multi_thread")]
+    async fn postgres() {
+        super::a_stalled_audit_database_never_holds_up_the_schedule(Engine::Postgres).await
+    }
+    #[tokio::test(flavor = "multi_thread")]
+    async fn mysql() {
+        super::a_stalled_audit_database_never_holds_up_the_schedule(Engine::MySql).await
+    }
+}
+
+// ------------------------------------ 16.12: MySQL migration and metadata lock
+
+/// Issue 16 item 12: an open reader of the table (here an open transaction
+/// that read it, as `mysqldump --single-transaction` keeps one) blocks the
+/// v2 ALTER. The migration waits `migrate_lock_wait`, says why, applies
+/// nothing and leaves nothing dirty; the next run, the reader gone, migrates.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mysql_migration_waits_for_its_metadata_lock_within_a_bound() {
+    let app = jobs(Engine::MySql).await;
+    let audit = TestDb::new(Engine::MySql).await;
+    store(&audit).migrate_to(1).await.expect("schema v1");
+    let mut reader = audit.mysql().await;
+    reader.execute("START TRANSACTION").await.expect("begin");
+    reader
+        .execute("SELECT count(*) FROM dbjanitor_runs")
+        .await
+        .expect("read");
+    let case = audited(&app, &audit)
+        .config("  migrate_lock_wait: 3s")
+        .rule(STUCK);
+    let started = Instant::now();
+    let blocked = case.run(&["run", "--output", "json"]);
+    blocked.assert_code(1);
+    assert!(started.elapsed() < Duration::from_secs(60), "bounded");
+    assert_eq!(
+        blocked.outcome("jobs.stuck", "main"),
+        "fixed",
+        "the rules ran"
+    );
+    let error = blocked.json()["audit_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        error.contains("could not get the metadata lock") && error.contains("Nothing was applied"),
+        "{error}\n{}",
+        blocked.stderr
+    );
+    assert!(
+        blocked.stderr.contains("waiting for the metadata lock"),
+        "{}",
+        blocked.stderr
+    );
+    let versions = audit
+        .rows("SELECT version, dirty FROM dbjanitor_schema_version ORDER BY version")
+        .await;
+    assert_eq!(
+        versions.len(),
+        1,
+        "v2 not recorded, not dirty: {versions:?}"
+    );
+    assert!(!truthy(versions[0][1].as_ref()));
+    reader.execute("COMMIT").await.expect("commit");
+    let _ = reader.close().await;
+    // The reader is gone: the next run migrates and records.
+    case.run(&["run"]).assert_code(0);
+    let versions = audit
+        .rows("SELECT version, dirty FROM dbjanitor_schema_version ORDER BY version")
+        .await;
+    assert_eq!(versions.len(), 2);
+    assert!(versions.iter().all(|v| !truthy(v[1].as_ref())));
+    assert_eq!(audit.scalar("SELECT count(*) FROM dbjanitor_runs").await, 1);
+}
+
+/// A dirty row whose step the schema shows completed, or not started, is
+/// resolved by the next start on its own; a half-applied one is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_mysql_migration_recovers_from_the_schema() {
+    let app = jobs(Engine::MySql).await;
+    // Completed: v2's columns are there.
+    let audit = TestDb::new(Engine::MySql).await;
+    store(&audit).migrate().await.expect("schema");
+    audit
+        .exec("UPDATE dbjanitor_schema_version SET dirty = TRUE WHERE version = 2")
+        .await;
+    audited(&app, &audit)
+        .rule(STUCK)
+        .run(&["run"])
+        .assert_code(0);
+    assert_eq!(
+        audit
+            .scalar("SELECT count(*) FROM dbjanitor_schema_version WHERE dirty = FALSE")
+            .await,
+        2
+    );
+    assert_eq!(audit.scalar("SELECT count(*) FROM dbjanitor_runs").await, 1);
+    // Not started: the row is there, none of v2's columns.
+    let audit = TestDb::new(Engine::MySql).await;
+    store(&audit).migrate_to(1).await.expect("schema v1");
+    audit
+        .exec(
+            "INSERT INTO dbjanitor_schema_version (version, name, applied_at, dirty, applied_by) \
+             VALUES (2, 'notified', NOW(6), TRUE, 'killed')",
+        )
+        .await;
+    audited(&app, &audit)
+        .rule(STUCK)
+        .run(&["run"])
+        .assert_code(0);
+    assert_eq!(
+        audit
+            .scalar("SELECT count(*) FROM dbjanitor_schema_version WHERE dirty = FALSE")
+            .await,
+        2
+    );
+    assert_eq!(
+        audit
+            .scalar("SELECT count(*) FROM dbjanitor_runs WHERE notified = FALSE")
+            .await,
+        1
+    );
+}
