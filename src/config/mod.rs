@@ -489,6 +489,18 @@ impl Loader<'_> {
         } else {
             secret
         };
+        if dialect == Dialect::MySql && names_no_database(&secret) {
+            // Issue 12.7: else it surfaced as "No database selected" at prepare time.
+            self.err(
+                file,
+                at,
+                format!(
+                    "database {name:?}: the MySQL URL {} names no database: add /DBNAME, e.g. mysql://user@host:3306/shop",
+                    secret.redacted()
+                ),
+            );
+            return None;
+        }
         if let Err(e) = check_url(dialect, &secret) {
             self.err(
                 file,
@@ -1234,6 +1246,12 @@ impl RuleWalk {
         }
         Ok(())
     }
+}
+
+/// Whether a (MySQL) URL has no database in its path (`mysql://h:3306`,
+/// `mysql://h:3306/`): every unqualified table name would fail at run time.
+fn names_no_database(url: &SecretUrl) -> bool {
+    url::Url::parse(url.expose()).is_ok_and(|u| u.path().trim_matches('/').is_empty())
 }
 
 /// Parses a URL with the driver's own parser, so a malformed URL is a
