@@ -131,6 +131,7 @@ mod tests {
                 name: "d".into(),
                 dialect: Dialect::Sqlite,
                 url: SecretUrl::new("sqlite://x.db".into()),
+                lock: crate::db::LockKind::Auto,
             }),
         }
     }

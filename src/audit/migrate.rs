@@ -32,10 +32,10 @@ use std::time::Duration;
 
 use chrono::Utc;
 use sqlx::mysql::MySqlDatabaseError;
-use sqlx::{Connection, Executor, Row};
+use sqlx::{Executor, Row};
 
 use super::{AuditError, Conn};
-use crate::db::{Dialect, mysql_lock_name, postgres_lock_key};
+use crate::db::{Dialect, mysql_lock_name};
 use crate::sql::split_statements;
 
 /// One migration: its version, name and SQL per dialect.
@@ -133,7 +133,7 @@ pub struct Migrated {
     pub to: u32,
 }
 
-const VERSION_TABLE_PG: &str = "CREATE TABLE IF NOT EXISTS dbjanitor_schema_version (\
+pub(super) const VERSION_TABLE_PG: &str = "CREATE TABLE IF NOT EXISTS dbjanitor_schema_version (\
     version integer PRIMARY KEY, name varchar(100) NOT NULL, applied_at timestamptz NOT NULL, \
     dirty boolean NOT NULL DEFAULT false, applied_by varchar(64) NOT NULL)";
 const VERSION_TABLE_MYSQL: &str = "CREATE TABLE IF NOT EXISTS dbjanitor_schema_version (\
@@ -146,7 +146,7 @@ const VERSION_TABLE_SQLITE: &str = "CREATE TABLE IF NOT EXISTS dbjanitor_schema_
 /// The applied versions: (highest version, a dirty version if any).
 type Applied = (u32, Option<(u32, String)>);
 
-fn applied(rows: Vec<(i64, String, bool)>) -> Applied {
+pub(super) fn applied(rows: Vec<(i64, String, bool)>) -> Applied {
     let mut highest = 0u32;
     let mut dirty = None;
     for (version, name, is_dirty) in rows {
@@ -162,7 +162,7 @@ fn applied(rows: Vec<(i64, String, bool)>) -> Applied {
 const SELECT_VERSIONS: &str = "SELECT version, name, dirty FROM dbjanitor_schema_version";
 
 /// Checks what was found against what this binary knows.
-fn check(found: &Applied, dialect: Dialect) -> Result<(), AuditError> {
+pub(super) fn check(found: &Applied, dialect: Dialect) -> Result<(), AuditError> {
     if let Some((version, name)) = &found.1 {
         return Err(AuditError::Dirty {
             version: *version,
@@ -179,7 +179,7 @@ fn check(found: &Applied, dialect: Dialect) -> Result<(), AuditError> {
     Ok(())
 }
 
-fn pending(from: u32, target: u32) -> impl Iterator<Item = &'static Migration> {
+pub(super) fn pending(from: u32, target: u32) -> impl Iterator<Item = &'static Migration> {
     MIGRATIONS
         .iter()
         .filter(move |m| m.version > from && m.version <= target)
@@ -193,54 +193,8 @@ pub(super) async fn migrate(
 ) -> Result<Migrated, AuditError> {
     let target = target.min(SCHEMA_VERSION);
     match conn {
-        Conn::Postgres(c, url) => {
-            let err = |e: sqlx::Error| AuditError::sql(url, &e);
-            let mut tx = c.begin().await.map_err(err)?;
-            let wait = format!("{}ms", lock_wait.as_millis().max(1));
-            sqlx::query("SELECT set_config('lock_timeout', $1, true)")
-                .bind(wait)
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(postgres_lock_key(MIGRATION_LOCK))
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
-            (&mut *tx).execute(VERSION_TABLE_PG).await.map_err(err)?;
-            let rows: Vec<(i32, String, bool)> = sqlx::query_as(SELECT_VERSIONS)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(err)?;
-            let found = applied(
-                rows.into_iter()
-                    .map(|(v, n, d)| (i64::from(v), n, d))
-                    .collect(),
-            );
-            check(&found, Dialect::Postgres)?;
-            for migration in pending(found.0, target) {
-                for statement in split_statements(migration.postgres, Dialect::Postgres) {
-                    (&mut *tx)
-                        .execute(sqlx::AssertSqlSafe(statement.to_owned()))
-                        .await
-                        .map_err(|e| AuditError::migration(migration, url, &e))?;
-                }
-                sqlx::query(
-                    "INSERT INTO dbjanitor_schema_version (version, name, applied_at, dirty, applied_by) VALUES ($1, $2, $3, false, $4)",
-                )
-                .bind(i32::try_from(migration.version).unwrap_or(i32::MAX))
-                .bind(migration.name)
-                .bind(Utc::now())
-                .bind(super::VERSION)
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
-            }
-            tx.commit().await.map_err(err)?;
-            Ok(Migrated {
-                from: found.0,
-                to: found.0.max(target),
-            })
+        Conn::Postgres(c) => {
+            super::pg::migrate(c, MIGRATION_LOCK, lock_wait.as_millis().max(1), target).await
         }
         Conn::Sqlite(c, url) => {
             let err = |e: sqlx::Error| AuditError::sql(url, &e);
@@ -511,12 +465,12 @@ async fn recover_mysql(
 /// (`check --connect` on a database dbjanitor never wrote to).
 pub(super) async fn version_if_any(conn: &mut Conn) -> Result<u32, AuditError> {
     let exists = match conn {
-        Conn::Postgres(c, url) => sqlx::query_scalar::<_, i64>(
-            "SELECT COUNT(*) FROM (SELECT to_regclass('dbjanitor_schema_version') AS t) AS x WHERE t IS NOT NULL",
-        )
-        .fetch_one(&mut *c)
-        .await
-        .map_err(|e| AuditError::sql(url, &e))?,
+        Conn::Postgres(c) => c
+            .text("SELECT COUNT(*) FROM (SELECT to_regclass('dbjanitor_schema_version') AS t) AS x WHERE t IS NOT NULL")
+            .await
+            .map_err(|e| AuditError::Sql(e.to_string()))?
+            .and_then(|n| n.parse::<i64>().ok())
+            .unwrap_or(0),
         Conn::MySql(c, url, _) => sqlx::query_scalar::<_, i64>(
             "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() \
              AND table_name = 'dbjanitor_schema_version'",
@@ -541,11 +495,7 @@ pub(super) async fn version_if_any(conn: &mut Conn) -> Result<u32, AuditError> {
 pub(super) async fn current_version(conn: &mut Conn) -> Result<u32, AuditError> {
     let sql = "SELECT COALESCE(MAX(version), 0) FROM dbjanitor_schema_version";
     let version: i64 = match conn {
-        Conn::Postgres(c, url) => sqlx::query_scalar::<_, i32>(sql)
-            .fetch_one(&mut *c)
-            .await
-            .map(i64::from)
-            .map_err(|e| AuditError::sql(url, &e))?,
+        Conn::Postgres(c) => i64::from(super::pg::current_version(c).await?),
         Conn::MySql(c, url, _) => sqlx::query_scalar::<_, i32>(sql)
             .fetch_one(&mut *c)
             .await

@@ -18,6 +18,7 @@
 //! what a rule did.
 
 mod migrate;
+mod pg;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -27,12 +28,12 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use sqlx::Connection;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
-use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 
 pub use migrate::{MIGRATION_LOCK, MIGRATIONS, Migrated, Migration, SCHEMA_VERSION};
 
 use crate::config::Config;
+use crate::db::pgconn::PgConn;
 use crate::db::{DatabaseConfig, Dialect, describe};
 use crate::history::{History, HistoryError, LastState, Notified};
 use crate::outcome::{Outcome, RunRecord};
@@ -168,8 +169,8 @@ impl From<AuditError> for HistoryError {
 /// One connection to the audit database, of the concrete type for its
 /// dialect (parameters are bound, never spliced into the SQL).
 pub(crate) enum Conn {
-    /// PostgreSQL.
-    Postgres(PgConnection, SecretUrl),
+    /// PostgreSQL (tokio-postgres: no named statements, pooler-safe).
+    Postgres(PgConn),
     /// MySQL/MariaDB, with the current schema (for lock names).
     MySql(MySqlConnection, SecretUrl, String),
     /// SQLite.
@@ -183,13 +184,13 @@ impl Conn {
         let connect = async {
             match db.dialect {
                 Dialect::Postgres => {
-                    let options = PgConnectOptions::from_str(url.expose())
-                        .map_err(connect_err)?
-                        .application_name("dbjanitor-audit");
-                    let conn = PgConnection::connect_with(&options)
+                    let conn = PgConn::connect(&url, "dbjanitor-audit", TIMEOUT)
                         .await
-                        .map_err(connect_err)?;
-                    Ok(Conn::Postgres(conn, url.clone()))
+                        .map_err(|e| match e {
+                            crate::db::DbError::Connect(text) => AuditError::Connect(text),
+                            other => AuditError::Connect(other.to_string()),
+                        })?;
+                    Ok(Conn::Postgres(conn))
                 }
                 Dialect::MySql => {
                     // Times are bound as UTC DATETIME values; the session time
@@ -225,9 +226,13 @@ impl Conn {
     async fn close(self) {
         let _ = tokio::time::timeout(crate::db::CLOSE_TIMEOUT, async {
             match self {
-                Conn::Postgres(c, _) => c.close().await,
-                Conn::MySql(c, _, _) => c.close().await,
-                Conn::Sqlite(c, _) => c.close().await,
+                Conn::Postgres(c) => c.close().await,
+                Conn::MySql(c, _, _) => {
+                    let _ = c.close().await;
+                }
+                Conn::Sqlite(c, _) => {
+                    let _ = c.close().await;
+                }
             }
         })
         .await;
@@ -280,14 +285,14 @@ pub struct AuditStore {
     last_prune: Mutex<Option<Instant>>,
 }
 
-fn clip(text: &str) -> String {
+pub(crate) fn clip(text: &str) -> String {
     match text.char_indices().nth(MAX_TEXT_CHARS) {
         Some((at, _)) => format!("{}…", &text[..at]),
         None => text.to_owned(),
     }
 }
 
-fn count(value: Option<u64>) -> Option<i64> {
+pub(crate) fn count(value: Option<u64>) -> Option<i64> {
     value.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
 }
 
@@ -298,7 +303,7 @@ fn parse_outcome(text: &str) -> Result<Outcome, AuditError> {
         .ok_or_else(|| AuditError::Sql(format!("unknown outcome {text:?} in dbjanitor_runs")))
 }
 
-/// Binds the columns of [`INSERT_POSTGRES`]/[`INSERT_OTHER`] in order.
+/// Binds the columns of [`INSERT_OTHER`] in order.
 macro_rules! bind_run {
     ($query:expr, $record:expr, $notified:expr, $host:expr) => {{
         let r: &RunRecord = $record;
@@ -324,9 +329,6 @@ macro_rules! bind_run {
     }};
 }
 
-const INSERT_POSTGRES: &str = "INSERT INTO dbjanitor_runs (rule, database_name, started_at, finished_at, duration_ms, \
-    outcome, reason, message, error, detected, changed, remaining, batches, dry_run, notified, host, dbjanitor_version) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
 const INSERT_OTHER: &str = "INSERT INTO dbjanitor_runs (rule, database_name, started_at, finished_at, duration_ms, \
     outcome, reason, message, error, detected, changed, remaining, batches, dry_run, notified, host, dbjanitor_version) \
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
@@ -391,20 +393,23 @@ macro_rules! prune_sql {
 const PRUNE_POSTGRES: &str = prune_sql!("$1", "$2");
 const PRUNE_OTHER: &str = prune_sql!("?", "?");
 
-/// Runs `$body` on whichever connection `conn` is, with `$sql` set to the
-/// dialect's text (`$pg` for PostgreSQL, `$other` for MySQL and SQLite, or
-/// one text each). The body is expanded once per arm, so each arm binds and
-/// decodes with its own concrete database type.
+/// Runs `$pg_body` on a PostgreSQL connection (see `pg`), or `$body` on a
+/// sqlx connection with `$sql` set to the dialect's text (`$other` for MySQL
+/// and SQLite, or one text each). The body is expanded once per arm, so each
+/// arm binds and decodes with its own concrete database type.
 macro_rules! on_each {
-    ($conn:expr, $pg:expr, $other:expr, |$c:ident, $sql:ident, $url:ident| $body:expr) => {
-        on_each!($conn, $pg, $other, $other, |$c, $sql, $url| $body)
+    ($conn:expr, $other:expr, pg |$p:ident| $pg_body:expr, |$c:ident, $sql:ident, $url:ident| $body:expr) => {
+        on_each!(
+            $conn,
+            $other,
+            $other,
+            pg | $p | $pg_body,
+            |$c, $sql, $url| $body
+        )
     };
-    ($conn:expr, $pg:expr, $my:expr, $lite:expr, |$c:ident, $sql:ident, $url:ident| $body:expr) => {
+    ($conn:expr, $my:expr, $lite:expr, pg |$p:ident| $pg_body:expr, |$c:ident, $sql:ident, $url:ident| $body:expr) => {
         match $conn {
-            Conn::Postgres($c, $url) => {
-                let $sql: &'static str = $pg;
-                $body
-            }
+            Conn::Postgres($p) => $pg_body,
             Conn::MySql($c, $url, _) => {
                 let $sql: &'static str = $my;
                 $body
@@ -622,33 +627,43 @@ async fn insert(
     notified: &[bool],
     host: &str,
 ) -> Result<(), AuditError> {
-    on_each!(conn, INSERT_POSTGRES, INSERT_OTHER, |c, sql, url| {
-        let err = |e: sqlx::Error| AuditError::sql(url, &e);
-        let mut tx = c.begin().await.map_err(err)?;
-        for (i, record) in records.iter().enumerate() {
-            let was_notified = notified.get(i).copied().unwrap_or(false);
-            bind_run!(sqlx::query(sql), record, was_notified, host)
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
+    on_each!(
+        conn,
+        INSERT_OTHER,
+        pg | c | pg::insert(c, records, notified, host).await,
+        |c, sql, url| {
+            let err = |e: sqlx::Error| AuditError::sql(url, &e);
+            let mut tx = c.begin().await.map_err(err)?;
+            for (i, record) in records.iter().enumerate() {
+                let was_notified = notified.get(i).copied().unwrap_or(false);
+                bind_run!(sqlx::query(sql), record, was_notified, host)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err)?;
+            }
+            tx.commit().await.map_err(err)
         }
-        tx.commit().await.map_err(err)
-    })
+    )
 }
 
 async fn prune(conn: &mut Conn, cutoff: DateTime<Utc>) -> Result<u64, AuditError> {
     let mut total = 0u64;
     for _ in 0..PRUNE_MAX_BATCHES {
         let limit = i64::from(PRUNE_BATCH);
-        let batch = on_each!(&mut *conn, PRUNE_POSTGRES, PRUNE_OTHER, |c, sql, url| {
-            sqlx::query(sql)
-                .bind(cutoff)
-                .bind(limit)
-                .execute(&mut *c)
-                .await
-                .map_err(|e| AuditError::sql(url, &e))?
-                .rows_affected()
-        });
+        let batch = on_each!(
+            &mut *conn,
+            PRUNE_OTHER,
+            pg | c | pg::prune_batch(c, PRUNE_POSTGRES, cutoff, limit).await?,
+            |c, sql, url| {
+                sqlx::query(sql)
+                    .bind(cutoff)
+                    .bind(limit)
+                    .execute(&mut *c)
+                    .await
+                    .map_err(|e| AuditError::sql(url, &e))?
+                    .rows_affected()
+            }
+        );
         total += batch;
         if batch < u64::from(PRUNE_BATCH) {
             break;
@@ -657,22 +672,27 @@ async fn prune(conn: &mut Conn, cutoff: DateTime<Utc>) -> Result<u64, AuditError
     Ok(total)
 }
 
-/// Columns of [`LAST_POSTGRES`]/[`LAST_OTHER`].
-type LastRow = (String, DateTime<Utc>, i64, Option<i64>, Option<i64>);
+/// Columns of [`LAST_OTHER`] (and of `pg::last_row`).
+pub(crate) type LastRow = (String, DateTime<Utc>, i64, Option<i64>, Option<i64>);
 
 async fn last_run(
     conn: &mut Conn,
     rule: &str,
     database: &str,
 ) -> Result<Option<LastRun>, AuditError> {
-    let row: Option<LastRow> = on_each!(&mut *conn, LAST_POSTGRES, LAST_OTHER, |c, sql, url| {
-        sqlx::query_as(sql)
-            .bind(rule)
-            .bind(database)
-            .fetch_optional(&mut *c)
-            .await
-            .map_err(|e| AuditError::sql(url, &e))?
-    });
+    let row: Option<LastRow> = on_each!(
+        &mut *conn,
+        LAST_OTHER,
+        pg | c | pg::last_row(c, rule, database).await?,
+        |c, sql, url| {
+            sqlx::query_as(sql)
+                .bind(rule)
+                .bind(database)
+                .fetch_optional(&mut *c)
+                .await
+                .map_err(|e| AuditError::sql(url, &e))?
+        }
+    );
     let Some((outcome, started_at, duration_ms, detected, changed)) = row else {
         return Ok(None);
     };
@@ -725,14 +745,19 @@ async fn latest(
     rule: &str,
     database: &str,
 ) -> Result<Option<(String, DateTime<Utc>)>, AuditError> {
-    let row: Option<(String, DateTime<Utc>)> = on_each!(conn, pg, other, |c, sql, url| {
-        sqlx::query_as(sql)
-            .bind(rule)
-            .bind(database)
-            .fetch_optional(&mut *c)
-            .await
-            .map_err(|e| AuditError::sql(url, &e))
-    })?;
+    let row: Option<(String, DateTime<Utc>)> = on_each!(
+        conn,
+        other,
+        pg | c | pg::latest(c, pg, rule, database).await,
+        |c, sql, url| {
+            sqlx::query_as(sql)
+                .bind(rule)
+                .bind(database)
+                .fetch_optional(&mut *c)
+                .await
+                .map_err(|e| AuditError::sql(url, &e))
+        }
+    )?;
     Ok(row)
 }
 
@@ -744,14 +769,19 @@ async fn max_started(
     rule: &str,
     database: &str,
 ) -> Result<Option<DateTime<Utc>>, AuditError> {
-    on_each!(conn, pg, other, |c, sql, url| {
-        sqlx::query_scalar::<_, Option<DateTime<Utc>>>(sql)
-            .bind(rule)
-            .bind(database)
-            .fetch_one(&mut *c)
-            .await
-            .map_err(|e| AuditError::sql(url, &e))
-    })
+    on_each!(
+        conn,
+        other,
+        pg | c | pg::max_started(c, pg, rule, database).await,
+        |c, sql, url| {
+            sqlx::query_scalar::<_, Option<DateTime<Utc>>>(sql)
+                .bind(rule)
+                .bind(database)
+                .fetch_one(&mut *c)
+                .await
+                .map_err(|e| AuditError::sql(url, &e))
+        }
+    )
 }
 
 /// The audit table as run history: the last non-dry run of a pair (a dry run

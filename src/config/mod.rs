@@ -509,11 +509,37 @@ impl Loader<'_> {
             );
             return None;
         }
+        let lock = match &db.value.lock {
+            None => crate::db::LockKind::Auto,
+            Some(lock) => match crate::db::LockKind::parse(&lock.value.kind.value) {
+                Some(kind) => kind,
+                None => {
+                    self.err(
+                        file,
+                        lock.value.kind.referenced,
+                        format!(
+                            "database {name:?}: unknown lock kind {:?}: expected advisory, lease or auto",
+                            lock.value.kind.value
+                        ),
+                    );
+                    return None;
+                }
+            },
+        };
+        if lock == crate::db::LockKind::Lease && dialect != Dialect::Postgres {
+            self.err(
+                file,
+                db.referenced,
+                format!("database {name:?}: lock kind lease is only available on PostgreSQL"),
+            );
+            return None;
+        }
         let pragmas = self.pragmas(file, name, dialect, db.value.pragmas.as_ref());
         Some(DatabaseConfig {
             name: name.to_owned(),
             dialect,
             url: secret,
+            lock,
             pragmas,
         })
     }
@@ -1259,7 +1285,7 @@ fn names_no_database(url: &SecretUrl) -> bool {
 fn check_url(dialect: Dialect, url: &SecretUrl) -> Result<(), String> {
     let text = url.expose();
     let result = match dialect {
-        Dialect::Postgres => sqlx::postgres::PgConnectOptions::from_str(text).map(|_| ()),
+        Dialect::Postgres => return crate::db::pgconn::check_url(url),
         Dialect::MySql => sqlx::mysql::MySqlConnectOptions::from_str(text).map(|_| ()),
         Dialect::Sqlite => sqlx::sqlite::SqliteConnectOptions::from_str(text).map(|_| ()),
     };

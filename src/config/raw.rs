@@ -38,6 +38,14 @@ pub(crate) struct RawDatabase {
     pub(crate) url_file: Option<Spanned<String>>,
     /// SQLite pragmas the application sets on its connections.
     pub(crate) pragmas: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    pub(crate) lock: Option<Spanned<RawDatabaseLock>>,
+}
+
+/// `lock:` of a database: which kind of lock its rules take.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDatabaseLock {
+    pub(crate) kind: Spanned<String>,
 }
 
 /// `defaults:`.

@@ -22,9 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{
-    ConnectSettings, DatabaseConfig, Dialect, MySqlSession, PgSession, Session, SqliteSession,
-};
+use crate::db::{ConnectSettings, DatabaseConfig, Dialect, MySqlSession, Session, SqliteSession};
 use crate::metrics::{CONTENT_TYPE, DaemonMetrics};
 
 /// How often every database is checked.
@@ -82,7 +80,13 @@ async fn ping(db: &DatabaseConfig) -> Result<(), String> {
     };
     let check = async {
         match db.dialect {
-            Dialect::Postgres => PgSession::connect(db, &settings).await?.close().await,
+            // A bare connection: no lock detection, nothing set on the server.
+            Dialect::Postgres => {
+                crate::db::pgconn::PgConn::connect(&db.url, "dbjanitor", settings.timeout)
+                    .await?
+                    .close()
+                    .await;
+            }
             Dialect::MySql => MySqlSession::connect(db, &settings).await?.close().await,
             Dialect::Sqlite => SqliteSession::connect(db, &settings).await?.close().await,
         }

@@ -13,8 +13,10 @@
 //! client, and every value arrives as text that a report can show whatever
 //! its column type.
 
+mod lease;
 mod lock;
 mod mysql;
+pub(crate) mod pgconn;
 mod postgres;
 mod sample;
 mod sqlite;
@@ -26,7 +28,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use lock::{mysql_lock_name, postgres_lock_key};
+pub use lease::LEASE_TABLE_SQL;
+pub use lock::{LockKind, mysql_lock_name, postgres_lock_key, postgres_schema_lock_key};
 pub use mysql::MySqlSession;
 pub use postgres::PgSession;
 pub use sqlite::SqliteSession;
@@ -87,6 +90,8 @@ pub struct DatabaseConfig {
     pub dialect: Dialect,
     /// The connection URL; prints redacted.
     pub url: SecretUrl,
+    /// The lock kind its rules take (`lock: {kind: ...}`; default `auto`).
+    pub lock: LockKind,
     /// SQLite pragmas set on every connection (`pragmas:` in the config),
     /// validated names and values; empty for the other engines.
     pub pragmas: Vec<(String, String)>,

@@ -1,85 +1,346 @@
-//! PostgreSQL backend.
+//! PostgreSQL backend, on tokio-postgres (see `pgconn` for why not sqlx).
 //!
-//! Locks: `pg_try_advisory_xact_lock` right after `BEGIN` for transactional
-//! rules (released by COMMIT/ROLLBACK, safe behind PgBouncer in transaction
-//! mode), `pg_try_advisory_lock` on the connection for batch and autocommit
-//! rules. Both use the same key, so the two kinds exclude each other.
-//! Timeouts: `statement_timeout` (and `idle_in_transaction_session_timeout`,
-//! so a stalled dbjanitor cannot hold row locks) with `SET LOCAL` inside the
-//! transaction; on PostgreSQL 14+ also `client_connection_check_interval`, so
-//! a killed dbjanitor is noticed mid-statement and its locks freed.
+//! **Session settings.** A session starts with the server's, database's and
+//! role's defaults, exactly like `psql` (`ALTER DATABASE ... SET timezone`
+//! holds). dbjanitor's own limits are set with `SET LOCAL` inside every
+//! transaction it opens (`statement_timeout`,
+//! `idle_in_transaction_session_timeout`, `client_connection_check_interval`
+//! and `tcp_keepalives_*`), so nothing outlives the transaction on a server
+//! connection that a pooler hands to someone else. Only while a session-level
+//! advisory lock is held (lock kind `advisory`: a direct connection) are the
+//! limits also set for the session (with `idle_session_timeout`), because
+//! that lock lives between transactions too; the connection is closed at the
+//! end of the run.
+//!
+//! **Locks.** Kind `advisory`: `pg_try_advisory_xact_lock` for transactional
+//! rules, polled in a fresh transaction per attempt so that under
+//! `repeatable read`/`serializable` the snapshot is taken by the statement
+//! that was granted the lock, not before the wait; `pg_try_advisory_lock` on
+//! the connection for batch and autocommit rules. Keys:
+//! [`super::postgres_schema_lock_key`] (the schema list distinguishes tenants
+//! of one database). Kind `lease`: see `lease`. Kind `auto`: a lease when the
+//! connection goes through a pooler, see [`behind_pooler`].
+//!
+//! **Rule SQL.** Detect runs as a `NO SCROLL` cursor declared through the
+//! unnamed extended-protocol statement in a read-only (sub)transaction: the
+//! server refuses a second statement, DML, data-modifying CTEs and functions
+//! that write. Rows are fetched through the simple protocol, so values come
+//! back as text, as `psql` prints them. Fix statements run one at a time
+//! through the unnamed statement (the server refuses a second one) and
+//! transaction control is refused before it is sent.
 
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::{
-    PgConnectOptions, PgConnection, PgQueryResult, PgRow, PgValueFormat, Postgres,
-};
-use sqlx::{Connection, Row, ValueRef};
+use tokio_postgres::SimpleQueryMessage;
+use tokio_postgres::types::Type;
 
-use super::text::{TextConn, TextDatabase};
+use super::lease::{self, Lease};
+use super::lock::LockKind;
+use super::pgconn::PgConn;
 use super::{
     CommitOutcome, ConnectSettings, DatabaseConfig, DbError, Detection, Dialect, Executed, Session,
-    connect_error, millis, postgres_lock_key, refuse_transaction_end, sample,
+    millis, postgres_schema_lock_key, sample,
 };
+use crate::outcome::Sample;
+use crate::secret::SecretUrl;
+use crate::sql::first_keyword;
 
 /// How often a waiting lock is retried.
 const LOCK_POLL: Duration = Duration::from_millis(100);
 
-/// First version with `client_connection_check_interval`.
-const PG_CONNECTION_CHECK: u32 = 140_000;
+/// First version with `client_connection_check_interval` and `idle_session_timeout`.
+const PG_14: u32 = 140_000;
 
-impl TextDatabase for Postgres {
-    fn cell(row: &PgRow, index: usize) -> Option<String> {
-        let value = row.try_get_raw(index).ok()?;
-        if value.is_null() {
-            return None;
-        }
-        match value.format() {
-            PgValueFormat::Text => value.as_str().ok().map(sample::clip),
-            PgValueFormat::Binary => value.as_bytes().ok().map(sample::bytes),
-        }
-    }
+/// First version with `pg_current_xact_id` and `pg_xact_status` on xid8.
+const PG_13: u32 = 130_000;
 
-    fn rows_affected(result: &PgQueryResult) -> u64 {
-        result.rows_affected()
-    }
+/// Rows fetched per FETCH when detect reads everything.
+const FETCH_CHUNK: u64 = 10_000;
+
+/// The shortest idle limits, so a slow network is not mistaken for a dead client.
+const MIN_IDLE: Duration = Duration::from_secs(10);
+
+/// The shortest lease.
+const MIN_LEASE: Duration = Duration::from_secs(3);
+
+/// How long `abort_after_commit` asks while the transaction is "in progress".
+const XACT_STATUS_WAIT: Duration = Duration::from_secs(30);
+
+/// The lock currently held on this session.
+enum Held {
+    None,
+    /// A session advisory lock with this key.
+    Advisory(i64),
+    /// A lease.
+    Lease(Lease),
 }
 
-/// One pinned PostgreSQL connection.
+/// One PostgreSQL connection for one run.
 pub struct PgSession {
-    text: TextConn<Postgres>,
+    conn: PgConn,
     /// `server_version_num`, e.g. 150019.
     version: u32,
+    /// The rule's statement timeout.
+    timeout: Duration,
+    /// `advisory` or `lease`, resolved from the config's `auto`.
+    kind: LockKind,
+    /// `current_schemas(false)`: part of the advisory lock key.
+    schemas: Vec<String>,
+    in_transaction: bool,
+    held: Held,
+    /// The transaction id taken right before COMMIT.
+    xid: Option<String>,
+    /// Whether the last commit attempt sent COMMIT (else it failed before,
+    /// e.g. the lease's fencing check, and nothing can have committed).
+    commit_sent: bool,
 }
 
 impl PgSession {
     /// Connects with the URL of `db`; the error text never holds the password.
     pub async fn connect(db: &DatabaseConfig, settings: &ConnectSettings) -> Result<Self, DbError> {
-        let options = PgConnectOptions::from_str(db.url.expose())
-            .map_err(|e| connect_error(&db.url, &e))?
-            .application_name("dbjanitor");
-        let conn = tokio::time::timeout(settings.timeout, PgConnection::connect_with(&options))
+        let conn = PgConn::connect(&db.url, "dbjanitor", settings.timeout).await?;
+        let info = conn
+            .client
+            .simple_query(
+                "SELECT current_setting('server_version_num'), \
+                 array_to_json(current_schemas(false))::text, \
+                 host(inet_server_addr()), inet_server_port()::text, current_setting('port')",
+            )
             .await
-            .map_err(|_| DbError::Connect(format!("timed out after {:?}", settings.timeout)))?
-            .map_err(|e| connect_error(&db.url, &e))?;
-        let mut text = TextConn {
-            conn,
-            url: db.url.clone(),
+            .map_err(|e| conn.error(&e))?;
+        let row = info.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        });
+        let cell = |i: usize| row.and_then(|r| r.get(i)).map(str::to_owned);
+        let version = cell(0).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let schemas: Vec<String> = cell(1)
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or_default();
+        let kind = match db.lock {
+            LockKind::Auto => {
+                if behind_pooler(&conn, cell(2), cell(3), cell(4)).await {
+                    LockKind::Lease
+                } else {
+                    LockKind::Advisory
+                }
+            }
+            other => other,
         };
-        let version = text
-            .fetch_text("SHOW server_version_num")
-            .await?
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        Ok(Self { text, version })
+        Ok(Self {
+            conn,
+            version,
+            timeout: settings.timeout,
+            kind,
+            schemas,
+            in_transaction: false,
+            held: Held::None,
+            xid: None,
+            commit_sent: false,
+        })
     }
 
-    /// Retries `try_sql` until it returns true or `wait` has passed.
-    async fn try_lock(&mut self, try_sql: &str, wait: Duration) -> Result<bool, DbError> {
+    /// The lock kind in use (after `auto` was resolved).
+    #[must_use]
+    pub fn lock_kind(&self) -> LockKind {
+        self.kind
+    }
+
+    /// How long the server keeps an idle session or transaction of a client
+    /// that stopped talking.
+    fn idle_limit(&self) -> Duration {
+        (self.timeout * 2).max(MIN_IDLE)
+    }
+
+    /// The lease length: renewed before every batch, so three statement
+    /// timeouts leave room for a batch and its pause.
+    fn lease_ttl(&self) -> Duration {
+        (self.timeout * 3).max(MIN_LEASE)
+    }
+
+    /// `SET` (session) or `SET LOCAL` (transaction) of every limit.
+    fn limits(&self, scope: &str) -> String {
+        let ms = millis(self.timeout);
+        let idle = millis(self.idle_limit());
+        let mut sql = format!(
+            "{scope} statement_timeout = {ms}; {scope} idle_in_transaction_session_timeout = {idle}; \
+             {scope} tcp_keepalives_idle = {}; {scope} tcp_keepalives_interval = {}; {scope} tcp_keepalives_count = {}",
+            super::pgconn::KEEPALIVE_IDLE.as_secs(),
+            super::pgconn::KEEPALIVE_INTERVAL.as_secs(),
+            super::pgconn::KEEPALIVE_RETRIES
+        );
+        if self.version >= PG_14 {
+            sql.push_str(&format!(
+                "; {scope} client_connection_check_interval = 1000"
+            ));
+            if scope == "SET" {
+                sql.push_str(&format!("; SET idle_session_timeout = {idle}"));
+            }
+        }
+        sql
+    }
+
+    fn key(&self, lock_name: &str) -> i64 {
+        postgres_schema_lock_key(&self.schemas, lock_name)
+    }
+
+    /// `BEGIN` and the transaction's limits, in one round trip.
+    async fn open_transaction(&mut self, extra: &str) -> Result<Option<String>, DbError> {
+        let sql = format!("BEGIN; {}{extra}", self.limits("SET LOCAL"));
+        let value = self.conn.text(&sql).await?;
+        self.in_transaction = true;
+        Ok(value)
+    }
+
+    async fn end_transaction(&mut self, commit: bool) -> Result<(), DbError> {
+        self.in_transaction = false;
+        self.conn
+            .batch(if commit { "COMMIT" } else { "ROLLBACK" })
+            .await
+    }
+
+    /// Fencing (a lease must still be ours), the xid, then COMMIT.
+    async fn fenced_commit(&mut self) -> Result<(), DbError> {
+        self.xid = None;
+        self.commit_sent = false;
+        let xid_sql = if self.version >= PG_13 {
+            "SELECT pg_current_xact_id_if_assigned()::text"
+        } else {
+            "SELECT txid_current_if_assigned()::text"
+        };
+        self.xid = self.conn.text(xid_sql).await?;
+        if let Held::Lease(held) = &self.held {
+            lease::fence(&self.conn, held).await?;
+        }
+        self.commit_sent = true;
+        self.end_transaction(true).await
+    }
+
+    /// Takes a lease for `lock_name` (polling for `wait`).
+    async fn take_lease(&mut self, lock_name: &str, wait: Duration) -> Result<bool, DbError> {
+        let ttl = self.lease_ttl();
+        match lease::acquire(&self.conn, lock_name, ttl, wait).await? {
+            Some(held) => {
+                self.held = Held::Lease(held);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn drop_lease(&mut self) -> Result<(), DbError> {
+        if let Held::Lease(held) = std::mem::replace(&mut self.held, Held::None) {
+            lease::release(&self.conn, &held).await?;
+        }
+        Ok(())
+    }
+
+    /// Opens the cursor and reads it: the body of [`Session::detect`].
+    async fn read_cursor(
+        &self,
+        sql: &str,
+        keep: usize,
+        limit: Option<u64>,
+    ) -> Result<Detection, DbError> {
+        self.conn
+            .execute_one(
+                &format!("DECLARE dbjanitor_detect NO SCROLL CURSOR FOR {sql}"),
+                &[],
+            )
+            .await
+            .map_err(|e| unsafe_detect(sql, e))?;
+        let keep = keep.min(Sample::MAX_ROWS);
+        let mut detection = Detection {
+            complete: true,
+            ..Detection::default()
+        };
+        loop {
+            // With a limit, one row more than the limit says whether there are more.
+            let want = match limit {
+                Some(limit) => (limit + 1).saturating_sub(detection.count).min(FETCH_CHUNK),
+                None => FETCH_CHUNK,
+            };
+            let fetched = self
+                .fetch(
+                    &format!("FETCH FORWARD {want} FROM dbjanitor_detect"),
+                    keep,
+                    &mut detection,
+                )
+                .await?;
+            if let Some(limit) = limit
+                && detection.count > limit
+            {
+                detection.count = limit;
+                detection.complete = false;
+                return Ok(detection);
+            }
+            if fetched < want {
+                return Ok(detection);
+            }
+        }
+    }
+
+    /// One FETCH: counts rows and keeps the first `keep`; returns the rows fetched.
+    async fn fetch(
+        &self,
+        sql: &str,
+        keep: usize,
+        detection: &mut Detection,
+    ) -> Result<u64, DbError> {
+        use futures_util::StreamExt;
+        let stream = self
+            .conn
+            .client
+            .simple_query_raw(sql)
+            .await
+            .map_err(|e| self.conn.error(&e))?;
+        let mut stream = std::pin::pin!(stream);
+        let mut fetched = 0u64;
+        while let Some(message) = stream.next().await {
+            match message.map_err(|e| self.conn.error(&e))? {
+                SimpleQueryMessage::RowDescription(columns)
+                    if detection.sample.columns.is_empty() =>
+                {
+                    detection.sample.columns =
+                        columns.iter().map(|c| c.name().to_owned()).collect();
+                }
+                SimpleQueryMessage::Row(row) => {
+                    if detection.sample.rows.len() < keep {
+                        detection.sample.rows.push(
+                            (0..row.len())
+                                .map(|i| row.get(i).map(sample::clip))
+                                .collect(),
+                        );
+                    }
+                    fetched += 1;
+                    detection.count += 1;
+                }
+                _ => {}
+            }
+        }
+        Ok(fetched)
+    }
+
+    /// The wait for the lock, polled with `try_sql`, each attempt in a
+    /// transaction of its own (`in_transaction`) or on the session.
+    async fn poll_lock(
+        &mut self,
+        try_sql: &str,
+        wait: Duration,
+        in_transaction: bool,
+    ) -> Result<bool, DbError> {
         let deadline = Instant::now() + wait;
         loop {
-            if self.text.fetch_text(try_sql).await?.as_deref() == Some("t") {
+            let granted = if in_transaction {
+                let granted = self.open_transaction(&format!("; {try_sql}")).await?;
+                if granted.as_deref() != Some("t") {
+                    self.end_transaction(false).await?;
+                }
+                granted
+            } else {
+                self.conn.text(try_sql).await?
+            };
+            if granted.as_deref() == Some("t") {
                 return Ok(true);
             }
             if Instant::now() + LOCK_POLL > deadline {
@@ -90,49 +351,251 @@ impl PgSession {
     }
 }
 
+/// Maps the server's refusals of a detect to [`DbError::Unsafe`]: a
+/// statement that cannot be a cursor (`DELETE ... RETURNING` is a syntax
+/// error after `DECLARE ... FOR`) or a data-modifying CTE. A typo in a real
+/// SELECT stays the server's error.
+fn unsafe_detect(sql: &str, error: DbError) -> DbError {
+    let reads = matches!(
+        first_keyword(sql, Dialect::Postgres).as_str(),
+        "SELECT" | "WITH" | "VALUES" | "TABLE"
+    );
+    match error {
+        DbError::Sql(text)
+            if (!reads && text.contains("(code 42601)"))
+                || text.contains("data-modifying statements in WITH") =>
+        {
+            DbError::Unsafe(format!(
+                "detect must be one read-only query (SELECT, WITH ... SELECT, VALUES, TABLE): {text}"
+            ))
+        }
+        other => other,
+    }
+}
+
+/// Whether `statement` is data-modifying: INSERT, UPDATE, DELETE, MERGE, or
+/// a WITH whose main statement is one of them.
+fn modifies_data(statement: &str) -> bool {
+    match first_keyword(statement, Dialect::Postgres).as_str() {
+        "INSERT" | "UPDATE" | "DELETE" | "MERGE" => true,
+        "WITH" => matches!(
+            main_keyword_after_with(statement).as_deref(),
+            Some("INSERT" | "UPDATE" | "DELETE" | "MERGE")
+        ),
+        _ => false,
+    }
+}
+
+/// The first keyword at parenthesis depth 0 after the CTE list of a WITH
+/// statement (strings, identifiers and comments skipped).
+fn main_keyword_after_with(statement: &str) -> Option<String> {
+    let bytes = statement.as_bytes();
+    let mut depth = 0i32;
+    let mut i = 0;
+    let mut word = String::new();
+    while i <= bytes.len() {
+        let c = bytes.get(i).copied().unwrap_or(b' ');
+        if c.is_ascii_alphanumeric() || c == b'_' {
+            word.push(c.to_ascii_uppercase() as char);
+            i += 1;
+            continue;
+        }
+        if depth == 0
+            && matches!(
+                word.as_str(),
+                "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "VALUES" | "TABLE"
+            )
+        {
+            return Some(word);
+        }
+        word.clear();
+        match c {
+            b'(' => depth += 1,
+            b')' => depth -= 1,
+            b'\'' | b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != c {
+                    i += 1;
+                }
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Statements that end or nest transactions: refused inside dbjanitor's.
+fn is_transaction_control(statement: &str) -> bool {
+    let keyword = first_keyword(statement, Dialect::Postgres);
+    matches!(
+        keyword.as_str(),
+        "BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" | "ABORT" | "SAVEPOINT" | "RELEASE"
+    ) || (keyword == "PREPARE"
+        && statement
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|w| w.eq_ignore_ascii_case("TRANSACTION")))
+}
+
+/// Whether the connection goes through a pooler (or any proxy): the server's
+/// own address and port differ from the ones dbjanitor connected to. A
+/// pooler on another host with the same port is told apart by the address;
+/// a port-forward or a Kubernetes Service in front of the server also counts
+/// as "a pooler" (a lease then, which is safe everywhere).
+pub(crate) async fn behind_pooler(
+    conn: &PgConn,
+    server_addr: Option<String>,
+    server_port: Option<String>,
+    port_setting: Option<String>,
+) -> bool {
+    let port = conn.port.to_string();
+    let Some(host) = conn.host.as_deref() else {
+        return true;
+    };
+    if host.starts_with('/') {
+        // Unix socket: the socket file is named after the port.
+        return port_setting.as_deref() != Some(port.as_str());
+    }
+    if server_port.as_deref() != Some(port.as_str()) {
+        return true;
+    }
+    let Some(addr) = server_addr.and_then(|a| a.parse::<std::net::IpAddr>().ok()) else {
+        return true;
+    };
+    match tokio::net::lookup_host((host, conn.port)).await {
+        Ok(mut resolved) => !resolved.any(|s| s.ip() == addr),
+        Err(_) => true,
+    }
+}
+
+/// Asks a new connection what became of transaction `xid`.
+async fn xact_status(url: &SecretUrl, xid: &str, version: u32, bound: Duration) -> CommitOutcome {
+    let conn = match PgConn::connect(url, "dbjanitor", Duration::from_secs(10)).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            return CommitOutcome::Unknown(format!(
+                "the COMMIT reply was lost and the server cannot be asked: {e}"
+            ));
+        }
+    };
+    let status_sql = if version >= PG_13 {
+        "SELECT pg_xact_status($1::text::xid8)"
+    } else {
+        "SELECT txid_status($1::text::bigint)"
+    };
+    // The old backend may still hold the transaction open, waiting for a
+    // COMMIT that never came: end it, so the answer comes at once.
+    let terminate = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+        WHERE backend_xid::text = ($1::text::numeric % 4294967296)::text";
+    let _ = conn.query_one_stmt(terminate, &[(&xid, Type::TEXT)]).await;
+    let deadline = Instant::now() + bound;
+    let outcome = loop {
+        let rows = conn.query_one_stmt(status_sql, &[(&xid, Type::TEXT)]).await;
+        let status: Option<String> = match rows {
+            Ok(rows) => rows.first().and_then(|r| r.try_get(0).ok()),
+            Err(e) => break CommitOutcome::Unknown(format!("pg_xact_status failed: {e}")),
+        };
+        match status.as_deref() {
+            Some("committed") => break CommitOutcome::Committed,
+            Some("aborted") => break CommitOutcome::RolledBack,
+            Some("in progress") if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Some("in progress") => {
+                break CommitOutcome::Unknown(format!(
+                    "transaction {xid} was still in progress after {}s",
+                    bound.as_secs()
+                ));
+            }
+            _ => {
+                break CommitOutcome::Unknown(format!(
+                    "the server no longer knows transaction {xid}"
+                ));
+            }
+        }
+    };
+    conn.close().await;
+    outcome
+}
+
 impl Session for PgSession {
     async fn begin_locked(&mut self, lock_name: &str, wait: Duration) -> Result<bool, DbError> {
-        self.text.run("BEGIN").await?;
-        let key = postgres_lock_key(lock_name);
-        let locked = self
-            .try_lock(&format!("SELECT pg_try_advisory_xact_lock({key})"), wait)
-            .await?;
-        if !locked {
-            self.text.run("ROLLBACK").await?;
+        if self.kind == LockKind::Lease {
+            if !self.take_lease(lock_name, wait).await? {
+                return Ok(false);
+            }
+            self.open_transaction("").await?;
+            return Ok(true);
         }
-        Ok(locked)
+        let try_sql = format!("SELECT pg_try_advisory_xact_lock({})", self.key(lock_name));
+        self.poll_lock(&try_sql, wait, true).await
     }
 
     async fn finish_locked(&mut self, commit: bool, _lock_name: &str) -> Result<(), DbError> {
-        // The transaction-level lock ends with the transaction.
-        self.text
-            .run(if commit { "COMMIT" } else { "ROLLBACK" })
-            .await
+        // A transaction-level advisory lock ends with the transaction.
+        if commit {
+            self.fenced_commit().await?;
+        } else {
+            self.end_transaction(false).await?;
+        }
+        self.drop_lease().await
     }
 
     async fn lock_session(&mut self, lock_name: &str, wait: Duration) -> Result<bool, DbError> {
-        let key = postgres_lock_key(lock_name);
-        self.try_lock(&format!("SELECT pg_try_advisory_lock({key})"), wait)
-            .await
+        if self.kind == LockKind::Lease {
+            return self.take_lease(lock_name, wait).await;
+        }
+        let key = self.key(lock_name);
+        let granted = self
+            .poll_lock(&format!("SELECT pg_try_advisory_lock({key})"), wait, false)
+            .await?;
+        if granted {
+            self.held = Held::Advisory(key);
+            // A session lock lives between transactions: bound the session
+            // too (idle_session_timeout, keepalives), not only transactions.
+            self.conn.batch(&self.limits("SET")).await?;
+        }
+        Ok(granted)
     }
 
-    async fn unlock_session(&mut self, lock_name: &str) -> Result<(), DbError> {
-        let key = postgres_lock_key(lock_name);
-        self.text
-            .run(&format!("SELECT pg_advisory_unlock({key})"))
-            .await
+    async fn unlock_session(&mut self, _lock_name: &str) -> Result<(), DbError> {
+        match std::mem::replace(&mut self.held, Held::None) {
+            Held::Advisory(key) => {
+                self.conn
+                    .batch(&format!("SELECT pg_advisory_unlock({key})"))
+                    .await
+            }
+            Held::Lease(held) => lease::release(&self.conn, &held).await,
+            Held::None => Ok(()),
+        }
     }
 
     async fn begin(&mut self) -> Result<(), DbError> {
-        self.text.run("BEGIN").await
+        if let Held::Lease(held) = &self.held {
+            lease::renew(&self.conn, held).await?;
+        }
+        self.open_transaction("").await.map(|_| ())
     }
 
     async fn commit(&mut self) -> Result<(), DbError> {
-        self.text.run("COMMIT").await
+        self.fenced_commit().await
     }
 
     async fn rollback(&mut self) -> Result<(), DbError> {
-        self.text.run("ROLLBACK").await
+        self.end_transaction(false).await
     }
 
     async fn set_statement_timeout(
@@ -140,19 +603,15 @@ impl Session for PgSession {
         timeout: Duration,
         in_transaction: bool,
     ) -> Result<(), DbError> {
-        let ms = millis(timeout);
-        let scope = if in_transaction { "SET LOCAL" } else { "SET" };
-        // Idle-in-transaction gets a longer leash: the engine may pause between statements.
-        let idle = ms.saturating_mul(2);
-        let mut sql = format!(
-            "{scope} statement_timeout = {ms}; {scope} idle_in_transaction_session_timeout = {idle}"
-        );
-        if self.version >= PG_CONNECTION_CHECK {
-            sql.push_str(&format!(
-                "; {scope} client_connection_check_interval = 1000"
-            ));
+        self.timeout = timeout;
+        if in_transaction && self.in_transaction {
+            self.conn.batch(&self.limits("SET LOCAL")).await
+        } else if matches!(self.held, Held::Advisory(_)) {
+            self.conn.batch(&self.limits("SET")).await
+        } else {
+            // Behind a pooler: applied with SET LOCAL in every transaction.
+            Ok(())
         }
-        self.text.run(&sql).await
     }
 
     async fn detect(
@@ -161,51 +620,155 @@ impl Session for PgSession {
         keep: usize,
         limit: Option<u64>,
     ) -> Result<Detection, DbError> {
-        // Interim (sqlx): the tokio-postgres backend makes the server check read-only.
-        if !crate::sql::is_query(sql, Dialect::Postgres) {
-            return Err(DbError::Unsafe(
-                "detect is not a query (SELECT, WITH ... SELECT, VALUES, TABLE); it was not run"
-                    .to_owned(),
-            ));
+        let outer = !self.in_transaction;
+        if outer {
+            self.conn
+                .batch(&format!("BEGIN READ ONLY; {}", self.limits("SET LOCAL")))
+                .await?;
+        } else {
+            self.conn
+                .batch("SAVEPOINT dbjanitor_detect; SET LOCAL transaction_read_only = on")
+                .await?;
         }
-        self.text.detect(sql, keep, limit).await
+        let detection = self.read_cursor(sql, keep, limit).await?;
+        if outer {
+            self.conn.batch("ROLLBACK").await?;
+        } else {
+            self.conn
+                .batch("ROLLBACK TO SAVEPOINT dbjanitor_detect; RELEASE SAVEPOINT dbjanitor_detect")
+                .await?;
+        }
+        Ok(detection)
     }
 
     async fn execute(&mut self, sql: &str) -> Result<Executed, DbError> {
-        refuse_transaction_end(sql, Dialect::Postgres, false)?;
-        let rows = self.text.execute(sql).await?;
+        if is_transaction_control(sql) {
+            return Err(DbError::Unsafe(format!(
+                "a fix statement may not control transactions ({}): dbjanitor owns the transaction",
+                first_keyword(sql, Dialect::Postgres)
+            )));
+        }
+        if !self.in_transaction
+            && let Held::Lease(held) = &self.held
+        {
+            // Autocommit: each statement commits on its own; check the lease first.
+            lease::renew(&self.conn, held).await?;
+        }
+        let rows = self.conn.execute_one(sql, &[]).await?;
         Ok(Executed {
             rows,
-            modifies_data: crate::sql::modifies_data(sql, Dialect::Postgres),
+            modifies_data: modifies_data(sql),
         })
     }
 
+    /// `check --connect` without named statements: a detect is declared as
+    /// the cursor [`Session::detect`] would read (never fetched), a fix
+    /// statement is planned with `EXPLAIN` (never executed), both through the
+    /// unnamed statement inside `BEGIN READ ONLY ... ROLLBACK`. Utility
+    /// statements (DDL, `SET`, ...) have no plan: PostgreSQL cannot check
+    /// them without running them, so they pass unchecked.
     async fn prepare(&mut self, sql: &str) -> Result<(), DbError> {
-        self.text.prepare(sql).await
+        if is_transaction_control(sql) {
+            return Err(DbError::Unsafe(format!(
+                "a rule statement may not control transactions ({})",
+                first_keyword(sql, Dialect::Postgres)
+            )));
+        }
+        let keyword = first_keyword(sql, Dialect::Postgres);
+        let plannable = matches!(
+            keyword.as_str(),
+            "SELECT" | "WITH" | "VALUES" | "TABLE" | "INSERT" | "UPDATE" | "DELETE" | "MERGE"
+        );
+        if !plannable {
+            return Ok(());
+        }
+        self.conn
+            .batch(&format!("BEGIN READ ONLY; {}", self.limits("SET LOCAL")))
+            .await?;
+        let result = self.conn.execute_one(&format!("EXPLAIN {sql}"), &[]).await;
+        let _ = self.conn.batch("ROLLBACK").await;
+        result.map(|_| ())
     }
 
     async fn close(self) {
-        self.text.close().await;
+        let mut this = self;
+        if matches!(this.held, Held::Lease(_)) {
+            let _ = this.drop_lease().await;
+        }
+        this.conn.close().await;
     }
 
     async fn abort(self) {
-        self.text.abort();
+        self.conn.abort();
     }
 
     async fn abort_after_commit(self) -> CommitOutcome {
-        self.text.abort();
-        CommitOutcome::Unknown(
-            "the COMMIT reply was lost and this backend does not ask the server afterwards"
-                .to_owned(),
-        )
+        let url = self.conn.url.clone();
+        let version = self.version;
+        let xid = self.xid.clone();
+        let commit_sent = self.commit_sent;
+        let bound = self.abandon_bound().min(XACT_STATUS_WAIT);
+        self.conn.abort();
+        match (xid, commit_sent) {
+            // Asked even when COMMIT was never sent (the fencing check
+            // failed): the server then confirms the rollback.
+            (Some(xid), _) => xact_status(&url, &xid, version, bound).await,
+            // Nothing written and COMMIT never sent: nothing to commit.
+            (None, false) => CommitOutcome::RolledBack,
+            (None, true) => CommitOutcome::Unknown(
+                "the transaction had no transaction id (it had written nothing), so the server cannot say".to_owned(),
+            ),
+        }
     }
 
     fn abandon_bound(&self) -> Duration {
-        // Interim and conservative: a session lock on a vanished connection lasts
-        // until the server's TCP keepalive gives up (Linux default 2 h + 9 × 75 s).
-        ABANDON_BOUND
+        // A statement runs at most `timeout`; then the transaction (or, on
+        // 14+, the idle session) ends after the idle limit.
+        let bound = self.timeout + self.idle_limit() + Duration::from_secs(1);
+        match (&self.held, self.version >= PG_14) {
+            (Held::Lease(held), _) => bound.max(held.ttl),
+            (_, true) => bound,
+            // Before 14: no idle_session_timeout; TCP keepalives only.
+            (_, false) => {
+                bound
+                    + super::pgconn::KEEPALIVE_IDLE
+                    + super::pgconn::KEEPALIVE_INTERVAL * super::pgconn::KEEPALIVE_RETRIES
+            }
+        }
     }
 }
 
-/// The server's default TCP keepalive: 7200 s idle, then 9 probes 75 s apart.
-const ABANDON_BOUND: Duration = Duration::from_secs(7200 + 9 * 75);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_modifying_statements_are_recognised() {
+        assert!(modifies_data("UPDATE job SET state = 'x'"));
+        assert!(modifies_data("/* c */ delete from job"));
+        assert!(modifies_data(
+            "WITH old AS (SELECT id FROM job WHERE (a) = 'select') DELETE FROM job USING old"
+        ));
+        assert!(!modifies_data(
+            "WITH gone AS (DELETE FROM job RETURNING id) SELECT count(*) FROM gone"
+        ));
+        assert!(!modifies_data("SELECT pg_sleep(1)"));
+        assert!(!modifies_data("ALTER TABLE job ADD COLUMN x int"));
+    }
+
+    #[test]
+    fn transaction_control_is_recognised() {
+        for sql in [
+            "COMMIT",
+            "end",
+            "/* x */ ROLLBACK",
+            "BEGIN",
+            "prepare transaction 'x'",
+            "SAVEPOINT a",
+        ] {
+            assert!(is_transaction_control(sql), "{sql}");
+        }
+        assert!(!is_transaction_control("PREPARE q AS SELECT 1"));
+        assert!(!is_transaction_control("UPDATE t SET committed = true"));
+    }
+}

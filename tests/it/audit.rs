@@ -54,6 +54,7 @@ pub(crate) fn store(audit: &TestDb) -> AuditStore {
             name: "janitor".to_owned(),
             dialect,
             url: SecretUrl::new(audit.url().to_owned()),
+            lock: dbjanitor::db::LockKind::Auto,
         }),
         None,
     )

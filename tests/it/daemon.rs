@@ -413,7 +413,8 @@ async fn parallel_runs_are_capped_per_database() {
     let child = case.spawn(&["daemon", "--listen", &format!("127.0.0.1:{port}")]);
     let sessions = format!(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND application_name = 'dbjanitor' \
-         AND query LIKE '%dbj-cap-probe%' AND query NOT LIKE '%pg_stat_activity%'",
+         AND (query LIKE '%dbj-cap-probe%' OR query LIKE 'FETCH %dbjanitor_detect%') \
+         AND query NOT LIKE '%pg_stat_activity%'",
         app.name
     );
     let mut most = 0;

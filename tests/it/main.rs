@@ -36,6 +36,12 @@ mod history;
 mod monitoring;
 /// Webhook and email notifications against real HTTP and SMTP servers on loopback.
 mod notify;
+/// Through a real PgBouncer in transaction mode: every rule mode, leases,
+/// nothing left on pooled connections, audit, check --connect.
+mod pgbouncer;
+/// PostgreSQL sessions: psql's defaults, snapshots after the lock, tenants,
+/// read-only detect, lost COMMIT replies, stalled session locks.
+mod postgres;
 /// The README's first rule, taken from README.md, on PostgreSQL and MariaDB.
 mod readme;
 /// Every rule of the pack on every engine it claims, against faithful fixtures.

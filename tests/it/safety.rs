@@ -128,6 +128,7 @@ async fn smuggled_second_statement_in_detect_is_refused_by_the_server() {
             name: "main".to_owned(),
             dialect,
             url: SecretUrl::new(db.url().to_owned()),
+            lock: dbjanitor::db::LockKind::Auto,
         };
         let result = match engine {
             Engine::MySql => {

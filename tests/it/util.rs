@@ -389,7 +389,7 @@ pub fn repo(relative: &str) -> PathBuf {
 /// A config folder and the binary run against it.
 pub struct Case {
     dir: tempfile::TempDir,
-    databases: Vec<(String, String)>,
+    databases: Vec<(String, String, String)>,
     rule_paths: Vec<String>,
     extra: String,
     env: Vec<(String, String)>,
@@ -416,7 +416,15 @@ impl Case {
 
     /// Adds `name: { url: ... }` to `databases:`.
     pub fn database(mut self, name: &str, url: &str) -> Case {
-        self.databases.push((name.to_owned(), url.to_owned()));
+        self.databases
+            .push((name.to_owned(), url.to_owned(), String::new()));
+        self
+    }
+
+    /// Adds a database with more keys, e.g. `lock: { kind: lease }`.
+    pub fn database_with(mut self, name: &str, url: &str, extra: &str) -> Case {
+        self.databases
+            .push((name.to_owned(), url.to_owned(), extra.to_owned()));
         self
     }
 
@@ -460,8 +468,11 @@ impl Case {
     /// Writes `dbjanitor.yaml` and returns its path.
     pub fn write_config(&self) -> PathBuf {
         let mut yaml = String::from("databases:\n");
-        for (name, url) in &self.databases {
+        for (name, url, extra) in &self.databases {
             yaml.push_str(&format!("  {name}:\n    url: \"{url}\"\n"));
+            if !extra.is_empty() {
+                yaml.push_str(&format!("    {extra}\n"));
+            }
         }
         let rules: Vec<String> = self.rule_paths.iter().map(|p| format!("\"{p}\"")).collect();
         yaml.push_str(&format!("rules: [{}]\n", rules.join(", ")));
