@@ -266,7 +266,8 @@ impl PgSession {
                     keep,
                     &mut detection,
                 )
-                .await?;
+                .await
+                .map_err(|e| unsafe_detect(sql, e))?;
             if let Some(limit) = limit
                 && detection.count > limit
             {
@@ -369,6 +370,9 @@ fn unsafe_detect(sql: &str, error: DbError) -> DbError {
                 "detect must be one read-only query (SELECT, WITH ... SELECT, VALUES, TABLE): {text}"
             ))
         }
+        DbError::Unsafe(text) if text.contains("(code 25006)") => DbError::Unsafe(format!(
+            "detect tried to write, which the server refused (it runs read-only): {text}"
+        )),
         other => other,
     }
 }
