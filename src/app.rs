@@ -56,17 +56,37 @@ impl AppError {
     }
 }
 
-/// Runs the parsed command line and returns the process exit code.
-pub fn main(cli: Cli) -> ExitCode {
-    // Kept until this function returns: the log files are flushed when it drops.
-    // The demo's story is its report; its per-rule log lines would only interleave.
-    let default_filter = if matches!(cli.command, Command::Demo(_)) {
+/// Library chatter kept out of the default log (issue 12.6): sqlx's
+/// `slow statement` WARN (with the SQL) and PostgreSQL server notices such
+/// as `relation ... already exists, skipping` (sqlx logs NOTICE at info;
+/// tokio-postgres logs every notice at info). Server WARNINGs still show.
+const QUIET_LIBRARIES: &str =
+    "sqlx::query=error,sqlx::postgres::notice=warn,tokio_postgres::connection=warn";
+
+/// The log filter when `RUST_LOG` is unset: `info`, but `warn` for the demo
+/// (its story is its report) and for an interactive `run` (stderr is a
+/// terminal and no `--log-dir`): the report is the output there, and per-rule
+/// INFO lines above it would only interleave.
+fn default_log_filter(cli: &Cli) -> String {
+    use std::io::IsTerminal;
+    let interactive_run = matches!(cli.command, Command::Run(_))
+        && cli.log_dir.is_none()
+        && std::io::stderr().is_terminal();
+    let level = if matches!(cli.command, Command::Demo(_)) || interactive_run {
         "warn"
     } else {
         "info"
     };
+    format!("{level},{QUIET_LIBRARIES}")
+}
+
+/// Runs the parsed command line and returns the process exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    // Kept until this function returns: the log files are flushed when it drops.
+    // The demo's story is its report; its per-rule log lines would only interleave.
+    let default_filter = default_log_filter(&cli);
     let log_guard =
-        match crate::logging::init(cli.log_format, cli.log_dir.as_deref(), default_filter) {
+        match crate::logging::init(cli.log_format, cli.log_dir.as_deref(), &default_filter) {
             Ok(guard) => guard,
             Err(e) => {
                 print_stderr(&format!("error: {e}"));
@@ -185,8 +205,8 @@ async fn notify_test(config_path: &Path, wanted: &[String]) -> Result<u8, AppErr
         table.add_row(vec![delivery.notifier.clone(), text]);
     }
     print_stdout(&format!(
-        "{table}\n{} notifiers: {} delivered, {failed} not delivered\n",
-        deliveries.len(),
+        "{table}\n{}: {} delivered, {failed} not delivered\n",
+        crate::report::counted(deliveries.len() as u64, "notifier"),
         deliveries.len() - failed
     ))?;
     Ok(if failed > 0 {
@@ -478,11 +498,11 @@ async fn daemon(config_path: &Path, args: &DaemonArgs) -> Result<u8, AppError> {
 async fn check(config_path: &Path, args: &CheckArgs) -> Result<u8, AppError> {
     let config = load_config(config_path)?;
     let mut out = format!(
-        "{}: ok: {} rules, {} databases, {} notifiers\n",
+        "{}: ok: {}, {}, {}\n",
         config.path.display(),
-        config.rules.len(),
-        config.databases.len(),
-        config.notifiers.len()
+        crate::report::counted(config.rules.len() as u64, "rule"),
+        crate::report::counted(config.databases.len() as u64, "database"),
+        crate::report::counted(config.notifiers.len() as u64, "notifier")
     );
     if !args.connect {
         print_stdout(&out)?;
@@ -526,8 +546,8 @@ async fn check(config_path: &Path, args: &CheckArgs) -> Result<u8, AppError> {
     out.push_str(&table.to_string());
     out.push('\n');
     out.push_str(&format!(
-        "{} pairs: {} ok, {invalid} invalid, {unreachable} unreachable\n",
-        targets.len(),
+        "{}: {} ok, {invalid} invalid, {unreachable} unreachable\n",
+        crate::report::counted(targets.len() as u64, "pair"),
         targets.len() - invalid - unreachable
     ));
     match check_audit(&config).await {

@@ -51,7 +51,9 @@ pub enum Command {
     #[command(after_help = "Example:\n  dbjanitor --config /etc/dbjanitor/dbjanitor.yaml list")]
     List,
     /// Run every enabled rule on its own schedule until SIGTERM/SIGINT; serve /healthz and /metrics.
-    #[command(after_help = "Example:\n  dbjanitor daemon --listen 127.0.0.1:9187")]
+    #[command(
+        after_help = "Examples:\n  dbjanitor daemon --listen 127.0.0.1:9187\n  dbjanitor daemon --listen localhost:9187"
+    )]
     Daemon(DaemonArgs),
     /// Run the whole job on an embedded SQLite database with two seeded incidents.
     #[command(
@@ -167,8 +169,9 @@ pub struct RunArgs {
 /// `dbjanitor daemon`.
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
-    /// Serve /healthz, /livez and /metrics on this address (e.g. 127.0.0.1:9187).
-    #[arg(long, value_name = "ADDR")]
+    /// Serve /healthz, /livez and /metrics on this address: HOST:PORT, the
+    /// host an IP address or a name (127.0.0.1:9187, localhost:9187, 0.0.0.0:9187).
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_listen)]
     pub listen: Option<std::net::SocketAddr>,
 
     /// At most this many runs at once (default: `daemon.jobs` of the config, else 8).
@@ -208,4 +211,27 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// `--listen`: an address, or a host name resolved once at start (issue
+/// 12.7: `localhost:9187` was refused); the first IPv4 address it resolves
+/// to, else the first address.
+fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let addrs: Vec<std::net::SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| {
+            format!("{text:?} is not HOST:PORT (e.g. 127.0.0.1:9187 or localhost:9187): {e}")
+        })?
+        .collect();
+    // IPv4 first: `localhost` then means 127.0.0.1, which every probe reaches.
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
 }

@@ -123,6 +123,18 @@ fn details(r: &RunRecord) -> String {
     out
 }
 
+/// `1 rule`, `2 rules`: a count with its noun in the right number (issue
+/// 12.7: reports said `1 rules, 1 databases`). Every noun counted in
+/// dbjanitor's output takes a plain `s`.
+#[must_use]
+pub fn counted(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// `sample (3 of 12 rows)`: how much of what detect found the sample shows.
 #[must_use]
 pub fn sample_heading(sample: &Sample, detected: Option<u64>) -> String {
@@ -131,7 +143,7 @@ pub fn sample_heading(sample: &Sample, detected: Option<u64>) -> String {
         return format!("rows left after the fix ({shown} shown)");
     }
     let total = detected.unwrap_or(shown as u64);
-    format!("sample ({shown} of {total} rows)")
+    format!("sample ({shown} of {})", counted(total, "row"))
 }
 
 /// The sample rows as an aligned plain table (header first, `NULL` for SQL
@@ -170,8 +182,8 @@ pub fn summary(records: &[RunRecord], dry_run: bool) -> String {
         })
         .collect();
     format!(
-        "{} rule run(s){}: {}",
-        records.len(),
+        "{}{}: {}",
+        counted(records.len() as u64, "rule run"),
         if dry_run {
             " (dry run, nothing changed)"
         } else {

@@ -9,7 +9,9 @@
 //! connects to a database.
 
 mod error;
+mod keys;
 mod notifier;
+mod plain;
 mod raw;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -183,6 +185,7 @@ pub fn load_with_env(path: &Path, env: &dyn Environment) -> Result<Config, Confi
     let mut loader = Loader {
         env,
         errors: Vec::new(),
+        failed: FailedNames::default(),
     };
     let config = loader.config(path);
     match config {
@@ -198,17 +201,28 @@ fn yaml_options() -> serde_saphyr::Options {
     }
 }
 
-/// Parses one YAML file into `T`.
-fn parse_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+/// Parses one YAML file into `T`; on failure, every problem found: serde
+/// stops at the first, so unknown keys are looked for in a second reading
+/// ([`keys::unknown_keys`]) and serde's own "unknown field" then adds nothing.
+fn parse_file<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    kind: keys::FileKind,
+) -> Result<T, Vec<ConfigError>> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::file(path, format!("cannot read file: {e}")))?;
+        .map_err(|e| vec![ConfigError::file(path, format!("cannot read file: {e}"))])?;
     if text.trim().is_empty() {
-        return Err(ConfigError::file(path, "the file is empty"));
+        return Err(vec![ConfigError::file(path, "the file is empty")]);
     }
     serde_saphyr::from_str_with_options(&text, yaml_options()).map_err(|e| {
         let mut error = ConfigError::from_yaml(path, &e);
         point_at_tab(&text, &mut error);
-        error
+        error.message = plain::in_plain_words(&text, error.location.line, &error.message);
+        let mut errors = keys::unknown_keys(path, &text, kind);
+        if errors.is_empty() || !error.message.starts_with("unknown field") {
+            errors.push(error);
+            errors.sort_by_key(|e| (e.location.line, e.location.column));
+        }
+        errors
     })
 }
 
@@ -257,6 +271,23 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 struct Loader<'e> {
     env: &'e dyn Environment,
     errors: Vec<ConfigError>,
+    failed: FailedNames,
+}
+
+/// Names whose own error is already reported (issue 12.3): a database whose
+/// URL did not resolve still counts as defined for the rules that name it,
+/// and an unset variable is reported once however often it is used, so that
+/// one cause gives one message and not a wall of echoes.
+#[derive(Debug, Default)]
+struct FailedNames {
+    /// Databases in `databases:` that failed to load.
+    databases: BTreeSet<String>,
+    /// Notifiers in `notifiers:` that failed to load, or that are off
+    /// (`optional: true` with an unset URL variable): rules naming them are
+    /// not in error, and they are left out of every notify list.
+    notifiers: BTreeSet<String>,
+    /// `${VAR}` names already reported as unset, empty or not UTF-8.
+    variables: BTreeSet<String>,
 }
 
 impl Loader<'_> {
@@ -265,21 +296,32 @@ impl Loader<'_> {
     }
 
     fn config(&mut self, path: &Path) -> Option<Config> {
-        let raw: RawConfig = match parse_file(path) {
+        let raw: RawConfig = match parse_file(path, keys::FileKind::Config) {
             Ok(raw) => raw,
             Err(e) => {
-                self.errors.push(e);
+                self.errors.extend(e);
                 return None;
             }
         };
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         let mut databases = BTreeMap::new();
         for (name, db) in raw.databases {
-            if let Some(db) = self.database(path, base, &name, &db) {
-                databases.insert(name, Arc::new(db));
+            match self.database(path, base, &name, &db) {
+                Some(db) => {
+                    databases.insert(name, Arc::new(db));
+                }
+                None => {
+                    self.failed.databases.insert(name);
+                }
             }
         }
+        let notifier_names: Vec<String> = raw.notifiers.keys().cloned().collect();
         let notifiers = notifier::load_all(self, path, base, raw.notifiers);
+        self.failed.notifiers.extend(
+            notifier_names
+                .into_iter()
+                .filter(|name| !notifiers.contains_key(name)),
+        );
         let defaults = self.defaults(path, raw.defaults, &notifiers);
         let audit = raw
             .audit
@@ -377,7 +419,9 @@ impl Loader<'_> {
             None if self.env.is_set_but_not_unicode(name) => "is not valid UTF-8",
             None => "is not set",
         };
-        self.err(file, at, format!("environment variable {name} {problem}"));
+        if self.failed.variables.insert(name.to_owned()) {
+            self.err(file, at, format!("environment variable {name} {problem}"));
+        }
         None
     }
 
@@ -445,6 +489,18 @@ impl Loader<'_> {
         } else {
             secret
         };
+        if dialect == Dialect::MySql && names_no_database(&secret) {
+            // Issue 12.7: else it surfaced as "No database selected" at prepare time.
+            self.err(
+                file,
+                at,
+                format!(
+                    "database {name:?}: the MySQL URL {} names no database: add /DBNAME, e.g. mysql://user@host:3306/shop",
+                    secret.redacted()
+                ),
+            );
+            return None;
+        }
         if let Err(e) = check_url(dialect, &secret) {
             self.err(
                 file,
@@ -595,6 +651,9 @@ impl Loader<'_> {
         databases: &BTreeMap<String, Arc<DatabaseConfig>>,
     ) -> Option<AuditConfig> {
         let database = &raw.value.database;
+        if self.failed.databases.contains(&database.value) {
+            return None;
+        }
         if !databases.contains_key(&database.value) {
             self.err(
                 file,
@@ -723,8 +782,14 @@ impl Loader<'_> {
         for name in names {
             if notifiers.contains_key(&name.value) {
                 out.push(name.value.clone());
-            } else {
-                let known: Vec<&str> = notifiers.keys().map(String::as_str).collect();
+            } else if !self.failed.notifiers.contains(&name.value) {
+                let known: Vec<&str> = notifiers
+                    .keys()
+                    .chain(&self.failed.notifiers)
+                    .map(String::as_str)
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
                 self.err(
                     file,
                     name.referenced,
@@ -804,10 +869,10 @@ impl Loader<'_> {
         notifiers: &BTreeMap<String, Arc<NotifierConfig>>,
         defaults: &Defaults,
     ) -> Option<(Rule, Location)> {
-        let raw: RawRule = match parse_file(file) {
+        let raw: RawRule = match parse_file(file, keys::FileKind::Rule) {
             Ok(raw) => raw,
             Err(e) => {
-                self.errors.push(e);
+                self.errors.extend(e);
                 return None;
             }
         };
@@ -840,8 +905,16 @@ impl Loader<'_> {
             }
             match databases.get(db) {
                 Some(config) => dialects.push(config.dialect),
+                // Its own error is reported; this rule is not a second one.
+                None if self.failed.databases.contains(db) => {}
                 None => {
-                    let known: Vec<&str> = databases.keys().map(String::as_str).collect();
+                    let known: Vec<&str> = databases
+                        .keys()
+                        .chain(&self.failed.databases)
+                        .map(String::as_str)
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .collect();
                     self.err(
                         file,
                         raw.database.referenced,
@@ -1315,6 +1388,12 @@ impl RuleWalk {
         }
         Ok(())
     }
+}
+
+/// Whether a (MySQL) URL has no database in its path (`mysql://h:3306`,
+/// `mysql://h:3306/`): every unqualified table name would fail at run time.
+fn names_no_database(url: &SecretUrl) -> bool {
+    url::Url::parse(url.expose()).is_ok_and(|u| u.path().trim_matches('/').is_empty())
 }
 
 /// Parses a URL with the driver's own parser, so a malformed URL is a

@@ -164,6 +164,17 @@ pub(super) fn load_all(
             );
             continue;
         }
+        let off = notifier
+            .value
+            .optional
+            .unwrap_or(false)
+            .then(|| unset_url_variable(loader, &notifier.value))
+            .flatten();
+        if let Some(variable) = off {
+            tracing::debug!(notifier = %name, %variable, "optional notifier is off: its URL variable is unset or empty");
+            loader.failed.notifiers.insert(name);
+            continue;
+        }
         let config = match (&notifier.value.webhook, &notifier.value.email) {
             (Some(webhook), None) => {
                 webhook_config(loader, file, webhook).map(NotifierConfig::Webhook)
@@ -185,6 +196,33 @@ pub(super) fn load_all(
         }
     }
     out
+}
+
+/// The first `${VAR}` of the notifier's URL (webhook `url`, email `smtp`)
+/// that is unset or empty, if any: an `optional: true` notifier is then off.
+fn unset_url_variable(loader: &Loader<'_>, raw: &RawNotifier) -> Option<String> {
+    let url = match (&raw.webhook, &raw.email) {
+        (Some(webhook), _) => &webhook.value.url.value,
+        (None, Some(email)) => &email.value.smtp.value,
+        (None, None) => return None,
+    };
+    let mut rest = url.as_str();
+    while let Some(start) = rest.find('$') {
+        let after = &rest[start + 1..];
+        if let Some(literal) = after.strip_prefix("${") {
+            rest = literal;
+            continue;
+        }
+        let Some((name, tail)) = after.strip_prefix('{').and_then(|a| a.split_once('}')) else {
+            rest = after;
+            continue;
+        };
+        if loader.env.var(name).is_none_or(|v| v.is_empty()) {
+            return Some(name.to_owned());
+        }
+        rest = tail;
+    }
+    None
 }
 
 fn webhook_config(
@@ -309,7 +347,7 @@ fn email_config(
         );
         return None;
     }
-    if raw.to.value.is_empty() {
+    if raw.to.value.0.is_empty() {
         loader.err(
             file,
             raw.to.referenced,
@@ -320,10 +358,10 @@ fn email_config(
     let cc = raw
         .cc
         .as_ref()
-        .map(|cc| cc.value.clone())
+        .map(|cc| cc.value.0.clone())
         .unwrap_or_default();
     for (key, list, at) in [
-        ("to", &raw.to.value, raw.to.referenced),
+        ("to", &raw.to.value.0, raw.to.referenced),
         (
             "cc",
             &cc,
@@ -426,7 +464,7 @@ fn email_config(
         smtp: SecretUrl::new(smtp),
         tls,
         from,
-        to: raw.to.value.clone(),
+        to: raw.to.value.0.clone(),
         cc,
         username,
         password,

@@ -65,6 +65,9 @@ pub(crate) struct RawDefaults {
 pub(crate) struct RawNotifier {
     pub(crate) webhook: Option<Spanned<RawWebhook>>,
     pub(crate) email: Option<Spanned<RawEmail>>,
+    /// Skip this notifier (no error) when a `${VAR}` of its URL is unset or
+    /// empty: a deployment without, say, Slack leaves the variable out.
+    pub(crate) optional: Option<bool>,
 }
 
 /// `webhook:` notifier.
@@ -88,8 +91,8 @@ pub(crate) struct RawEmail {
     pub(crate) smtp: Spanned<String>,
     pub(crate) tls: Option<Spanned<String>>,
     pub(crate) from: Spanned<String>,
-    pub(crate) to: Spanned<Vec<String>>,
-    pub(crate) cc: Option<Spanned<Vec<String>>>,
+    pub(crate) to: Spanned<Addresses>,
+    pub(crate) cc: Option<Spanned<Addresses>>,
     pub(crate) username: Option<Spanned<String>>,
     pub(crate) password_env: Option<Spanned<String>>,
     pub(crate) password_file: Option<Spanned<String>>,
@@ -188,6 +191,34 @@ impl<'de> Deserialize<'de> for OneOrMany {
             }
         }
         deserializer.deserialize_any(OneOrManyVisitor)
+    }
+}
+
+/// `to: dba@example.org` or `to: [a@example.org, b@example.org]` (issue
+/// 12.5: one address is a list of one, as an operator would write it).
+#[derive(Debug)]
+pub(crate) struct Addresses(pub(crate) Vec<String>);
+
+impl<'de> Deserialize<'de> for Addresses {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct AddressesVisitor;
+        impl<'de> Visitor<'de> for AddressesVisitor {
+            type Value = Addresses;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an email address or a list of email addresses")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Addresses, E> {
+                Ok(Addresses(vec![v.to_owned()]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Addresses, A::Error> {
+                let mut addresses = Vec::new();
+                while let Some(address) = seq.next_element::<String>()? {
+                    addresses.push(address);
+                }
+                Ok(Addresses(addresses))
+            }
+        }
+        deserializer.deserialize_any(AddressesVisitor)
     }
 }
 

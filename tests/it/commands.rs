@@ -40,7 +40,7 @@ async fn init_writes_a_config_that_check_accepts_and_never_overwrites() {
     let check = crate::util::RunOutput::from(check);
     check.assert_code(0);
     assert!(
-        check.stdout.contains("ok: 1 rules, 1 databases"),
+        check.stdout.contains("ok: 1 rule, 1 database"),
         "{}",
         check.stdout
     );

@@ -266,3 +266,213 @@ fn non_utf8_variables_and_the_dollar_escape() {
         "{stdout}"
     );
 }
+
+/// `check` in `dir` on `config`, with `unset` removed from the environment:
+/// exit code and the lines of stderr.
+fn check_lines(dir: &std::path::Path, config: &str, unset: &[&str]) -> (i32, Vec<String>) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dbjanitor"));
+    command
+        .args(["--config", config, "check"])
+        .current_dir(dir)
+        .env_remove("RUST_LOG");
+    for name in unset {
+        command.env_remove(name);
+    }
+    let out = command.output().expect("run dbjanitor");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let lines = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    (out.status.code().unwrap_or(-1), lines)
+}
+
+/// Issue 12.3: the shipped example with its variables unset lists each
+/// variable once, and no rule echoes "unknown database" or "unknown
+/// notifier" for a database or notifier whose own error is already listed.
+#[test]
+fn unset_variables_in_the_example_are_reported_once_without_echoes() {
+    let (code, lines) = check_lines(
+        &crate::util::repo("examples"),
+        "dbjanitor.yaml",
+        &[
+            "APP_DB_URL",
+            "CLOUDSTACK_DB_URL",
+            "DRAGONFLY_DB_URL",
+            "ICINGADB_DB_URL",
+            "NIGHTINGALE_DB_URL",
+            "OPS_WEBHOOK_URL",
+        ],
+    );
+    assert_eq!(code, 2);
+    assert_eq!(
+        lines,
+        [
+            "dbjanitor.yaml:30:10: environment variable APP_DB_URL is not set",
+            "dbjanitor.yaml:26:10: environment variable CLOUDSTACK_DB_URL is not set",
+            "dbjanitor.yaml:22:10: environment variable DRAGONFLY_DB_URL is not set",
+            "dbjanitor.yaml:28:10: environment variable ICINGADB_DB_URL is not set",
+            "dbjanitor.yaml:24:10: environment variable NIGHTINGALE_DB_URL is not set",
+            "dbjanitor.yaml:47:12: environment variable OPS_WEBHOOK_URL is not set",
+            "6 problems in the configuration; nothing was run",
+        ]
+    );
+}
+
+/// Issue 12.3: one variable used by two databases is reported once; the
+/// rules, `audit:` and `notify:` naming what failed add nothing; a truly
+/// unknown name is still reported (and the list of known names includes the
+/// database that failed).
+#[test]
+fn consequences_of_a_reported_error_are_not_reported() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(dir.path().join("rules")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("dbjanitor.yaml"),
+        "databases:\n  a:\n    url: \"${DBJ_TEST_UNSET_12_3}\"\n  b:\n    url: \"${DBJ_TEST_UNSET_12_3}/b\"\n\
+         rules: [rules]\naudit:\n  database: a\ndefaults:\n  notify: [ops]\n\
+         notifiers:\n  ops:\n    webhook:\n      url: \"${DBJ_TEST_UNSET_12_3_HOOK}\"\n",
+    )
+    .expect("config");
+    std::fs::write(
+        dir.path().join("rules/r1.yaml"),
+        "name: r.one\ndatabase: [a, b]\ndetect: SELECT 1\nnotify: [ops]\n",
+    )
+    .expect("rule");
+    std::fs::write(
+        dir.path().join("rules/r2.yaml"),
+        "name: r.two\ndatabase: nope\ndetect: SELECT 1\n",
+    )
+    .expect("rule");
+    let (code, lines) = check_lines(
+        dir.path(),
+        "dbjanitor.yaml",
+        &["DBJ_TEST_UNSET_12_3", "DBJ_TEST_UNSET_12_3_HOOK"],
+    );
+    assert_eq!(code, 2);
+    assert_eq!(
+        lines,
+        [
+            "dbjanitor.yaml:3:10: environment variable DBJ_TEST_UNSET_12_3 is not set",
+            "dbjanitor.yaml:14:12: environment variable DBJ_TEST_UNSET_12_3_HOOK is not set",
+            &format!(
+                "{}: unknown database \"nope\"; databases in the config: [\"a\", \"b\"]",
+                "rules/r2.yaml:2:11"
+            ),
+            "3 problems in the configuration; nothing was run",
+        ]
+    );
+}
+
+/// Issue 12.4: every unknown key of a file is reported in one pass, each
+/// with the key it most likely meant.
+#[test]
+fn every_unknown_key_of_a_file_is_reported_with_a_suggestion() {
+    let (code, lines) = check_lines(&fixture("bad/three-typos"), "dbjanitor.yaml", &[]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        lines,
+        [
+            "rules/r.yaml:3:1: unknown key `detcet`: did you mean `detect`?",
+            "rules/r.yaml:5:1: unknown key `max_row`: did you mean `max_rows`?",
+            "rules/r.yaml:6:1: unknown key `shedule`: did you mean `schedule`?",
+            "3 problems in the configuration; nothing was run",
+        ]
+    );
+}
+
+/// Issue 12.5: `to: dba@example.org` is a list of one address; a list still
+/// works, and a bad address in either form is named.
+#[test]
+fn a_single_email_address_is_accepted_for_to() {
+    let email = |to: &str| {
+        format!(
+            "notifiers:\n  mail:\n    email:\n      smtp: \"smtp://127.0.0.1:2525\"\n      from: dbj@example.org\n      to: {to}\n"
+        )
+    };
+    for (to, code) in [
+        ("dba@example.org", 0),
+        ("[dba@example.org, ops@example.org]", 0),
+        ("not-an-address", 2),
+    ] {
+        let out = Case::new()
+            .database("main", "sqlite:///nonexistent/x.db")
+            .rule("name: a\ndatabase: main\ndetect: SELECT 1\n")
+            .config(&email(to))
+            .run(&["check"]);
+        assert_eq!(out.code, code, "to: {to}\n{}", out.stderr);
+        if code == 2 {
+            assert!(
+                out.stderr.contains(
+                    "dbjanitor.yaml:10:11: to: \"not-an-address\" is not an email address"
+                ),
+                "{}",
+                out.stderr
+            );
+        }
+    }
+}
+
+/// Issue 12.9: a notifier with `optional: true` is off when its URL
+/// variable is unset or empty: the run works (and fixes) without it, rules
+/// and defaults naming it are not in error; set, it is a notifier like any
+/// other; without `optional`, the unset variable stays an error.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_optional_notifier_is_off_when_its_url_variable_is_unset() {
+    let db = TestDb::with_sql(
+        Engine::Sqlite,
+        "CREATE TABLE t (id int PRIMARY KEY, state text); INSERT INTO t VALUES (1, 'bad'), (2, 'ok');",
+    )
+    .await;
+    let notifier = |optional: &str| {
+        format!(
+            "defaults:\n  notify: [ops]\nnotifiers:\n  ops:\n{optional}    webhook:\n      url: \"${{DBJ_TEST_OPTIONAL_HOOK}}\"\n      format: slack\n"
+        )
+    };
+    let case = |optional: &str| {
+        Case::new()
+            .database("main", db.url())
+            .rule("name: fix.bad\ndatabase: main\ndetect: SELECT id FROM t WHERE state = 'bad'\nfix: UPDATE t SET state = 'ok' WHERE state = 'bad'\nmax_rows: 5\nnotify: [ops]\n")
+            .config(&notifier(optional))
+    };
+    let optional = case("    optional: true\n");
+    let check = optional.run(&["check"]);
+    check.assert_code(0);
+    assert!(
+        check.stdout.contains("ok: 1 rule, 1 database, 0 notifiers"),
+        "{}",
+        check.stdout
+    );
+    let run = optional.run(&["run", "--output", "json"]);
+    run.assert_code(0);
+    assert_eq!(run.outcome("fix.bad", "main"), "fixed");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM t WHERE state = 'bad'")
+            .await,
+        0
+    );
+    let set = case("    optional: true\n")
+        .env("DBJ_TEST_OPTIONAL_HOOK", "http://127.0.0.1:9/hook")
+        .run(&["check"]);
+    set.assert_code(0);
+    assert!(set.stdout.contains("1 notifier\n"), "{}", set.stdout);
+    let required = case("").run(&["check"]);
+    required.assert_code(2);
+    let config = required_config_path(&required.stderr);
+    assert_eq!(
+        required.stderr.lines().collect::<Vec<_>>(),
+        [
+            format!("{config}:10:12: environment variable DBJ_TEST_OPTIONAL_HOOK is not set"),
+            "1 problem in the configuration; nothing was run".to_owned(),
+        ]
+    );
+}
+
+/// The config path a message starts with (a temporary folder, no `:`).
+fn required_config_path(stderr: &str) -> &str {
+    stderr.split(':').next().unwrap_or_default()
+}

@@ -458,3 +458,23 @@ async fn parallel_runs_are_capped_per_database() {
     assert_eq!(most, 2, "the two slots were used at once");
     assert!(!out.stderr.contains("too many clients"), "{}", out.stderr);
 }
+
+/// Issue 12.7: `--listen localhost:PORT` is accepted (a host name, not only
+/// an IP address) and serves the probes on the loopback address.
+#[tokio::test(flavor = "multi_thread")]
+async fn listen_accepts_a_host_name() {
+    let app = jobs(Engine::Sqlite).await;
+    let case = crate::util::Case::new()
+        .database("main", app.url())
+        .rule(&format!("{STUCK}schedule: \"@every 1h\"\n"));
+    let port = free_port();
+    let child = case.spawn(&["daemon", "--listen", &format!("localhost:{port}")]);
+    eventually("/livez on localhost", async || {
+        http_get(port, "/livez").filter(|r| r.0 == 200)
+    })
+    .await;
+    sigterm(&child);
+    let out = exited(child).await;
+    out.assert_code(0);
+    assert!(out.stderr.contains("daemon stopped"), "{}", out.stderr);
+}
