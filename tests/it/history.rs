@@ -9,8 +9,6 @@
 //! server (wiremock) for webhooks, two real daemon processes, and the fault
 //! proxy (`faults`) in front of the audit database.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -21,6 +19,7 @@ use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::audit::{STUCK, audited, jobs, parse_metrics, store, truthy};
+use crate::daemon::free_port;
 use crate::faults::FaultProxy;
 use crate::util::{Case, Engine, RunOutput, TestDb};
 
@@ -33,30 +32,11 @@ const DEADLINE: Duration = Duration::from_secs(90);
 
 // ---------------------------------------------------------------- helpers
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// The body of `GET path` on the daemon, or `None` while nobody answers.
+/// The body of `GET path` on the daemon when it answers 200, else `None`.
 fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut stream =
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response
-        .contains(" 200 ")
-        .then(|| crate::daemon::body(&response).to_owned())
+    crate::daemon::http_get(port, path)
+        .filter(|(status, _)| *status == 200)
+        .map(|(_, response)| crate::daemon::body(&response).to_owned())
 }
 
 /// Polls `check` until it returns `Some`, panicking with `what` after [`DEADLINE`].
