@@ -96,10 +96,11 @@ macro_rules! migration {
 }
 
 /// Every migration, in order. Append only.
-pub const MIGRATIONS: [Migration; 3] = [
+pub const MIGRATIONS: [Migration; 4] = [
     migration!(1, "create_runs"),
     migration!(2, "notified"),
     migration!(3, "run_id"),
+    migration!(4, "pairs"),
 ];
 
 /// The schema version this binary writes and reads.
@@ -128,6 +129,7 @@ pub(crate) const MYSQL_CREATES: [&[(&str, Option<&str>)]; MIGRATIONS.len()] = [
     ],
     // The unique index comes in the same ALTER TABLE: with the column or not at all.
     &[("dbjanitor_runs", Some("run_id"))],
+    &[("dbjanitor_pairs", None)],
 ];
 
 /// What a migration call did.

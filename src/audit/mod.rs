@@ -17,6 +17,7 @@
 //! Failures are [`AuditError`]s for the caller to report; they never change
 //! what a rule did.
 
+mod claim;
 mod migrate;
 mod pg;
 
@@ -30,6 +31,7 @@ use sqlx::Connection;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 
+pub use claim::Claim;
 pub use migrate::{MIGRATION_LOCK, MIGRATIONS, Migrated, Migration, SCHEMA_VERSION};
 
 use crate::config::Config;
@@ -221,6 +223,15 @@ impl Conn {
         tokio::time::timeout(TIMEOUT, connect)
             .await
             .map_err(|_| AuditError::Timeout(TIMEOUT))?
+    }
+
+    /// Drops the connection at once, without waiting for a stalled server:
+    /// it rolls back what was open and frees the locks when it notices.
+    fn abandon(self) {
+        match self {
+            Conn::Postgres(c) => c.abort(),
+            Conn::MySql(..) | Conn::Sqlite(..) => {}
+        }
     }
 
     async fn close(self) {
@@ -643,6 +654,30 @@ async fn insert(
                     .map_err(err)?;
             }
             tx.commit().await.map_err(err)
+        }
+    )
+}
+
+/// [`insert`] inside the transaction already open on `conn` (a pair's claim).
+async fn insert_rows(
+    conn: &mut Conn,
+    records: &[RunRecord],
+    notified: &[bool],
+    host: &str,
+) -> Result<(), AuditError> {
+    on_each!(
+        conn,
+        INSERT_OTHER,
+        pg | c | pg::insert_rows(c, records, notified, host).await,
+        |c, sql, url| {
+            for (i, record) in records.iter().enumerate() {
+                let was_notified = notified.get(i).copied().unwrap_or(false);
+                bind_run!(sqlx::query(sql), record, was_notified, host)
+                    .execute(&mut *c)
+                    .await
+                    .map_err(|e| AuditError::sql(url, &e))?;
+            }
+            Ok(())
         }
     )
 }

@@ -54,48 +54,93 @@ pub(super) async fn insert(
     notified: &[bool],
     host: &str,
 ) -> Result<(), AuditError> {
-    in_transaction(c, async {
-        for (i, r) in records.iter().enumerate() {
-            let was_notified = notified.get(i).copied().unwrap_or(false);
-            let duration_ms = i64::try_from(r.duration_ms).unwrap_or(i64::MAX);
-            let finished = r.started_at + chrono::Duration::milliseconds(duration_ms);
-            let reason = r.reason.map(|x| x.as_str());
-            let message = r.message.as_deref().map(clip);
-            let error = r.error.as_deref().map(clip);
-            let counts = [
-                count(r.detected),
-                count(r.changed),
-                count(r.remaining),
-                count(r.batches),
-            ];
-            let outcome = r.outcome.as_str();
-            // NULL, not "", for a record without an id (the column is unique).
-            let run_id = (!r.run_id.is_empty()).then_some(r.run_id.as_str());
-            let params: [(&(dyn ToSql + Sync), Type); 18] = [
-                (&r.rule, Type::TEXT),
-                (&r.database, Type::TEXT),
-                (&r.started_at, Type::TIMESTAMPTZ),
-                (&finished, Type::TIMESTAMPTZ),
-                (&duration_ms, Type::INT8),
-                (&outcome, Type::TEXT),
-                (&reason, Type::TEXT),
-                (&message, Type::TEXT),
-                (&error, Type::TEXT),
-                (&counts[0], Type::INT8),
-                (&counts[1], Type::INT8),
-                (&counts[2], Type::INT8),
-                (&counts[3], Type::INT8),
-                (&r.dry_run, Type::BOOL),
-                (&was_notified, Type::BOOL),
-                (&host, Type::TEXT),
-                (&VERSION, Type::TEXT),
-                (&run_id, Type::TEXT),
-            ];
-            c.execute_one(INSERT, &params).await.map_err(sql_err)?;
-        }
-        Ok(())
-    })
+    in_transaction(c, insert_rows(c, records, notified, host)).await
+}
+
+/// Inserts one row per record in the transaction that is open on `c` (a
+/// pair's claim, or [`insert`]'s own).
+pub(super) async fn insert_rows(
+    c: &PgConn,
+    records: &[RunRecord],
+    notified: &[bool],
+    host: &str,
+) -> Result<(), AuditError> {
+    for (i, r) in records.iter().enumerate() {
+        let was_notified = notified.get(i).copied().unwrap_or(false);
+        let duration_ms = i64::try_from(r.duration_ms).unwrap_or(i64::MAX);
+        let finished = r.started_at + chrono::Duration::milliseconds(duration_ms);
+        let reason = r.reason.map(|x| x.as_str());
+        let message = r.message.as_deref().map(clip);
+        let error = r.error.as_deref().map(clip);
+        let counts = [
+            count(r.detected),
+            count(r.changed),
+            count(r.remaining),
+            count(r.batches),
+        ];
+        let outcome = r.outcome.as_str();
+        // NULL, not "", for a record without an id (the column is unique).
+        let run_id = (!r.run_id.is_empty()).then_some(r.run_id.as_str());
+        let params: [(&(dyn ToSql + Sync), Type); 18] = [
+            (&r.rule, Type::TEXT),
+            (&r.database, Type::TEXT),
+            (&r.started_at, Type::TIMESTAMPTZ),
+            (&finished, Type::TIMESTAMPTZ),
+            (&duration_ms, Type::INT8),
+            (&outcome, Type::TEXT),
+            (&reason, Type::TEXT),
+            (&message, Type::TEXT),
+            (&error, Type::TEXT),
+            (&counts[0], Type::INT8),
+            (&counts[1], Type::INT8),
+            (&counts[2], Type::INT8),
+            (&counts[3], Type::INT8),
+            (&r.dry_run, Type::BOOL),
+            (&was_notified, Type::BOOL),
+            (&host, Type::TEXT),
+            (&VERSION, Type::TEXT),
+            (&run_id, Type::TEXT),
+        ];
+        c.execute_one(INSERT, &params).await.map_err(sql_err)?;
+    }
+    Ok(())
+}
+
+/// Takes the claim on a pair inside a new transaction: its row in
+/// `dbjanitor_pairs` is upserted, which locks it until COMMIT or ROLLBACK (or
+/// the connection's end); another claimer waits at most `lock_wait_ms`
+/// (`SET LOCAL`: transaction-scoped, safe behind a pooler).
+pub(super) async fn begin_claim(
+    c: &PgConn,
+    rule: &str,
+    database: &str,
+    host: &str,
+    lock_wait_ms: u128,
+) -> Result<(), AuditError> {
+    c.batch(&format!(
+        "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE; SET LOCAL lock_timeout = {lock_wait_ms}"
+    ))
     .await
+    .map_err(sql_err)?;
+    let now = Utc::now();
+    c.execute_one(
+        "INSERT INTO dbjanitor_pairs (rule, database_name, claimed_by, claimed_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (rule, database_name) DO UPDATE SET claimed_by = EXCLUDED.claimed_by, claimed_at = EXCLUDED.claimed_at",
+        &[
+            (&rule, Type::TEXT),
+            (&database, Type::TEXT),
+            (&host, Type::TEXT),
+            (&now, Type::TIMESTAMPTZ),
+        ],
+    )
+    .await
+    .map_err(sql_err)?;
+    Ok(())
+}
+
+/// Ends the transaction a claim opened.
+pub(super) async fn commit(c: &PgConn) -> Result<(), AuditError> {
+    c.batch("COMMIT").await.map_err(sql_err)
 }
 
 /// One retention batch (its own implicit transaction) with `sql` (`$1`

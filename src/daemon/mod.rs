@@ -56,7 +56,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 pub use http::{HEALTH_INTERVAL, HEALTH_TIMEOUT, Health};
 
-use crate::audit::RunHistory;
+use crate::audit::{AuditStore, RunHistory};
 use crate::config::Config;
 use crate::engine::{RunOptions, run_target};
 use crate::history::{History, HistoryError, LastState, MemoryHistory};
@@ -80,6 +80,10 @@ const RECORD_RETRY_FIRST_WAIT: Duration = Duration::from_millis(500);
 
 /// Longest wait between recording attempts.
 const RECORD_RETRY_MAX_WAIT: Duration = Duration::from_secs(8);
+
+/// A pair's runs wait this many `audit.timeout`s for the run history before
+/// they are notified without it.
+const HISTORY_WAIT_TIMEOUTS: u32 = 4;
 
 /// After cancelling, how long to wait for the cancelled runs to be recorded.
 const AFTER_CANCEL: Duration = Duration::from_secs(15);
@@ -106,6 +110,15 @@ struct Shared {
     /// `daemon.jobs` again, for bookkeeping batches: they never hold a run's
     /// slot, and never open more audit connections at once than runs.
     bookkeeping_slots: Arc<Semaphore>,
+    /// How long another process may hold a pair's claim (it notifies while
+    /// it holds it): the longest notifier deadline plus `audit.timeout` twice.
+    claim_wait: Duration,
+    /// How long a pair's runs wait, not yet notified, for the run history
+    /// to be readable again: four times `audit.timeout`.
+    history_wait: Duration,
+    /// The last state of each pair this process decided about: what it
+    /// judges against when the audit database cannot be read.
+    known: std::sync::Mutex<HashMap<(String, String), LastState>>,
 }
 
 /// The slots a run holds while it runs: its database's, then the process's.
@@ -232,22 +245,110 @@ impl Shared {
                 Ok(mut backlog) => std::mem::take(&mut backlog.records),
                 Err(_) => return,
             };
-            let history = Counted {
-                history: self.history.as_ref(),
-                metrics: self.metrics.as_ref(),
-            };
-            // Design §3 step 9: notifications decide from the history as it
-            // was before these runs, then the history stores whether they notified.
-            let notified = {
-                // The semaphore is never closed; without a permit it would just go on.
+            match self.history.audit() {
+                Some(store) => self.bookkeep_claimed(store, &mut batch).await,
+                None => self.bookkeep_in_memory(&mut batch).await,
+            }
+        }
+    }
+
+    /// No audit table: the process's memory is the history, and the pair's
+    /// backlog (one worker at a time) already serialises read, notify, record.
+    async fn bookkeep_in_memory(&self, batch: &mut [RunRecord]) {
+        let Some((rule, database)) = pair_of(batch) else {
+            return;
+        };
+        let history = self.counted();
+        let state = history.last_state(&rule, &database).await.ok().flatten();
+        let (notified, _) = self.deliver_in_order(batch, Start::Known(state)).await;
+        self.record_until_done(&history, batch, &notified).await;
+    }
+
+    /// Design §3 step 9 across processes: under the pair's claim in the audit
+    /// database, the runs are judged against the history as it was before
+    /// them, notified, and recorded, all in one transaction, so another
+    /// replica deciding about the same pair waits and then reads what this
+    /// one told. While the claim cannot be had (audit database down or
+    /// stalled), it is retried with backoff for up to [`Shared::history_wait`]
+    /// — the runs wait, not yet notified, so a short stall delays a message
+    /// by seconds instead of doubling it. After that the runs are judged
+    /// against this process's own last known state of the pair, or told with
+    /// `change: unknown` when it has none, and recorded as before.
+    async fn bookkeep_claimed(&self, store: &AuditStore, batch: &mut [RunRecord]) {
+        let Some((rule, database)) = pair_of(batch) else {
+            return;
+        };
+        let give_up = std::time::Instant::now() + self.history_wait;
+        let mut wait = RECORD_RETRY_FIRST_WAIT;
+        loop {
+            let result = {
+                // Held for the whole claim: it is an audit connection.
                 let _slot = self.bookkeeping_slot().await;
-                if batch.len() == 1 {
-                    notify::deliver(&self.config, &mut batch, Some(&history)).await
-                } else {
-                    self.deliver_in_order(&mut batch, &history).await
+                match store.claim(&rule, &database, self.claim_wait).await {
+                    Ok(claim) => {
+                        let start = Start::Known(claim.state().cloned());
+                        let (notified, state) = self.deliver_in_order(batch, start).await;
+                        self.remember(&rule, &database, state);
+                        Ok(claim
+                            .commit(batch, &notified)
+                            .await
+                            .map_err(|e| (e, notified)))
+                    }
+                    Err(e) => Err(e),
                 }
             };
-            self.record_until_done(&history, &batch, &notified).await;
+            match result {
+                Ok(Ok(())) => return,
+                Ok(Err((e, notified))) => {
+                    // Told, but not recorded under the claim: record it as
+                    // any other run, with retries.
+                    self.metrics.audit_error(1);
+                    warn!(error = %e, runs = batch.len(), "the claimed runs could not be recorded; retrying without the claim");
+                    self.record_until_done(&self.counted(), batch, &notified)
+                        .await;
+                    return;
+                }
+                Err(e) => {
+                    self.metrics.audit_error(1);
+                    if self.stop.is_cancelled() || std::time::Instant::now() + wait > give_up {
+                        warn!(error = %e, runs = batch.len(), "cannot read the run history: notifying from this process's own last known state of the pair (\"unknown\" if none)");
+                        let start = match self.known(&rule, &database) {
+                            Some(state) => Start::Known(Some(state)),
+                            None => Start::Unknown,
+                        };
+                        let (notified, state) = self.deliver_in_order(batch, start).await;
+                        self.remember(&rule, &database, state);
+                        self.record_until_done(&self.counted(), batch, &notified)
+                            .await;
+                        return;
+                    }
+                    warn!(error = %e, runs = batch.len(), retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "cannot claim the pair in the run history; retrying (its runs wait, not yet notified)");
+                    tokio::select! {
+                        () = self.stop.cancelled() => {}
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                    wait = wait.saturating_mul(2).min(RECORD_RETRY_MAX_WAIT);
+                }
+            }
+        }
+    }
+
+    fn counted(&self) -> Counted<'_> {
+        Counted {
+            history: self.history.as_ref(),
+            metrics: self.metrics.as_ref(),
+        }
+    }
+
+    /// This process's last known state of a pair.
+    fn known(&self, rule: &str, database: &str) -> Option<LastState> {
+        let known = self.known.lock().ok()?;
+        known.get(&(rule.to_owned(), database.to_owned())).cloned()
+    }
+
+    fn remember(&self, rule: &str, database: &str, state: Option<LastState>) {
+        if let (Some(state), Ok(mut known)) = (state, self.known.lock()) {
+            known.insert((rule.to_owned(), database.to_owned()), state);
         }
     }
 
@@ -293,30 +394,67 @@ impl Shared {
     }
 }
 
+/// What a batch of runs is judged against.
+enum Start {
+    /// The pair's last state (`None`: it never ran).
+    Known(Option<LastState>),
+    /// Nothing is known: the history could not be read and this process
+    /// has not seen the pair yet.
+    Unknown,
+}
+
+/// A history that cannot be read: the first run of a batch judged with
+/// [`Start::Unknown`] is told with `change: unknown`.
+struct Unreadable;
+
+impl History for Unreadable {
+    async fn last_state(&self, _: &str, _: &str) -> Result<Option<LastState>, HistoryError> {
+        Err(HistoryError(
+            "the run history could not be read and this process has not seen the pair yet"
+                .to_owned(),
+        ))
+    }
+
+    async fn record(&self, _: &[RunRecord], _: &[bool]) -> Result<(), HistoryError> {
+        Ok(())
+    }
+}
+
+/// The (rule, database) of a batch (every run in it is of the same pair).
+fn pair_of(batch: &[RunRecord]) -> Option<(String, String)> {
+    batch.first().map(|r| (r.rule.clone(), r.database.clone()))
+}
+
 impl Shared {
-    /// Several runs of one pair (bookkeeping fell behind, e.g. a slow
-    /// webhook or audit database): the history is read once, and each run is
-    /// judged against the state the one before it left, so an unchanged
-    /// state is still told once.
-    async fn deliver_in_order(&self, batch: &mut [RunRecord], history: &Counted<'_>) -> Vec<bool> {
-        let Some(first) = batch.first() else {
-            return Vec::new();
+    /// Judges each run of a batch (one pair) against the state the one
+    /// before it left, starting from `start`, and notifies: bookkeeping that
+    /// fell behind (a slow webhook or audit database) still tells an
+    /// unchanged state once. Returns the flags and the state after the batch.
+    async fn deliver_in_order(
+        &self,
+        batch: &mut [RunRecord],
+        start: Start,
+    ) -> (Vec<bool>, Option<LastState>) {
+        let Some((rule, database)) = pair_of(batch) else {
+            return (Vec::new(), None);
         };
-        let (rule, database) = (first.rule.clone(), first.database.clone());
-        let Ok(state) = history.last_state(&rule, &database).await else {
-            // Unreadable (logged, counted): notified as without history.
-            warn!("cannot read the run history; notifying as if there were none");
-            return notify::deliver::<MemoryHistory>(&self.config, batch, None).await;
+        let (memory, mut unknown) = match start {
+            Start::Known(state) => (MemoryHistory::seeded(&rule, &database, state), false),
+            Start::Unknown => (MemoryHistory::default(), true),
         };
-        let memory = MemoryHistory::seeded(&rule, &database, state);
         let mut notified = Vec::with_capacity(batch.len());
         for record in batch.iter_mut() {
             let one = std::slice::from_mut(record);
-            let flags = notify::deliver(&self.config, one, Some(&memory)).await;
+            let flags = if std::mem::take(&mut unknown) {
+                notify::deliver(&self.config, one, Some(&Unreadable)).await
+            } else {
+                notify::deliver(&self.config, one, Some(&memory)).await
+            };
             let _ = memory.record(one, &flags).await;
             notified.extend(flags);
         }
-        notified
+        let state = memory.last_state(&rule, &database).await.ok().flatten();
+        (notified, state)
     }
 }
 
@@ -336,6 +474,27 @@ impl Shared {
             _process: process,
         })
     }
+}
+
+/// `audit.timeout`, or its default without an audit table.
+fn audit_timeout(config: &Config) -> Duration {
+    config
+        .audit
+        .as_ref()
+        .map_or(crate::audit::DEFAULT_TIMEOUT, |a| a.timeout)
+}
+
+/// How long a claimer waits for another process's claim on the same pair:
+/// that process notifies while it holds it (each notifier within its
+/// `deadline`) and reads and writes the audit table (`audit.timeout` each).
+fn claim_wait(config: &Config) -> Duration {
+    let deadline = config
+        .notifiers
+        .values()
+        .map(|n| n.delivery().deadline)
+        .max()
+        .unwrap_or_default();
+    deadline + audit_timeout(config).saturating_mul(2)
 }
 
 /// Sleeps until the wall clock reaches `tick`; `false` if `stop` came first.
@@ -513,6 +672,9 @@ pub async fn run(
             .collect(),
         bookkeeping,
         bookkeeping_slots: Arc::new(Semaphore::new(config.daemon.jobs)),
+        claim_wait: claim_wait(config),
+        history_wait: audit_timeout(config).saturating_mul(HISTORY_WAIT_TIMEOUTS),
+        known: std::sync::Mutex::default(),
     });
     info!(
         pairs = scheduled.len(),

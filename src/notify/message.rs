@@ -162,6 +162,7 @@ impl Entry {
         ));
         let change = match (self.change, self.previous_outcome) {
             (Change::Untracked, _) => None,
+            (Change::Unknown, _) => Some("unknown (the run history could not be read)".to_owned()),
             // A recovery names what the receivers were last told about.
             (Change::Recovered, Some(told)) => Some(format!("recovered (last notified: {told})")),
             (change, Some(previous)) if previous != self.outcome || change == Change::Repeated => {

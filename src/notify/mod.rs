@@ -192,9 +192,10 @@ pub async fn deliver_at<H: History>(
                 _ if record.dry_run => Past::Untracked,
                 Ok(Some(last)) => Past::Last(last),
                 Ok(None) => Past::Never,
-                // The store is down: notify as if there were no history. A
-                // duplicate message is better than a missed one.
-                Err(()) => Past::Untracked,
+                // The store is down: whether this is news is unknown. A
+                // duplicate message is better than a missed one, but it
+                // does not claim to be new.
+                Err(()) => Past::Unknown,
             })
             .collect(),
     };
@@ -231,7 +232,8 @@ pub async fn deliver_at<H: History>(
 }
 
 /// The last state of every record's pair; `Err(())` everywhere when the
-/// store failed (logged once): then every run is notified as untracked.
+/// store failed (logged once): then every wanted outcome is notified with
+/// `change: unknown`.
 async fn last_states<H: History>(
     history: &H,
     records: &[RunRecord],
@@ -243,7 +245,7 @@ async fn last_states<H: History>(
     match history.last_states(&pairs).await {
         Ok(states) => states.into_iter().map(Ok).collect(),
         Err(error) => {
-            warn!(%error, "cannot read the run history; notifying as if there were none");
+            warn!(%error, "cannot read the run history; notifying with the previous state unknown");
             vec![Err(()); records.len()]
         }
     }

@@ -52,6 +52,10 @@ pub enum Past<'a> {
     Never,
     /// The latest recorded run.
     Last(&'a LastState),
+    /// The store exists but could not be read (audit database down or
+    /// stalled) and this process knows nothing of the pair either: whether
+    /// this is news cannot be known.
+    Unknown,
 }
 
 /// Why a message goes out; carried in every message so that a reader (or a
@@ -71,6 +75,10 @@ pub enum Change {
     /// A problem that was notified is gone: the pair is `clean` or `fixed`
     /// now (sent even when those outcomes are not in `notify_on`).
     Recovered,
+    /// The run history could not be read and nothing else is known about
+    /// the pair: the outcome is told (a duplicate is better than a missed
+    /// alert) without claiming it is new.
+    Unknown,
 }
 
 impl Change {
@@ -82,6 +90,7 @@ impl Change {
             Change::New => "new",
             Change::Repeated => "repeated",
             Change::Recovered => "recovered",
+            Change::Unknown => "unknown",
         }
     }
 }
@@ -149,7 +158,10 @@ pub fn decide(
     let last = match past {
         Past::Untracked if wanted => return Decision::Notify(Change::Untracked),
         Past::Never if wanted => return Decision::Notify(Change::New),
-        Past::Untracked | Past::Never => return Decision::Quiet(Quiet::NotWanted),
+        Past::Unknown if wanted => return Decision::Notify(Change::Unknown),
+        Past::Untracked | Past::Never | Past::Unknown => {
+            return Decision::Quiet(Quiet::NotWanted);
+        }
         Past::Last(last) => last,
     };
     if is_good(outcome) && last.notified.is_some_and(|told| is_problem(told.outcome)) {
@@ -188,7 +200,7 @@ pub fn previous_outcome(change: Change, past: Past<'_>) -> Option<Outcome> {
     match (change, past) {
         (Change::Recovered, Past::Last(last)) => last.notified.map(|told| told.outcome),
         (_, Past::Last(last)) => last.state,
-        (_, Past::Untracked | Past::Never) => None,
+        (_, Past::Untracked | Past::Never | Past::Unknown) => None,
     }
 }
 
@@ -258,6 +270,27 @@ mod tests {
                 "{outcome}"
             );
         }
+    }
+
+    /// Issue 9: an unreadable history is not "no history": the wanted
+    /// outcome is told as `unknown`, never as `new`; nothing else is.
+    #[test]
+    fn an_unreadable_history_tells_wanted_outcomes_as_unknown() {
+        let on = default_on();
+        let policy = Policy {
+            notify_on: &on,
+            renotify_after: HOUR,
+        };
+        assert_eq!(
+            decide(&policy, Outcome::Failed, Past::Unknown, at(1)),
+            Decision::Notify(Change::Unknown)
+        );
+        // A recovery cannot be told: nobody knows what was told before.
+        assert_eq!(
+            decide(&policy, Outcome::Clean, Past::Unknown, at(1)),
+            Decision::Quiet(Quiet::NotWanted)
+        );
+        assert_eq!(previous_outcome(Change::Unknown, Past::Unknown), None);
     }
 
     #[test]

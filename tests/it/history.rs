@@ -165,6 +165,181 @@ async fn two_daemon_replicas_notify_an_unchanged_state_once() {
     );
 }
 
+/// Issue 9 "Done when": two replicas behave like one towards people. Both run
+/// a quick report-only rule every second whose state flips every 3 s (found,
+/// clean, found, ...), and the webhook answers slowly, so each replica reads
+/// the history while the other is still telling. Without the per-pair claim
+/// both told most changes (each read the history before the other recorded).
+#[tokio::test(flavor = "multi_thread")]
+async fn two_daemon_replicas_tell_each_state_change_once() {
+    let app = TestDb::new(Engine::Postgres).await;
+    let audit = TestDb::new(Engine::Postgres).await;
+    let hook = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(700)))
+        .mount(&hook)
+        .await;
+    let case = audited(&app, &audit)
+        .rule(
+            "name: flip\ndatabase: main\nschedule: \"@every 1s\"\nnotify: [ops]\n\
+             detect: SELECT 1 AS x WHERE floor(extract(epoch FROM clock_timestamp()) / 3)::bigint % 2 = 0\n",
+        )
+        .config(&webhook(&format!("{}/hook", hook.uri())));
+    case.write_config();
+    let first = case.spawn(&["daemon"]);
+    let second = case.spawn(&["daemon"]);
+    eventually("6 notifications", async || {
+        (payloads(&hook).await.len() >= 6).then_some(())
+    })
+    .await;
+    let first = stop(first).await;
+    first.assert_code(0);
+    stop(second).await.assert_code(0);
+    let sent = payloads(&hook).await;
+    let told: Vec<(String, String)> = sent
+        .iter()
+        .map(|p| {
+            let run = &p["runs"][0];
+            (
+                run["outcome"].as_str().unwrap_or("?").to_owned(),
+                run["change"].as_str().unwrap_or("?").to_owned(),
+            )
+        })
+        .collect();
+    // Each message is a change: found (new) and clean (recovered) alternate.
+    for pair in told.windows(2) {
+        assert_ne!(
+            pair[0].0, pair[1].0,
+            "the same state told twice in a row: {told:?}"
+        );
+    }
+    for (outcome, change) in &told {
+        let expected = if outcome == "found" {
+            "new"
+        } else {
+            "recovered"
+        };
+        assert_eq!(change, expected, "{told:?}");
+    }
+    // Both replicas did real runs (not only skipped ones), and the audit
+    // table's notified rows are exactly the messages.
+    let found = audit
+        .scalar("SELECT count(*) FROM dbjanitor_runs WHERE outcome IN ('found', 'clean')")
+        .await;
+    assert!(found >= 10, "real runs: {found}");
+    assert_eq!(
+        audit
+            .scalar("SELECT count(*) FROM dbjanitor_runs WHERE notified")
+            .await,
+        i64::try_from(sent.len()).unwrap_or(-1),
+        "{told:?}"
+    );
+    assert_eq!(
+        audit
+            .scalar("SELECT count(*) FROM dbjanitor_pairs WHERE rule = 'flip' AND database_name = 'main'")
+            .await,
+        1
+    );
+}
+
+/// Issue 9: while the audit database is stalled the history cannot be read;
+/// that is not "no history". The daemon judges the runs against its own last
+/// known state of the pair: an unchanged `found` it already told stays
+/// quiet (before: told again as `untracked` on every run of the stall), and
+/// every run is still recorded once the database answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_history_falls_back_to_the_last_known_state() {
+    let app = TestDb::new(Engine::Postgres).await;
+    let audit = TestDb::new(Engine::Postgres).await;
+    let proxy = FaultProxy::in_front_of(audit.url());
+    let hook = MockServer::start().await;
+    answer(&hook, 200).await;
+    let port = free_port();
+    let case = Case::new()
+        .database("main", app.url())
+        .database("janitor", &proxy.url_for(audit.url()))
+        .config("audit: { database: janitor, timeout: 1s }")
+        .config(&webhook(&format!("{}/hook", hook.uri())))
+        .rule(
+            "name: still.found\ndatabase: main\nschedule: \"@every 1s\"\nnotify: [ops]\ndetect: SELECT 1 AS x\n",
+        );
+    let child = case.spawn(&["daemon", "--listen", &format!("127.0.0.1:{port}")]);
+    eventually("/livez", async || http_get(port, "/livez")).await;
+    let recorded = async || audit.scalar("SELECT count(*) FROM dbjanitor_runs").await;
+    eventually("2 audit rows", async || {
+        (recorded().await >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(payloads(&hook).await.len(), 1, "found is told once");
+    proxy.stall();
+    // Longer than the wait for the history (4 × audit.timeout).
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let during = http_get(port, "/metrics").expect("/metrics");
+    assert!(
+        metric_sum(&during, "dbjanitor_audit_errors_total") >= 2.0,
+        "{during}"
+    );
+    proxy.cut();
+    proxy.release();
+    let stalled_rows = recorded().await;
+    eventually("rows recorded again after the stall", async || {
+        (recorded().await > stalled_rows + 2).then_some(())
+    })
+    .await;
+    let out = stop(child).await;
+    out.assert_code(0);
+    assert!(
+        out.stderr.contains("cannot read the run history"),
+        "the fallback is logged\n{}",
+        out.stderr
+    );
+    let sent = payloads(&hook).await;
+    assert_eq!(
+        sent.len(),
+        1,
+        "an unchanged state is not told again because the history was unreadable: {sent:#?}"
+    );
+    assert_eq!(sent[0]["runs"][0]["change"], "new");
+    // No audit row lost: every run logged is recorded.
+    let logged = out.stderr.matches("rule finished").count();
+    assert_eq!(
+        usize::try_from(recorded().await).unwrap_or(0),
+        logged,
+        "{}",
+        out.stderr
+    );
+}
+
+/// A one-shot run whose audit database does not answer cannot know whether
+/// its outcome is news: it tells it with `change: unknown`, never `new`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_without_a_readable_history_says_the_previous_state_is_unknown() {
+    let app = TestDb::new(Engine::Postgres).await;
+    let audit = TestDb::new(Engine::Postgres).await;
+    let proxy = FaultProxy::in_front_of(audit.url());
+    let hook = MockServer::start().await;
+    answer(&hook, 200).await;
+    let case = Case::new()
+        .database("main", app.url())
+        .database("janitor", &proxy.url_for(audit.url()))
+        .config("audit: { database: janitor, timeout: 1s }")
+        .config(&webhook(&format!("{}/hook", hook.uri())))
+        .rule("name: one.found\ndatabase: main\nnotify: [ops]\ndetect: SELECT 1 AS x\n");
+    case.run(&["run"]).assert_code(0);
+    proxy.stall();
+    let out = case.run(&["run"]);
+    proxy.cut();
+    proxy.release();
+    out.assert_code(1);
+    let sent = payloads(&hook).await;
+    assert_eq!(sent.len(), 2, "{sent:#?}");
+    assert_eq!(sent[0]["runs"][0]["change"], "new");
+    assert_eq!(sent[1]["runs"][0]["change"], "unknown", "{sent:#?}");
+    assert_eq!(sent[1]["runs"][0]["previous_outcome"], Value::Null);
+    // Only the first run's row: the second could not be recorded.
+    assert_eq!(audit.scalar("SELECT count(*) FROM dbjanitor_runs").await, 1);
+}
+
 // ----------------------------------------------- 16.10: delivered, real state
 
 /// Issue 16 item 10: found (notified) → failed (webhook 500, not delivered) →
