@@ -19,10 +19,10 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::Executor;
 
-use super::{AuditError, AuditStore, Conn, insert_rows, last_state, pg};
+use super::{AuditError, AuditStore, Conn, insert_rows, last_state_since, pg};
 use crate::history::LastState;
 use crate::outcome::RunRecord;
 
@@ -37,6 +37,7 @@ pub struct Claim<'s> {
     store: &'s AuditStore,
     conn: Conn,
     state: Option<LastState>,
+    state_at: Option<DateTime<Utc>>,
 }
 
 impl std::fmt::Debug for Claim<'_> {
@@ -63,10 +64,11 @@ impl AuditStore {
         let taken =
             tokio::time::timeout(bound, begin(&mut conn, rule, database, &self.host, wait)).await;
         match taken {
-            Ok(Ok(state)) => Ok(Claim {
+            Ok(Ok((state, state_at))) => Ok(Claim {
                 store: self,
                 conn,
                 state,
+                state_at,
             }),
             Ok(Err(e)) => {
                 conn.abandon();
@@ -87,7 +89,7 @@ async fn begin(
     database: &str,
     host: &str,
     wait: Duration,
-) -> Result<Option<LastState>, AuditError> {
+) -> Result<(Option<LastState>, Option<DateTime<Utc>>), AuditError> {
     let now = Utc::now();
     match &mut *conn {
         Conn::Postgres(c) => {
@@ -128,7 +130,7 @@ async fn begin(
                 .map_err(err)?;
         }
     }
-    last_state(conn, rule, database).await
+    last_state_since(conn, rule, database).await
 }
 
 impl Claim<'_> {
@@ -136,6 +138,13 @@ impl Claim<'_> {
     #[must_use]
     pub fn state(&self) -> Option<&LastState> {
         self.state.as_ref()
+    }
+
+    /// Start of the run the pair's state comes from (its latest real run
+    /// that was not skipped): a run that started before it is superseded.
+    #[must_use]
+    pub fn state_at(&self) -> Option<DateTime<Utc>> {
+        self.state_at
     }
 
     /// Records the runs (`notified[i]` for `records[i]`) and releases the

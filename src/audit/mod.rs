@@ -750,13 +750,24 @@ async fn last_state(
     rule: &str,
     database: &str,
 ) -> Result<Option<LastState>, AuditError> {
+    Ok(last_state_since(conn, rule, database).await?.0)
+}
+
+/// [`last_state`] and the start of the run its state comes from (the
+/// latest real run that was not skipped): a claim judges runs that started
+/// before it as superseded.
+async fn last_state_since(
+    conn: &mut Conn,
+    rule: &str,
+    database: &str,
+) -> Result<(Option<LastState>, Option<DateTime<Utc>>), AuditError> {
     let Some((_, last_run_at)) = latest(conn, LAST_POSTGRES, LAST_OTHER, rule, database).await?
     else {
-        return Ok(None);
+        return Ok((None, None));
     };
-    let state = match latest(conn, STATE_POSTGRES, STATE_OTHER, rule, database).await? {
-        Some((outcome, _)) => Some(parse_outcome(&outcome)?),
-        None => None,
+    let (state, state_at) = match latest(conn, STATE_POSTGRES, STATE_OTHER, rule, database).await? {
+        Some((outcome, at)) => (Some(parse_outcome(&outcome)?), Some(at)),
+        None => (None, None),
     };
     let notified = match latest(conn, NOTIFIED_POSTGRES, NOTIFIED_OTHER, rule, database).await? {
         Some((outcome, at)) => Some(Notified {
@@ -765,11 +776,14 @@ async fn last_state(
         }),
         None => None,
     };
-    Ok(Some(LastState {
-        last_run_at,
-        state,
-        notified,
-    }))
+    Ok((
+        Some(LastState {
+            last_run_at,
+            state,
+            notified,
+        }),
+        state_at,
+    ))
 }
 
 /// The first two columns (outcome, started_at) of the first row of a

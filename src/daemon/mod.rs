@@ -38,6 +38,14 @@
 //! a tick; its failures are logged and counted (`dbjanitor_audit_errors_total`).
 //! At most `daemon.jobs` batches are worked on at once (their own permits,
 //! not the runs'), so the audit database never sees more connections than that.
+//!
+//! Across processes, a batch is judged, notified and recorded under the
+//! pair's claim in the audit database ([`crate::audit::Claim`]), so two
+//! replicas tell each state change once. A run that started before the
+//! run the pair's state comes from is superseded (recorded, not told). When
+//! the claim cannot be had, the batch waits (backoff) up to four times
+//! `audit.timeout`, then is judged against this process's own last known
+//! state of the pair, or told with `change: unknown` if it has none.
 
 mod http;
 
@@ -52,7 +60,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 pub use http::{HEALTH_INTERVAL, HEALTH_TIMEOUT, Health};
 
@@ -62,7 +70,7 @@ use crate::engine::{RunOptions, run_target};
 use crate::history::{History, HistoryError, LastState, MemoryHistory};
 use crate::metrics::{DaemonMetrics, PairLabels};
 use crate::notify;
-use crate::outcome::RunRecord;
+use crate::outcome::{Outcome, RunRecord};
 use crate::plan::{Plan, Selection, Target};
 
 /// Longest single sleep before the wall clock is read again.
@@ -118,7 +126,7 @@ struct Shared {
     history_wait: Duration,
     /// The last state of each pair this process decided about: what it
     /// judges against when the audit database cannot be read.
-    known: std::sync::Mutex<HashMap<(String, String), LastState>>,
+    known: std::sync::Mutex<HashMap<(String, String), Known>>,
 }
 
 /// The slots a run holds while it runs: its database's, then the process's.
@@ -260,7 +268,8 @@ impl Shared {
         };
         let history = self.counted();
         let state = history.last_state(&rule, &database).await.ok().flatten();
-        let (notified, _) = self.deliver_in_order(batch, Start::Known(state)).await;
+        let start = Start::Known(Known { state, since: None });
+        let (notified, _) = self.deliver_in_order(batch, start).await;
         self.record_until_done(&history, batch, &notified).await;
     }
 
@@ -286,9 +295,12 @@ impl Shared {
                 let _slot = self.bookkeeping_slot().await;
                 match store.claim(&rule, &database, self.claim_wait).await {
                     Ok(claim) => {
-                        let start = Start::Known(claim.state().cloned());
-                        let (notified, state) = self.deliver_in_order(batch, start).await;
-                        self.remember(&rule, &database, state);
+                        let start = Start::Known(Known {
+                            state: claim.state().cloned(),
+                            since: claim.state_at(),
+                        });
+                        let (notified, known) = self.deliver_in_order(batch, start).await;
+                        self.remember(&rule, &database, known);
                         Ok(claim
                             .commit(batch, &notified)
                             .await
@@ -313,11 +325,11 @@ impl Shared {
                     if self.stop.is_cancelled() || std::time::Instant::now() + wait > give_up {
                         warn!(error = %e, runs = batch.len(), "cannot read the run history: notifying from this process's own last known state of the pair (\"unknown\" if none)");
                         let start = match self.known(&rule, &database) {
-                            Some(state) => Start::Known(Some(state)),
+                            Some(known) => Start::Known(known),
                             None => Start::Unknown,
                         };
-                        let (notified, state) = self.deliver_in_order(batch, start).await;
-                        self.remember(&rule, &database, state);
+                        let (notified, known) = self.deliver_in_order(batch, start).await;
+                        self.remember(&rule, &database, known);
                         self.record_until_done(&self.counted(), batch, &notified)
                             .await;
                         return;
@@ -341,13 +353,16 @@ impl Shared {
     }
 
     /// This process's last known state of a pair.
-    fn known(&self, rule: &str, database: &str) -> Option<LastState> {
+    fn known(&self, rule: &str, database: &str) -> Option<Known> {
         let known = self.known.lock().ok()?;
         known.get(&(rule.to_owned(), database.to_owned())).cloned()
     }
 
-    fn remember(&self, rule: &str, database: &str, state: Option<LastState>) {
-        if let (Some(state), Ok(mut known)) = (state, self.known.lock()) {
+    fn remember(&self, rule: &str, database: &str, state: Known) {
+        if state.state.is_none() {
+            return;
+        }
+        if let Ok(mut known) = self.known.lock() {
             known.insert((rule.to_owned(), database.to_owned()), state);
         }
     }
@@ -394,10 +409,20 @@ impl Shared {
     }
 }
 
+/// A pair's last state and the start of the run it comes from.
+#[derive(Debug, Clone, Default)]
+struct Known {
+    /// `None`: it never ran for real.
+    state: Option<LastState>,
+    /// Start of the latest real, not skipped run: a run that started before
+    /// it is superseded (another replica already judged newer data).
+    since: Option<DateTime<Utc>>,
+}
+
 /// What a batch of runs is judged against.
 enum Start {
-    /// The pair's last state (`None`: it never ran).
-    Known(Option<LastState>),
+    /// The pair's last state.
+    Known(Known),
     /// Nothing is known: the history could not be read and this process
     /// has not seen the pair yet.
     Unknown,
@@ -429,21 +454,35 @@ impl Shared {
     /// Judges each run of a batch (one pair) against the state the one
     /// before it left, starting from `start`, and notifies: bookkeeping that
     /// fell behind (a slow webhook or audit database) still tells an
-    /// unchanged state once. Returns the flags and the state after the batch.
-    async fn deliver_in_order(
-        &self,
-        batch: &mut [RunRecord],
-        start: Start,
-    ) -> (Vec<bool>, Option<LastState>) {
+    /// unchanged state once. A run that started before the run the state
+    /// comes from is superseded: another replica judged newer data already
+    /// (its run started later but finished first), so it is recorded but
+    /// neither told nor taken as the state — telling it would say "failed"
+    /// after "recovered" about a failure that is already over. Returns the
+    /// flags and the state after the batch.
+    async fn deliver_in_order(&self, batch: &mut [RunRecord], start: Start) -> (Vec<bool>, Known) {
         let Some((rule, database)) = pair_of(batch) else {
-            return (Vec::new(), None);
+            return (Vec::new(), Known::default());
         };
-        let (memory, mut unknown) = match start {
-            Start::Known(state) => (MemoryHistory::seeded(&rule, &database, state), false),
-            Start::Unknown => (MemoryHistory::default(), true),
+        let (memory, mut since, mut unknown) = match start {
+            Start::Known(known) => (
+                MemoryHistory::seeded(&rule, &database, known.state),
+                known.since,
+                false,
+            ),
+            Start::Unknown => (MemoryHistory::default(), None, true),
         };
         let mut notified = Vec::with_capacity(batch.len());
         for record in batch.iter_mut() {
+            let real = !record.dry_run && record.outcome != Outcome::Skipped;
+            if real && since.is_some_and(|at| record.started_at < at) {
+                debug!(started_at = %record.started_at.to_rfc3339(), "superseded by a newer run of the pair: not notified");
+                notified.push(false);
+                continue;
+            }
+            if real {
+                since = Some(record.started_at);
+            }
             let one = std::slice::from_mut(record);
             let flags = if std::mem::take(&mut unknown) {
                 notify::deliver(&self.config, one, Some(&Unreadable)).await
@@ -454,7 +493,7 @@ impl Shared {
             notified.extend(flags);
         }
         let state = memory.last_state(&rule, &database).await.ok().flatten();
-        (notified, state)
+        (notified, Known { state, since })
     }
 }
 
