@@ -3,9 +3,11 @@
 //! Two features need memory: notifications that fire on a *change* of state
 //! (first failure, recovery) and repeat only after `renotify_after`, and
 //! `run --due`, which runs a rule only if its schedule ticked since its last
-//! run. The daemon keeps this in memory ([`MemoryHistory`]); one-shot runs
-//! (CronJob, systemd timer) keep it in the audit table, which implements the
-//! same trait. Without either, every run starts with no memory.
+//! run. With `audit:` the audit table keeps it, for one-shot runs (CronJob,
+//! systemd timer) and the daemon alike (the daemon reads and writes it under
+//! a per-pair claim, so replicas agree); without, the daemon keeps it in
+//! memory ([`MemoryHistory`]) and a one-shot run starts with no memory. Both
+//! stores implement the same trait.
 //!
 //! Only real runs are remembered: a dry run changes nothing and is never a
 //! state. A `skipped` run (the lock was held by another replica or a timer)

@@ -442,7 +442,19 @@ async fn two_daemons_behind_pgbouncer_record_every_run() {
             "{}",
             out.stderr
         );
+        // The per-pair claim (a row lock in a transaction) works through the pooler.
+        assert!(
+            !out.stderr.contains("cannot claim the pair")
+                && !out.stderr.contains("cannot read the run history"),
+            "{}",
+            out.stderr
+        );
     }
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM dbjanitor_pairs WHERE rule = 'archive'")
+            .await,
+        1
+    );
     assert_eq!(db.scalar("SELECT count(*) FROM archive").await, 40);
     assert_eq!(
         db.scalar("SELECT count(DISTINCT id) FROM archive").await,
