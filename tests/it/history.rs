@@ -170,10 +170,10 @@ async fn two_daemon_replicas_notify_an_unchanged_state_once() {
 /// clean, found, ...), and the webhook answers slowly, so each replica reads
 /// the history while the other is still telling. Without the per-pair claim
 /// both told most changes (each read the history before the other recorded).
-#[tokio::test(flavor = "multi_thread")]
-async fn two_daemon_replicas_tell_each_state_change_once() {
+/// The audit table on each engine; the rule's own database is PostgreSQL.
+async fn two_daemon_replicas_tell_each_state_change_once(audit_engine: Engine) {
     let app = TestDb::new(Engine::Postgres).await;
-    let audit = TestDb::new(Engine::Postgres).await;
+    let audit = TestDb::new(audit_engine).await;
     let hook = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(700)))
@@ -240,6 +240,22 @@ async fn two_daemon_replicas_tell_each_state_change_once() {
             .await,
         1
     );
+}
+
+mod two_daemon_replicas_tell_each_state_change_once {
+    use crate::util::Engine;
+    #[tokio::test(flavor = "multi_thread")]
+    async fn postgres() {
+        super::two_daemon_replicas_tell_each_state_change_once(Engine::Postgres).await
+    }
+    #[tokio::test(flavor = "multi_thread")]
+    async fn mysql() {
+        super::two_daemon_replicas_tell_each_state_change_once(Engine::MySql).await
+    }
+    #[tokio::test(flavor = "multi_thread")]
+    async fn sqlite() {
+        super::two_daemon_replicas_tell_each_state_change_once(Engine::Sqlite).await
+    }
 }
 
 /// Issue 9: while the audit database is stalled the history cannot be read;
