@@ -526,11 +526,14 @@ impl Loader<'_> {
                 }
             },
         };
-        if lock == crate::db::LockKind::Lease && dialect == Dialect::Sqlite {
+        if lock == crate::db::LockKind::Lease
+            && dialect == Dialect::Sqlite
+            && let Some(raw) = &db.value.lock
+        {
             // SQLite's lock is the file's (BEGIN IMMEDIATE); a lease adds nothing.
             self.err(
                 file,
-                db.referenced,
+                raw.value.kind.referenced,
                 format!("database {name:?}: lock kind lease is for PostgreSQL and MySQL/MariaDB; SQLite locks its file"),
             );
             return None;
