@@ -17,6 +17,7 @@ mod lease;
 mod lease_mysql;
 mod lock;
 mod mysql;
+mod open;
 pub(crate) mod pgconn;
 mod postgres;
 mod sample;
@@ -33,6 +34,7 @@ pub use lease::LEASE_TABLE_SQL;
 pub use lease_mysql::MYSQL_LEASE_TABLE_SQL;
 pub use lock::{LockKind, mysql_lock_name, postgres_lock_key, postgres_schema_lock_key};
 pub use mysql::MySqlSession;
+pub use open::{AnySession, open};
 pub use postgres::PgSession;
 pub use sqlite::SqliteSession;
 
