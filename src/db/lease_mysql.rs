@@ -36,11 +36,11 @@
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use sqlx::Row;
 use sqlx::mysql::MySql;
 
 use super::DbError;
 use super::lease::{Lease, LeaseStore};
-use super::sql_error;
 use super::text::TextConn;
 
 /// The lease table's DDL on MySQL/MariaDB (also in the README).
@@ -105,11 +105,7 @@ impl MySqlLeases<'_> {
         &mut self,
         query: sqlx::query::Query<'_, MySql, sqlx::mysql::MySqlArguments>,
     ) -> Result<u64, DbError> {
-        query
-            .execute(&mut self.0.conn)
-            .await
-            .map(|done| done.rows_affected())
-            .map_err(|e| sql_error(&self.0.url, &e))
+        self.0.execute_bound(query).await
     }
 
     /// Opens a READ COMMITTED transaction of its own with a short lock
@@ -200,12 +196,15 @@ impl LeaseStore for MySqlLeases<'_> {
     }
 
     async fn token(&mut self, name: &str, owner: &str) -> Result<Option<i64>, DbError> {
-        sqlx::query_scalar::<_, i64>(TOKEN)
-            .bind(lease_key(name))
-            .bind(owner.to_owned())
-            .fetch_optional(&mut self.0.conn)
-            .await
-            .map_err(|e| sql_error(&self.0.url, &e))
+        let row = self
+            .0
+            .fetch_optional_bound(
+                sqlx::query(TOKEN)
+                    .bind(lease_key(name))
+                    .bind(owner.to_owned()),
+            )
+            .await?;
+        Ok(row.and_then(|row| row.try_get::<i64, _>(0).ok()))
     }
 
     async fn renew(&mut self, lease: &Lease) -> Result<bool, DbError> {
