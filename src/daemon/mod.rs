@@ -449,9 +449,9 @@ pub async fn run(
         // First signal: stop starting runs. Second: cancel the running ones now.
         let (stop, cancel) = (stop.clone(), cancel.clone());
         tokio::spawn(async move {
-            crate::app::wait_for_signal().await;
+            crate::signals::wait_for_signal().await;
             stop.cancel();
-            crate::app::wait_for_signal().await;
+            crate::signals::wait_for_signal().await;
             warn!("second signal: cancelling running rules now");
             cancel.cancel();
         });
