@@ -88,15 +88,6 @@ fn ms_to_seconds(ms: u64) -> f64 {
     ms as f64 / 1000.0
 }
 
-/// Whether an outcome counts as a success for `last_success_timestamp_seconds`:
-/// the run completed as intended (`skipped` ran nothing; `guard_tripped` and
-/// `failed` need a person; `would_fix` comes from a dry run, which changed
-/// nothing and never moves the real state's series).
-#[must_use]
-pub fn is_success(outcome: Outcome) -> bool {
-    matches!(outcome, Outcome::Clean | Outcome::Found | Outcome::Fixed)
-}
-
 /// Declares a set of metrics as one table: per line the field, its type, its
 /// name (after the `dbjanitor_` prefix), optionally its unit, its help text,
 /// and optionally a constructor. The struct gets a `registry` field and a
@@ -236,7 +227,7 @@ impl DaemonMetrics {
         self.last_run
             .get_or_create(&pair)
             .set(seconds(record.started_at));
-        if is_success(record.outcome) {
+        if record.is_success() {
             self.last_success
                 .get_or_create(&pair)
                 .set(seconds(record.started_at));
@@ -300,7 +291,7 @@ impl From<&RunRecord> for LastRun {
             duration_ms: record.duration_ms,
             detected: record.detected,
             changed: record.changed,
-            last_success_at: is_success(record.outcome).then_some(record.started_at),
+            last_success_at: record.is_success().then_some(record.started_at),
         }
     }
 }
@@ -409,6 +400,33 @@ mod tests {
             "dbjanitor_last_run_outcome{rule=\"r\",database=\"d\",outcome=\"failed\"} 0"
         ));
         assert!(!text.contains("counter") && !text.contains("# UNIT"));
+    }
+
+    /// Issue 13.3: the help text of both success gauges names exactly the
+    /// outcomes `Outcome::is_success` counts.
+    #[test]
+    fn success_help_names_the_success_outcomes() {
+        let names: Vec<&str> = Outcome::ALL
+            .into_iter()
+            .filter(|o| o.is_success())
+            .map(Outcome::as_str)
+            .collect();
+        let (last, rest) = names.split_last().expect("some outcome is a success");
+        let listed = format!("ended {} or {last} (Unix time).", rest.join(", "));
+        let mut record = RunRecord::new("r", "d", false, Utc::now());
+        record.outcome = Outcome::Clean;
+        let daemon = DaemonMetrics::new(&[], &[]);
+        daemon.observe(&record);
+        let live = daemon.encode().expect("encode");
+        let pairs = BTreeMap::from([(PairLabels::of("r", "d"), PairState::from(&record))]);
+        let file = textfile(&pairs, 1, 0, Utc::now());
+        for text in [live, file] {
+            let help = text
+                .lines()
+                .find(|l| l.starts_with("# HELP dbjanitor_last_success_timestamp_seconds"))
+                .expect("help line");
+            assert!(help.ends_with(&listed), "{help} / {listed}");
+        }
     }
 
     #[test]
