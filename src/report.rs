@@ -10,7 +10,7 @@ use comfy_table::{Cell, ContentArrangement, Table, presets};
 use serde::Serialize;
 
 use crate::error::AppError;
-use crate::outcome::{Outcome, RunRecord, Sample, exit_status};
+use crate::outcome::{Outcome, RunRecord, Sample};
 
 /// The JSON report.
 #[derive(Debug, Serialize)]
@@ -26,11 +26,6 @@ pub struct JsonReport<'a> {
     /// Why the runs could not be recorded in the audit table (they ran all the same).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_error: Option<&'a str>,
-}
-
-/// Renders the JSON report (pretty-printed, one document).
-pub fn json(records: &[RunRecord], dry_run: bool) -> Result<String, serde_json::Error> {
-    json_with(records, dry_run, exit_status(records), None)
 }
 
 /// Renders the JSON report with the exit status the process will return and
