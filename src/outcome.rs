@@ -10,7 +10,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// The end state of one rule run on one database (design §3).
+/// The end state of one rule run on one database (docs/architecture.md §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -324,7 +324,7 @@ pub fn new_run_id() -> String {
     uuid::Uuid::now_v7().hyphenated().to_string()
 }
 
-/// The exit status for a set of records (design §4): failed beats guard
+/// The exit status for a set of records (README "Outcomes and exit status"): failed beats guard
 /// tripped beats success.
 #[must_use]
 pub fn exit_status(records: &[RunRecord]) -> u8 {

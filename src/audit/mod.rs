@@ -874,7 +874,8 @@ impl History for RunHistory {
 }
 
 /// Records the runs of one `run` invocation in the audit table, if the config
-/// has one: design §3 step 9, after the rules and before notifications.
+/// has one: docs/architecture.md §3 step 9, after the rules and after
+/// notifications (the rows store which runs were notified).
 ///
 /// Returns the error text on failure (already logged), so the caller can put
 /// it in the report and the exit status; it never touches `records`.
