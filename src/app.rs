@@ -290,29 +290,35 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
         tracing::error!(error = %format!("{e:#}"), "the metrics file was not written");
         status = exit::RULE_FAILED;
     }
-    let rendered = match args.output {
+    print_stdout(&render(args, &records, status, audit_error.as_deref())?)?;
+    Ok(status)
+}
+
+/// The report of `run` in the requested format, with the audit failure, if
+/// any, at its end (text) or in `audit_error` (JSON).
+fn render(
+    args: &RunArgs,
+    records: &[RunRecord],
+    status: u8,
+    audit_error: Option<&str>,
+) -> Result<String, AppError> {
+    Ok(match args.output {
         OutputFormat::Text => {
-            let mut text = report::text(&records, args.dry_run);
-            if let Some(e) = &audit_error {
+            let mut text = report::text(records, args.dry_run);
+            if let Some(e) = audit_error {
                 text.push_str(&format!("audit: not recorded: {e}\n"));
             }
             text
         }
         OutputFormat::Json => {
             let mut json =
-                report::json_with(&records, args.dry_run, status, audit_error.as_deref()).map_err(
-                    |e| {
-                        AppError::Other(
-                            anyhow::Error::new(e).context("cannot render the JSON report"),
-                        )
-                    },
-                )?;
+                report::json_with(records, args.dry_run, status, audit_error).map_err(|e| {
+                    AppError::Other(anyhow::Error::new(e).context("cannot render the JSON report"))
+                })?;
             json.push('\n');
             json
         }
-    };
-    print_stdout(&rendered)?;
-    Ok(status)
+    })
 }
 
 /// `run RULE... --max-rows N`: a one-off guard for the rules named on the
