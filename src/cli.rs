@@ -1,4 +1,4 @@
-//! The command line (design §4), defined with clap's derive API.
+//! The command line (README "Command line"), defined with clap's derive API.
 //!
 //! Usage errors exit with status 2, like configuration errors: nothing ran.
 

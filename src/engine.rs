@@ -1,4 +1,4 @@
-//! One rule run, step by step (design §3), and a whole plan of them.
+//! One rule run, step by step (docs/architecture.md §3), and a whole plan of them.
 //!
 //! The engine is written once, generically over [`Session`]; each backend
 //! supplies its own locks and transaction statements. Every statement runs

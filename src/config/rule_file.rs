@@ -226,11 +226,10 @@ impl Loader<'_> {
                 .and_then(|w| self.bounded_duration(file, w, limits::LOCK_WAIT, false))
                 .unwrap_or(Duration::ZERO),
         };
-        if lock.name.trim().is_empty() {
-            self.errors.push(super::ConfigError::file(
-                file,
-                "lock.name must not be empty",
-            ));
+        if let Some(name) = raw.and_then(|l| l.name.as_ref())
+            && name.value.trim().is_empty()
+        {
+            self.err(file, name.referenced, "lock.name must not be empty");
         }
         lock
     }

@@ -172,7 +172,7 @@ pub enum CommitOutcome {
 
 /// The operations the engine performs on one pinned connection.
 ///
-/// Locks come in two kinds, as in design §3: a transactional rule calls
+/// Locks come in two kinds, as in docs/architecture.md §3: a transactional rule calls
 /// [`Session::begin_locked`], which opens a transaction and takes a lock that
 /// ends with it; batch and autocommit rules call [`Session::lock_session`],
 /// which holds a lock on the connection across several transactions.
