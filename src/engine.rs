@@ -227,7 +227,14 @@ impl Run<'_> {
                 return;
             }
         };
+        if self.rule.backup.is_some() && !crate::backup::supported(self.dialect) {
+            warn!(
+                "backup: no images are kept on {} yet (PostgreSQL and SQLite only): this run cannot be undone",
+                self.dialect
+            );
+        }
         if let Some(backup) = &self.rule.backup
+            && crate::backup::supported(self.dialect)
             && let Err(e) = self
                 .step(
                     self.rule.timeout,
@@ -477,6 +484,7 @@ impl Run<'_> {
         self.rule
             .backup
             .as_ref()
+            .filter(|_| crate::backup::supported(self.dialect))
             .map(|backup| crate::backup::Capture {
                 backup,
                 dialect: self.dialect,
