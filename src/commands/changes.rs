@@ -7,7 +7,7 @@ use crate::app::{AppError, print_stdout};
 use crate::cli::{ChangesArgs, OutputFormat};
 use crate::commands::undo::{find, parse_run_id, with_session};
 use crate::config::Config;
-use crate::db::{ConnectSettings, Dialect, MySqlSession, PgSession, Session, SqliteSession};
+use crate::db::{ConnectSettings, Session};
 use crate::exit;
 
 /// `dbjanitor changes`.

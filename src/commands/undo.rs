@@ -15,30 +15,17 @@ use crate::backup::undo::{Located, Restored, locate, restore};
 use crate::backup::{Backup, valid_identifier};
 use crate::cli::{OutputFormat, UndoArgs};
 use crate::config::Config;
-use crate::db::{
-    ConnectSettings, DatabaseConfig, DbError, Dialect, MySqlSession, PgSession, Session,
-    SqliteSession,
-};
+use crate::db::{ConnectSettings, DatabaseConfig, DbError, Dialect, Session};
 use crate::exit;
 use crate::outcome::{Outcome, RunRecord};
 
-/// Connects to `$db` with the session type of its dialect and evaluates
-/// `$body` (an async block's contents) with the session bound to `$s`.
+/// Opens a session on `$db` (`db::open`) and evaluates `$body` with it
+/// bound to `$s`; a connection error is the result.
 macro_rules! with_session {
     ($db:expr, $settings:expr, |$s:ident| $body:expr) => {
-        match $db.dialect {
-            Dialect::Postgres => match PgSession::connect($db, $settings).await {
-                Ok(mut $s) => $body,
-                Err(e) => Err(e),
-            },
-            Dialect::MySql => match MySqlSession::connect($db, $settings).await {
-                Ok(mut $s) => $body,
-                Err(e) => Err(e),
-            },
-            Dialect::Sqlite => match SqliteSession::connect($db, $settings).await {
-                Ok(mut $s) => $body,
-                Err(e) => Err(e),
-            },
+        match crate::db::open($db, $settings).await {
+            Ok(mut $s) => $body,
+            Err(e) => Err(e),
         }
     };
 }
