@@ -117,6 +117,14 @@ async fn dispatch(cli: Cli) -> Result<u8, AppError> {
         Command::Demo(args) => crate::demo::run(args.path.as_deref()).await,
         Command::Init(args) => init(&args.dir),
         Command::NotifyTest(args) => notify_test(&cli.config, &args.notifiers).await,
+        Command::Undo(args) => {
+            let config = load_config(&cli.config)?;
+            commands::undo::run(&config, &args).await
+        }
+        Command::Changes(args) => {
+            let config = load_config(&cli.config)?;
+            commands::changes::run(&config, &args).await
+        }
         Command::Completions(args) => {
             let mut out = Vec::new();
             commands::completions(args.shell, &mut out);
