@@ -155,6 +155,7 @@ async fn dispatch(cli: Cli) -> Result<u8, AppError> {
             print_stdout(&commands::version())?;
             Ok(exit::SUCCESS)
         }
+        Command::History(args) => commands::history::run(&cli.config, &args).await,
     }
 }
 

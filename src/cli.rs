@@ -81,6 +81,40 @@ pub enum Command {
     /// Print the version and the audit schema version this binary knows.
     #[command(after_help = "Example:\n  dbjanitor version")]
     Version,
+    /// Show the audit table, newest first: outcome, counts, duration and message of each run.
+    #[command(
+        after_help = "Examples:\n  dbjanitor history                               # the newest 50 runs of every rule\n  dbjanitor history myapp.stuck-jobs --since 24h\n  dbjanitor history --database app --output json | jq '.runs[0]'"
+    )]
+    History(HistoryArgs),
+}
+
+/// `dbjanitor history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Only this rule (its history stays readable after the rule is deleted).
+    pub rule: Option<String>,
+
+    /// Only this database (its name in the config).
+    #[arg(long, value_name = "NAME")]
+    pub database: Option<String>,
+
+    /// Only runs that started within this long (24h, 7d, 30m).
+    #[arg(long, value_name = "DURATION", value_parser = parse_since)]
+    pub since: Option<std::time::Duration>,
+
+    /// At most this many runs, the newest.
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub limit: u32,
+
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+/// `--since`: a duration in the README's words (`24h`, `7d`, `90m`).
+fn parse_since(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration such as 24h, 7d or 30m ({e})"))
 }
 
 /// `dbjanitor init`.

@@ -1,8 +1,9 @@
 //! The small commands around the main job: `init`, `completions`, `man`,
-//! `version` and `notify-test`. Each takes what it needs from the command line
-//! (and, for `notify-test`, the loaded config) and returns an exit status; none
-//! touches a database.
+//! `version`, `notify-test` and `history`. Each takes what it needs from the command line
+//! (and, for `notify-test` and `history`, the loaded config) and returns an exit
+//! status; only `history` touches a database, and only to read the audit table.
 
+pub mod history;
 pub mod init;
 pub mod notify_test;
 

@@ -1,0 +1,209 @@
+//! Issue 12, the operator's commands: `history` (the audit table on every
+//! engine, from `init` to a dry run to a fix to reading it back), with its
+//! exit statuses when there is no audit table or it cannot be reached.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::audit::{STUCK, audited, jobs};
+use crate::util::{Case, Engine, RunOutput, TestDb};
+
+on_every_engine!(history_reads_the_audit_table_newest_first);
+
+/// A timestamp literal each engine stores in its `started_at` column.
+fn long_ago(engine: Engine) -> &'static str {
+    match engine {
+        // sqlx stores SQLite times as RFC 3339 text; they compare as text.
+        Engine::Sqlite => "2020-01-01T00:00:00+00:00",
+        Engine::Postgres | Engine::MySql => "2020-01-01 00:00:00",
+    }
+}
+
+async fn history_reads_the_audit_table_newest_first(engine: Engine) {
+    let app = jobs(engine).await;
+    let audit = TestDb::new(engine).await;
+    let case = audited(&app, &audit).rule(STUCK);
+
+    // Before any run: nothing recorded, and reading created nothing.
+    let empty = case.run(&["history"]);
+    empty.assert_code(0);
+    assert!(
+        empty.stdout.contains("no runs recorded that match"),
+        "{}",
+        empty.stdout
+    );
+
+    case.run(&["run", "--dry-run"]).assert_code(0);
+    let fixed = case.run(&["run", "--output", "json"]);
+    fixed.assert_code(0);
+    let run_id = fixed.record("jobs.stuck", "main")["run_id"]
+        .as_str()
+        .expect("run id")
+        .to_owned();
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM job WHERE state = 'failed'")
+            .await,
+        3
+    );
+
+    let json = case.run(&["history", "--output", "json"]);
+    json.assert_code(0);
+    let runs: Vec<Value> = json.json()["runs"].as_array().expect("runs").clone();
+    assert_eq!(runs.len(), 2, "{}", json.stdout);
+    // Newest first: the fix, then the dry run.
+    assert_eq!(runs[0]["outcome"], "fixed");
+    assert_eq!(runs[0]["dry_run"], false);
+    assert_eq!(runs[0]["detected"], 3);
+    assert_eq!(runs[0]["changed"], 3);
+    assert_eq!(runs[0]["run_id"], run_id.as_str());
+    assert_eq!(runs[0]["rule"], "jobs.stuck");
+    assert_eq!(runs[0]["database"], "main");
+    assert!(runs[0]["duration_ms"].is_u64());
+    assert_eq!(runs[1]["outcome"], "would_fix");
+    assert_eq!(runs[1]["dry_run"], true);
+
+    let text = case.run(&["history", "jobs.stuck"]);
+    text.assert_code(0);
+    let lines: Vec<&str> = text.stdout.lines().collect();
+    assert!(lines[0].contains("STARTED (UTC)"), "{}", text.stdout);
+    assert!(
+        lines[1].contains("fixed") && lines[1].contains(&run_id),
+        "{}",
+        text.stdout
+    );
+    assert!(lines[2].contains("would_fix (dry run)"), "{}", text.stdout);
+    assert!(text.stdout.contains("2 runs"), "{}", text.stdout);
+
+    // Filters: another rule, another database, --since, --limit.
+    let other = case.run(&["history", "jobs.other"]);
+    other.assert_code(0);
+    assert!(other.stdout.contains("no runs recorded that match"));
+    audit
+        .exec(&format!(
+            "UPDATE dbjanitor_runs SET started_at = '{}' WHERE rule = 'jobs.stuck' AND outcome = 'would_fix'",
+            long_ago(engine)
+        ))
+        .await;
+    let recent = case.run(&["history", "--since", "24h", "--output", "json"]);
+    recent.assert_code(0);
+    let recent = recent.json()["runs"].as_array().expect("runs").clone();
+    assert_eq!(recent.len(), 1);
+    assert_eq!(recent[0]["outcome"], "fixed");
+    let one = case.run(&["history", "--limit", "1"]);
+    one.assert_code(0);
+    assert!(
+        one.stdout
+            .contains("1 run (the newest 1; --limit N shows more)"),
+        "{}",
+        one.stdout
+    );
+    let unknown = case.run(&["history", "--database", "nope"]);
+    unknown.assert_code(2);
+    assert!(unknown.stderr.contains("unknown database \"nope\""));
+    let bad = case.run(&["history", "--since", "yesterday"]);
+    bad.assert_code(2);
+    assert!(
+        bad.stderr.contains("is not a duration such as 24h"),
+        "{}",
+        bad.stderr
+    );
+    // The two runs' rows are still there: history only reads.
+    assert_eq!(audit.scalar("SELECT count(*) FROM dbjanitor_runs").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_without_audit_exits_2_and_unreachable_exits_1() {
+    let app = jobs(Engine::Sqlite).await;
+    let bare = Case::new().database("main", app.url()).rule(STUCK);
+    let out = bare.run(&["history"]);
+    out.assert_code(2);
+    assert!(
+        out.stderr.contains("has no `audit:` section"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty());
+
+    // A PostgreSQL audit database on a port where nothing listens.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let down = Case::new()
+        .database("main", app.url())
+        .database(
+            "janitor",
+            &format!("postgres://postgres:s3cret@127.0.0.1:{port}/x"),
+        )
+        .config("audit:\n  database: janitor\n  timeout: 2s")
+        .rule(STUCK);
+    let out = down.run(&["history"]);
+    out.assert_code(1);
+    assert!(
+        out.stderr
+            .contains("cannot read the run history from the audit database janitor"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("s3cret"), "{}", out.stderr);
+}
+
+/// Issue 12's "Done when": `init`, a dry run, a fix, then `history`, with the
+/// starter files as written.
+#[tokio::test(flavor = "multi_thread")]
+async fn from_init_to_a_fix_to_history() {
+    let dir = tempfile::tempdir().expect("dir");
+    let init = RunOutput::from(
+        Command::new(env!("CARGO_BIN_EXE_dbjanitor"))
+            .args(["init", &dir.path().display().to_string()])
+            .output()
+            .expect("init"),
+    );
+    init.assert_code(0);
+    let db = TestDb::with_sql(
+        Engine::Sqlite,
+        "CREATE TABLE job (id integer PRIMARY KEY, state text NOT NULL, worker text, heartbeat_at text);
+         INSERT INTO job VALUES (1, 'running', 'w1', datetime('now', '-1 hour')),
+                                (2, 'running', 'w2', datetime('now'));",
+    )
+    .await;
+    let config = dir.path().join("dbjanitor.yaml").display().to_string();
+    let dbjanitor = |args: &[&str]| {
+        RunOutput::from(
+            Command::new(env!("CARGO_BIN_EXE_dbjanitor"))
+                .arg("--config")
+                .arg(&config)
+                .args(args)
+                .env("APP_DB_URL", db.url())
+                .env_remove("RUST_LOG")
+                .output()
+                .expect("dbjanitor"),
+        )
+    };
+    dbjanitor(&["run", "example.stuck-jobs", "--dry-run"]).assert_code(0);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM job WHERE state = 'failed'")
+            .await,
+        0
+    );
+    dbjanitor(&["run", "example.stuck-jobs"]).assert_code(0);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM job WHERE state = 'failed'")
+            .await,
+        1
+    );
+    let history = dbjanitor(&["history"]);
+    history.assert_code(0);
+    let lines: Vec<&str> = history.stdout.lines().collect();
+    assert!(
+        lines[1].contains("example.stuck-jobs") && lines[1].contains(" fixed "),
+        "{}",
+        history.stdout
+    );
+    assert!(
+        lines[2].contains("would_fix (dry run)"),
+        "{}",
+        history.stdout
+    );
+}
