@@ -207,3 +207,52 @@ async fn from_init_to_a_fix_to_history() {
         history.stdout
     );
 }
+
+/// The guard's message names the next commands, and following them literally
+/// clears the backlog: first a dry run that changes nothing, then the fix.
+#[tokio::test(flavor = "multi_thread")]
+async fn guard_message_says_what_to_do_next_and_it_works() {
+    let app = jobs(Engine::Sqlite).await;
+    let case = Case::new()
+        .database("main", app.url())
+        .rule(&STUCK.replace("max_rows: 5", "max_rows: 2"));
+    let out = case.run(&["run", "--output", "json"]);
+    out.assert_code(3);
+    let message = out.record("jobs.stuck", "main")["message"]
+        .as_str()
+        .expect("message")
+        .to_owned();
+    let review = "`dbjanitor run jobs.stuck --dry-run --max-rows 3`";
+    let fix = "`dbjanitor run jobs.stuck --max-rows 3`";
+    assert!(
+        message.starts_with("detect found 3 rows, more than max_rows 2; the fix was not run.")
+            && message.contains(review)
+            && message.contains(fix),
+        "{message}"
+    );
+    let stuck = "SELECT count(*) FROM job WHERE state = 'stuck'";
+    assert_eq!(app.scalar(stuck).await, 3);
+    let args = |command: &str| -> Vec<String> {
+        command
+            .trim_matches('`')
+            .split_whitespace()
+            .skip(1)
+            .map(str::to_owned)
+            .collect()
+    };
+    let review_args = args(review);
+    let review_args: Vec<&str> = review_args.iter().map(String::as_str).collect();
+    let dry = case.run(&review_args);
+    dry.assert_code(0);
+    assert!(dry.stdout.contains("would_fix"), "{}", dry.stdout);
+    assert_eq!(app.scalar(stuck).await, 3);
+    let fix_args = args(fix);
+    let fix_args: Vec<&str> = fix_args.iter().map(String::as_str).collect();
+    case.run(&fix_args).assert_code(0);
+    assert_eq!(app.scalar(stuck).await, 0);
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM job WHERE state = 'failed'")
+            .await,
+        3
+    );
+}
