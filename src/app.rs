@@ -332,11 +332,13 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
         Some((store, None)) => Some(store),
         None => None,
     };
+    let mut next_due = None;
     if args.due
         && let Some(store) = &audit
     {
         let all = plan.targets.len();
-        plan.targets = crate::due::filter(plan.targets, store, chrono::Utc::now())
+        let now = chrono::Utc::now();
+        let (due, next) = crate::due::select(plan.targets, store, now)
             .await
             .map_err(|e| {
                 AppError::Other(
@@ -344,7 +346,17 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
                         .context("`run --due` cannot read the last runs; nothing was run"),
                 )
             })?;
+        plan.targets = due;
         info!(due = plan.targets.len(), of = all, "rules due now");
+        if plan.targets.is_empty() {
+            next_due = Some(next.map_or_else(
+                || {
+                    "nothing is due, and no selected rule has a schedule that ticks again"
+                        .to_owned()
+                },
+                |next| next.describe(now),
+            ));
+        }
     }
     let cancel = CancellationToken::new();
     cancel_on_signal(&cancel);
@@ -378,6 +390,9 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
     let rendered = match args.output {
         OutputFormat::Text => {
             let mut text = report::text(&records, args.dry_run);
+            if let Some(next) = &next_due {
+                text.push_str(&format!("{next}\n"));
+            }
             if let Some(e) = &audit_error {
                 text.push_str(&format!("audit: not recorded: {e}\n"));
             }

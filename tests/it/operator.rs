@@ -256,3 +256,55 @@ async fn guard_message_says_what_to_do_next_and_it_works() {
         3
     );
 }
+
+/// `run --due` that runs nothing says which pair comes due next and when,
+/// and changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn due_with_nothing_due_names_the_next_rule_and_when() {
+    use chrono::{Duration, Timelike, Utc};
+    let app = jobs(Engine::Sqlite).await;
+    let audit = TestDb::new(Engine::Sqlite).await;
+    // A minute half an hour away: no tick can fall between the two runs.
+    let now = Utc::now();
+    let minute = (now.minute() + 30) % 60;
+    let case = audited(&app, &audit)
+        .rule(&format!("{STUCK}schedule: \"{minute} * * * *\"\n"))
+        .rule(
+            &(STUCK
+                .replace("jobs.stuck", "jobs.yearly")
+                .replace("'stuck'", "'none'")
+                + "schedule: \"0 0 1 1 *\"\n"),
+        );
+    // First --due: never ran, so both are due.
+    case.run(&["run", "--due"]).assert_code(0);
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM job WHERE state = 'failed'")
+            .await,
+        3
+    );
+    app.exec("UPDATE job SET state = 'stuck' WHERE id = 1")
+        .await;
+
+    let out = case.run(&["run", "--due"]);
+    out.assert_code(0);
+    let mut expected = now
+        .with_second(0)
+        .and_then(|t| t.with_nanosecond(0))
+        .and_then(|t| t.with_minute(minute))
+        .expect("time");
+    if expected <= now {
+        expected += Duration::hours(1);
+    }
+    let line = format!(
+        "nothing is due; next due: jobs.stuck on main at {} UTC (in ",
+        expected.format("%Y-%m-%d %H:%M:%S")
+    );
+    assert!(out.stdout.contains(&line), "{line}\n{}", out.stdout);
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM job WHERE state = 'stuck'")
+            .await,
+        1,
+        "nothing ran"
+    );
+    assert_eq!(audit.scalar("SELECT count(*) FROM dbjanitor_runs").await, 2);
+}
