@@ -132,7 +132,7 @@ async fn dispatch(cli: Cli) -> Result<u8, AppError> {
     match cli.command {
         Command::Run(args) => run(&cli.config, &args).await,
         Command::Check(args) => check(&cli.config, &args).await,
-        Command::List => list(&cli.config),
+        Command::List(args) => commands::list::run(&cli.config, &args),
         Command::Daemon(args) => daemon(&cli.config, &args).await,
         Command::Demo(args) => crate::demo::run(args.path.as_deref()).await,
         Command::Init(args) => init(&args.dir),
@@ -520,23 +520,13 @@ async fn check(config_path: &Path, args: &CheckArgs) -> Result<u8, AppError> {
         crate::report::counted(config.databases.len() as u64, "database"),
         crate::report::counted(config.notifiers.len() as u64, "notifier")
     );
+    // Every rule on every database it names, enabled or not, unless narrowed.
+    let targets: Vec<Target> = crate::check::select(&config, &args.rules, args.database.as_deref())
+        .map_err(|e| AppError::Usage(format!("error: {e}")))?;
     if !args.connect {
         print_stdout(&out)?;
         return Ok(exit::SUCCESS);
     }
-    // Every rule on every database it names, enabled or not.
-    let targets: Vec<Target> = config
-        .rules
-        .iter()
-        .flat_map(|rule| {
-            rule.databases.iter().filter_map(|db| {
-                config.databases.get(db).map(|database| Target {
-                    rule: rule.clone(),
-                    database: database.clone(),
-                })
-            })
-        })
-        .collect();
     let mut invalid = 0;
     let mut unreachable = 0;
     let mut table = report::plain_table(&["RULE", "DATABASE", "RESULT"]);
@@ -629,60 +619,4 @@ async fn check_audit(config: &Config) -> AuditCheck {
             "audit database {name}: unreachable: {e}: runs could not be recorded, `run` would exit 1 and `run --due` would run nothing\n"
         )),
     }
-}
-
-fn list(config_path: &Path) -> Result<u8, AppError> {
-    let config = load_config(config_path)?;
-    let now = chrono::Utc::now();
-    let mut rules = report::plain_table(&[
-        "RULE",
-        "DATABASES",
-        "SCHEDULE",
-        "TIMEZONE",
-        "NEXT RUN (UTC)",
-        "FIX",
-        "ENABLED",
-    ]);
-    for rule in &config.rules {
-        let next = rule
-            .schedule
-            .as_ref()
-            .and_then(|s| s.next_after(now, rule.timezone))
-            .map_or_else(
-                || "-".to_owned(),
-                |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
-            );
-        let fix = match (&rule.fix, rule.mode, rule.batch.is_some()) {
-            (None, _, _) => "report only".to_owned(),
-            (Some(_), mode, batch) => format!(
-                "{}{}",
-                serde_json::to_value(mode)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
-                if batch { ", batch" } else { "" }
-            ),
-        };
-        rules.add_row(vec![
-            rule.name.clone(),
-            rule.databases.join(","),
-            rule.schedule
-                .as_ref()
-                .map_or_else(|| "-".to_owned(), |s| s.text().to_owned()),
-            rule.timezone.name().to_owned(),
-            next,
-            fix,
-            if rule.enabled { "yes" } else { "no" }.to_owned(),
-        ]);
-    }
-    let mut databases = report::plain_table(&["DATABASE", "DIALECT", "URL"]);
-    for db in config.databases.values() {
-        databases.add_row(vec![
-            db.name.clone(),
-            db.dialect.to_string(),
-            db.url.redacted().to_owned(),
-        ]);
-    }
-    print_stdout(&format!("{rules}\n\n{databases}\n"))?;
-    Ok(exit::SUCCESS)
 }

@@ -44,12 +44,14 @@ pub enum Command {
     Run(RunArgs),
     /// Validate the config and rules; with --connect also prepare their SQL.
     #[command(
-        after_help = "Examples:\n  dbjanitor check\n  dbjanitor check --connect    # the servers parse every query; nothing runs"
+        after_help = "Examples:\n  dbjanitor check\n  dbjanitor check --connect    # the servers parse every query; nothing runs\n  dbjanitor check --connect myapp.stuck-jobs --database app   # one rule on one database"
     )]
     Check(CheckArgs),
     /// List rules, databases, schedules and next runs.
-    #[command(after_help = "Example:\n  dbjanitor --config /etc/dbjanitor/dbjanitor.yaml list")]
-    List,
+    #[command(
+        after_help = "Examples:\n  dbjanitor --config /etc/dbjanitor/dbjanitor.yaml list\n  dbjanitor list myapp.stuck-jobs --output json | jq '.rules[0].next_run'"
+    )]
+    List(ListArgs),
     /// Run every enabled rule on its own schedule until SIGTERM/SIGINT; serve /healthz and /metrics.
     #[command(
         after_help = "Examples:\n  dbjanitor daemon --listen 127.0.0.1:9187\n  dbjanitor daemon --listen localhost:9187"
@@ -219,6 +221,25 @@ pub struct CheckArgs {
     /// Also connect to every database and prepare (not run) every detect and fix.
     #[arg(long)]
     pub connect: bool,
+
+    /// Rule names to check on their databases with --connect (default: every
+    /// rule, disabled ones included). The whole config is validated either way.
+    pub rules: Vec<String>,
+
+    /// With --connect, only this database.
+    #[arg(long, value_name = "NAME")]
+    pub database: Option<String>,
+}
+
+/// `dbjanitor list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only these rules (default: every rule).
+    pub rules: Vec<String>,
+
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
 }
 
 /// `dbjanitor demo`.

@@ -5,6 +5,7 @@
 
 pub mod history;
 pub mod init;
+pub mod list;
 pub mod notify_test;
 
 use std::io::Write;

@@ -308,3 +308,88 @@ async fn due_with_nothing_due_names_the_next_rule_and_when() {
     );
     assert_eq!(audit.scalar("SELECT count(*) FROM dbjanitor_runs").await, 2);
 }
+
+/// `check RULE...`, `check --database D`, `list RULE...` and `list --output
+/// json`: a broken rule elsewhere does not fail a check narrowed to a good
+/// one, unknown names exit 2, and nothing runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_and_list_narrow_to_rules_and_databases() {
+    let app = jobs(Engine::Sqlite).await;
+    let other = jobs(Engine::Sqlite).await;
+    let case = Case::new()
+        .database("main", app.url())
+        .database("other", other.url())
+        .rule(&format!("{STUCK}schedule: \"*/5 * * * *\"\ntags: [jobs]\n"))
+        .rule(
+            &STUCK
+                .replace("jobs.stuck", "jobs.broken")
+                .replace("FROM job", "FROM no_such_table"),
+        )
+        .rule(
+            &STUCK
+                .replace("jobs.stuck", "jobs.other")
+                .replace("database: main", "database: other"),
+        );
+
+    let all = case.run(&["check", "--connect"]);
+    all.assert_code(2);
+    assert!(all.stdout.contains("jobs.broken"), "{}", all.stdout);
+
+    let one = case.run(&["check", "--connect", "jobs.stuck"]);
+    one.assert_code(0);
+    assert!(one.stdout.contains("jobs.stuck"), "{}", one.stdout);
+    assert!(!one.stdout.contains("jobs.broken"), "{}", one.stdout);
+    assert!(one.stdout.contains("1 pair: 1 ok"), "{}", one.stdout);
+
+    let on_other = case.run(&["check", "--connect", "--database", "other"]);
+    on_other.assert_code(0);
+    assert!(
+        on_other.stdout.contains("jobs.other"),
+        "{}",
+        on_other.stdout
+    );
+    assert!(
+        !on_other.stdout.contains("jobs.stuck"),
+        "{}",
+        on_other.stdout
+    );
+
+    let unknown = case.run(&["check", "jobs.nope"]);
+    unknown.assert_code(2);
+    assert!(
+        unknown.stderr.contains("no rule named \"jobs.nope\""),
+        "{}",
+        unknown.stderr
+    );
+    let bad_db = case.run(&["check", "--connect", "--database", "nope"]);
+    bad_db.assert_code(2);
+
+    let list = case.run(&["list", "jobs.stuck", "--output", "json"]);
+    list.assert_code(0);
+    let json = list.json();
+    let rules = json["rules"].as_array().expect("rules");
+    assert_eq!(rules.len(), 1, "{}", list.stdout);
+    assert_eq!(rules[0]["name"], "jobs.stuck");
+    assert_eq!(rules[0]["databases"][0], "main");
+    assert_eq!(rules[0]["schedule"], "*/5 * * * *");
+    assert_eq!(rules[0]["tags"][0], "jobs");
+    assert_eq!(rules[0]["enabled"], true);
+    assert!(rules[0]["next_run"].is_string(), "{}", list.stdout);
+    let databases = json["databases"].as_array().expect("databases");
+    assert_eq!(databases.len(), 1);
+    assert_eq!(databases[0]["name"], "main");
+
+    let text = case.run(&["list", "jobs.other"]);
+    text.assert_code(0);
+    assert!(text.stdout.contains("jobs.other") && !text.stdout.contains("jobs.stuck"));
+    case.run(&["list", "jobs.nope"]).assert_code(2);
+
+    // Nothing ran anywhere.
+    for db in [&app, &other] {
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM job WHERE state = 'stuck'")
+                .await,
+            3
+        );
+    }
+}
