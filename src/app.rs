@@ -156,6 +156,7 @@ async fn dispatch(cli: Cli) -> Result<u8, AppError> {
             Ok(exit::SUCCESS)
         }
         Command::History(args) => commands::history::run(&cli.config, &args).await,
+        Command::Show(args) => commands::show::run(&cli.config, &args),
     }
 }
 

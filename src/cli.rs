@@ -88,6 +88,18 @@ pub enum Command {
         after_help = "Examples:\n  dbjanitor history                               # the newest 50 runs of every rule\n  dbjanitor history myapp.stuck-jobs --since 24h\n  dbjanitor history --database app --output json | jq '.runs[0]'"
     )]
     History(HistoryArgs),
+    /// Show a rule as it will run: every setting with where it came from, and the SQL per database.
+    #[command(
+        after_help = "Example:\n  dbjanitor show myapp.stuck-jobs    # timeout 60s from defaults (dbjanitor.yaml:14), ..."
+    )]
+    Show(ShowArgs),
+}
+
+/// `dbjanitor show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The rule's name.
+    pub rule: String,
 }
 
 /// `dbjanitor history`.

@@ -7,6 +7,7 @@ pub mod history;
 pub mod init;
 pub mod list;
 pub mod notify_test;
+pub mod show;
 
 use std::io::Write;
 

@@ -393,3 +393,71 @@ async fn check_and_list_narrow_to_rules_and_databases() {
         );
     }
 }
+
+/// `show RULE`: each setting with its origin (rule file line, defaults,
+/// built-in) and the SQL each database receives; no database is contacted.
+#[tokio::test(flavor = "multi_thread")]
+async fn show_names_each_settings_origin_and_the_sql_per_dialect() {
+    let app = jobs(Engine::Sqlite).await;
+    let case = Case::new()
+        .database("main", app.url())
+        // Never contacted: `show` reads only the config.
+        .database("pg", "postgres://postgres:s3cret@127.0.0.1:1/nope")
+        .config("defaults:\n  timezone: Europe/Berlin")
+        .rule(
+            "name: jobs.stuck\ndatabase: [main, pg]\nschedule: \"*/5 * * * *\"\ndetect:\n  \
+             postgres: SELECT id FROM job WHERE state = 'stuck' AND id > 0\n  \
+             sqlite: SELECT id FROM job WHERE state = 'stuck'\n\
+             fix: UPDATE job SET state = 'failed' WHERE state = 'stuck'; DELETE FROM job WHERE state = 'gone'\n\
+             max_rows: 5\ntimeout: 30s\n",
+        );
+    let out = case.run(&["show", "jobs.stuck"]);
+    out.assert_code(0);
+    let row = |setting: &str| -> Vec<String> {
+        out.stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(setting))
+            .unwrap_or_else(|| panic!("no {setting} in\n{}", out.stdout))
+            .split("  ")
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    assert!(row("timeout")[1] == "30s" && row("timeout")[2].ends_with("rule01.yaml:9"));
+    assert_eq!(row("timezone")[1], "Europe/Berlin");
+    assert!(
+        row("timezone")[2].starts_with("defaults (")
+            && row("timezone")[2].ends_with("dbjanitor.yaml:8)"),
+        "{:?}",
+        row("timezone")
+    );
+    assert_eq!(row("verify")[1..], ["true", "built-in"]);
+    assert_eq!(row("mode")[1..], ["transactional", "built-in"]);
+    assert!(row("max_rows")[2].ends_with("rule01.yaml:8"));
+    let sqlite_at = out
+        .stdout
+        .find("on main (sqlite):")
+        .expect("sqlite section");
+    let pg_at = out
+        .stdout
+        .find("on pg (postgres):")
+        .expect("postgres section");
+    assert!(
+        out.stdout[sqlite_at..pg_at].contains("SELECT id FROM job WHERE state = 'stuck'\n")
+            && out.stdout[pg_at..].contains("AND id > 0")
+            && out.stdout[pg_at..]
+                .contains("fix statement 2:\n    DELETE FROM job WHERE state = 'gone'"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("s3cret"));
+    let unknown = case.run(&["show", "jobs.nope"]);
+    unknown.assert_code(2);
+    assert!(unknown.stderr.contains("no rule named \"jobs.nope\""));
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM job WHERE state = 'stuck'")
+            .await,
+        3
+    );
+}
