@@ -366,6 +366,7 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
         jobs: usize::from(args.jobs),
     };
     let mut records = run_plan(&plan, &options, &cancel).await;
+    commands::connect::name_endpoints(&mut records, &config);
     // Design §3 step 9. After run_plan every transaction is committed or
     // rolled back: delivery cannot change what was fixed, and its failures
     // only land in the report. Notifications decide from the history as it
@@ -390,7 +391,7 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
     }
     let rendered = match args.output {
         OutputFormat::Text => {
-            let mut text = report::text(&records, args.dry_run);
+            let mut text = report::text(&commands::connect::grouped(&records), args.dry_run);
             if let Some(next) = &next_due {
                 text.push_str(&format!("{next}\n"));
             }

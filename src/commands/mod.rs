@@ -3,6 +3,7 @@
 //! (and, for `notify-test` and `history`, the loaded config) and returns an exit
 //! status; only `history` touches a database, and only to read the audit table.
 
+pub mod connect;
 pub mod history;
 pub mod init;
 pub mod list;

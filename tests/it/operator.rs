@@ -461,3 +461,51 @@ async fn show_names_each_settings_origin_and_the_sql_per_dialect() {
         3
     );
 }
+
+/// A database that is down: the error names host and port (never the user
+/// or password), the text report states it once per database, and the rules
+/// on a reachable database still fix.
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_errors_name_the_server_once_per_database() {
+    let app = jobs(Engine::Sqlite).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let case = Case::new()
+        .database("main", app.url())
+        .database(
+            "down",
+            &format!("postgres://janitor:s3cret@127.0.0.1:{port}/app"),
+        )
+        .rule(STUCK)
+        .rule("name: down.one\ndatabase: down\ndetect: SELECT 1\n")
+        .rule("name: down.two\ndatabase: down\ndetect: SELECT 2\n");
+    let out = case.run(&["run"]);
+    out.assert_code(1);
+    let named = format!("cannot connect to database down at 127.0.0.1:{port}: ");
+    assert_eq!(out.stdout.matches(&named).count(), 1, "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("error: database down unreachable, see down.one @ down above"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("s3cret") && !out.stdout.contains("janitor:"));
+    assert!(!out.stderr.contains("s3cret"));
+    // JSON keeps each run's own full error, with the address.
+    let json = case.run(&["run", "--output", "json"]);
+    json.assert_code(1);
+    for rule in ["down.one", "down.two"] {
+        let error = json.record(rule, "down")["error"]
+            .as_str()
+            .expect("error")
+            .to_owned();
+        assert!(error.starts_with(&named), "{error}");
+    }
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM job WHERE state = 'failed'")
+            .await,
+        3
+    );
+}
