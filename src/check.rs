@@ -8,9 +8,7 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use crate::db::{
-    ConnectSettings, DbError, Dialect, MySqlSession, PgSession, Session, SqliteSession,
-};
+use crate::db::{ConnectSettings, DbError, Session};
 use crate::plan::Target;
 use crate::rule::BatchSize;
 
@@ -39,12 +37,7 @@ pub async fn prepare_target(target: &Target) -> CheckResult {
         timeout: target.rule.timeout,
         lock_wait: Duration::ZERO,
     };
-    let db = &target.database;
-    match db.dialect {
-        Dialect::Postgres => prepare_on(PgSession::connect(db, &settings).await, target).await,
-        Dialect::MySql => prepare_on(MySqlSession::connect(db, &settings).await, target).await,
-        Dialect::Sqlite => prepare_on(SqliteSession::connect(db, &settings).await, target).await,
-    }
+    prepare_on(crate::db::open(&target.database, &settings).await, target).await
 }
 
 async fn prepare_on<S: Session>(session: Result<S, DbError>, target: &Target) -> CheckResult {

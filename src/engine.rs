@@ -20,10 +20,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::db::{
-    CommitOutcome, ConnectSettings, DbError, Detection, Dialect, MySqlSession, PgSession, Session,
-    SqliteSession,
-};
+use crate::db::{CommitOutcome, ConnectSettings, DbError, Detection, Dialect, Session};
 use crate::outcome::{Outcome, Reason, RunRecord, Sample};
 use crate::plan::{Plan, Target};
 use crate::rule::{Batch, BatchSize, Mode, Rule};
@@ -114,26 +111,8 @@ pub async fn run_target(
             cancel,
             batch_size: AtomicU64::new(rule.batch.and_then(|b| b.size).map_or(0, |s| s.initial)),
         };
-        match database.dialect {
-            Dialect::Postgres => {
-                run.on(PgSession::connect(database, &settings).await, &mut record)
-                    .await
-            }
-            Dialect::MySql => {
-                run.on(
-                    MySqlSession::connect(database, &settings).await,
-                    &mut record,
-                )
-                .await
-            }
-            Dialect::Sqlite => {
-                run.on(
-                    SqliteSession::connect(database, &settings).await,
-                    &mut record,
-                )
-                .await
-            }
-        }
+        run.on(crate::db::open(database, &settings).await, &mut record)
+            .await;
         record.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         log_record(&record);
         record

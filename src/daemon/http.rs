@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{ConnectSettings, DatabaseConfig, Dialect, MySqlSession, Session, SqliteSession};
+use crate::db::{ConnectSettings, DatabaseConfig, Session};
 use crate::metrics::{CONTENT_TYPE, DaemonMetrics};
 
 /// How often every database is checked.
@@ -72,24 +72,14 @@ impl Health {
     }
 }
 
-/// Connects to `db` and closes again: does it answer?
+/// Opens a session on `db` as a rule run does (`db::open`) and closes it again: does it answer?
 async fn ping(db: &DatabaseConfig) -> Result<(), String> {
     let settings = ConnectSettings {
         timeout: HEALTH_TIMEOUT,
         lock_wait: Duration::ZERO,
     };
     let check = async {
-        match db.dialect {
-            // A bare connection: no lock detection, nothing set on the server.
-            Dialect::Postgres => {
-                crate::db::pgconn::PgConn::connect(&db.url, "dbjanitor", settings.timeout)
-                    .await?
-                    .close()
-                    .await;
-            }
-            Dialect::MySql => MySqlSession::connect(db, &settings).await?.close().await,
-            Dialect::Sqlite => SqliteSession::connect(db, &settings).await?.close().await,
-        }
+        crate::db::open(db, &settings).await?.close().await;
         Ok::<(), crate::db::DbError>(())
     };
     match tokio::time::timeout(HEALTH_TIMEOUT * 2, check).await {

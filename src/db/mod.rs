@@ -16,6 +16,7 @@
 mod lease;
 mod lock;
 mod mysql;
+mod open;
 pub(crate) mod pgconn;
 mod postgres;
 mod sample;
@@ -31,6 +32,7 @@ use serde::Serialize;
 pub use lease::LEASE_TABLE_SQL;
 pub use lock::{LockKind, mysql_lock_name, postgres_lock_key, postgres_schema_lock_key};
 pub use mysql::MySqlSession;
+pub use open::{AnySession, open};
 pub use postgres::PgSession;
 pub use sqlite::SqliteSession;
 

@@ -16,8 +16,8 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlConnection, MySqlQueryResult, MySqlRow};
-use sqlx::{Connection, Decode, Row, TypeInfo, ValueRef};
+use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlQueryResult, MySqlRow};
+use sqlx::{Decode, Row, TypeInfo, ValueRef};
 
 use super::text::{TextConn, TextDatabase};
 use super::{
@@ -105,14 +105,7 @@ impl MySqlSession {
             .pipes_as_concat(false)
             .no_engine_substitution(false)
             .timezone(None);
-        let conn = tokio::time::timeout(settings.timeout, MySqlConnection::connect_with(&options))
-            .await
-            .map_err(|_| DbError::Connect(format!("timed out after {:?}", settings.timeout)))?
-            .map_err(|e| connect_error(&db.url, &e))?;
-        let mut text = TextConn {
-            conn,
-            url: db.url.clone(),
-        };
+        let mut text = TextConn::connect(&db.url, &options, settings.timeout).await?;
         let row = text
             .fetch_one("SELECT VERSION(), COALESCE(DATABASE(), '')")
             .await?;

@@ -11,13 +11,13 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{Sqlite, SqliteConnectOptions, SqliteConnection, SqliteQueryResult, SqliteRow};
-use sqlx::{Connection, Decode, Executor, Row, TypeInfo, ValueRef};
+use sqlx::sqlite::{Sqlite, SqliteConnectOptions, SqliteQueryResult, SqliteRow};
+use sqlx::{Decode, Row, TypeInfo, ValueRef};
 
 use super::text::{TextConn, TextDatabase};
 use super::{
     CommitOutcome, ConnectSettings, DatabaseConfig, DbError, Detection, Dialect, Executed, Session,
-    connect_error, refuse_transaction_end, sample, sql_error,
+    connect_error, refuse_transaction_end, sample,
 };
 
 /// SQLite's primary result code for "database is locked".
@@ -79,30 +79,18 @@ impl SqliteSession {
         let options = db.pragmas.iter().fold(options, |options, (key, value)| {
             options.pragma(key.clone(), value.clone())
         });
-        let conn = tokio::time::timeout(settings.timeout, SqliteConnection::connect_with(&options))
-            .await
-            .map_err(|_| DbError::Connect(format!("timed out after {:?}", settings.timeout)))?
-            .map_err(|e| connect_error(&db.url, &e))?;
         Ok(Self {
-            text: TextConn {
-                conn,
-                url: db.url.clone(),
-            },
+            text: TextConn::connect(&db.url, &options, settings.timeout).await?,
             in_transaction: false,
         })
     }
 
     /// `BEGIN IMMEDIATE` (the write lock) and the marker savepoint.
     async fn begin_immediate(&mut self) -> Result<bool, DbError> {
-        match self
-            .text
-            .conn
-            .execute(sqlx::raw_sql("BEGIN IMMEDIATE"))
-            .await
-        {
-            Ok(_) => {}
+        match self.text.run_raw("BEGIN IMMEDIATE").await {
+            Ok(()) => {}
             Err(e) if is_busy(&e) => return Ok(false),
-            Err(e) => return Err(sql_error(&self.text.url, &e)),
+            Err(e) => return Err(self.text.error(&e)),
         }
         self.text.run(&format!("SAVEPOINT {MARKER}")).await?;
         self.in_transaction = true;

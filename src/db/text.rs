@@ -4,10 +4,12 @@
 //! text whatever the column type. Each backend says only how to render one
 //! cell and how to read rows affected ([`TextDatabase`]).
 
+use std::time::Duration;
+
 use futures_util::TryStreamExt;
 use sqlx::{AssertSqlSafe, Column, Connection, Database, Executor, Row, SqlSafeStr};
 
-use super::{CLOSE_TIMEOUT, DbError, Detection, sql_error};
+use super::{CLOSE_TIMEOUT, DbError, Detection, connect_error, sql_error};
 use crate::outcome::Sample;
 use crate::secret::SecretUrl;
 
@@ -21,9 +23,11 @@ pub(crate) trait TextDatabase: Database {
 }
 
 /// One pinned connection and the URL whose secrets its errors must not show.
+/// The fields are private so that every error a backend returns goes through
+/// the URL's scrubbing.
 pub(crate) struct TextConn<DB: Database> {
-    pub(crate) conn: DB::Connection,
-    pub(crate) url: SecretUrl,
+    conn: DB::Connection,
+    url: SecretUrl,
 }
 
 impl<DB> TextConn<DB>
@@ -31,6 +35,37 @@ where
     DB: TextDatabase,
     for<'e> &'e mut DB::Connection: Executor<'e, Database = DB>,
 {
+    /// Connects with `options` (parsed from `url`) within `timeout`.
+    pub(crate) async fn connect(
+        url: &SecretUrl,
+        options: &<DB::Connection as Connection>::Options,
+        timeout: Duration,
+    ) -> Result<Self, DbError> {
+        let conn = tokio::time::timeout(timeout, DB::Connection::connect_with(options))
+            .await
+            .map_err(|_| DbError::Connect(format!("timed out after {timeout:?}")))?
+            .map_err(|e| connect_error(url, &e))?;
+        Ok(Self {
+            conn,
+            url: url.clone(),
+        })
+    }
+
+    /// Runs statements and hands back the driver's own error, for a backend
+    /// that tells errors apart by code (SQLite's busy); [`Self::error`] turns
+    /// it into a [`DbError`].
+    pub(crate) async fn run_raw(&mut self, sql: &str) -> Result<(), sqlx::Error> {
+        self.conn
+            .execute(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())))
+            .await
+            .map(|_| ())
+    }
+
+    /// A driver error of this connection, secrets masked.
+    pub(crate) fn error(&self, err: &sqlx::Error) -> DbError {
+        sql_error(&self.url, err)
+    }
+
     /// Runs statements for their effect.
     pub(crate) async fn run(&mut self, sql: &str) -> Result<(), DbError> {
         self.execute(sql).await.map(|_| ())
