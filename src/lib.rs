@@ -29,6 +29,7 @@
 
 pub mod app;
 pub mod audit;
+pub mod backup;
 pub mod check;
 pub mod cli;
 pub mod commands;

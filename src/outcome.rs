@@ -168,6 +168,9 @@ pub enum Reason {
     /// COMMIT got no reply and the server could not say afterwards whether it
     /// took effect.
     CommitUnknown,
+    /// A rule with `backup:` changed more rows than the images show changed:
+    /// the fix touched rows detect did not return (issue 14); rolled back.
+    FixChangedUndetectedRows,
 }
 
 impl Reason {
@@ -188,6 +191,7 @@ impl Reason {
             Reason::UnsafeSql => "unsafe_sql",
             Reason::TransactionEnded => "transaction_ended",
             Reason::CommitUnknown => "commit_unknown",
+            Reason::FixChangedUndetectedRows => "fix_changed_undetected_rows",
         }
     }
 }
@@ -259,6 +263,10 @@ pub struct RunRecord {
     /// Rows detect still found after the fix, when verification ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remaining: Option<u64>,
+    /// Rows whose before- and after-images the run kept (rules with
+    /// `backup:`); in dry-run, how many it would keep.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub kept: Option<u64>,
     /// Number of batches run (batch mode only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batches: Option<u64>,
@@ -293,6 +301,7 @@ impl RunRecord {
             detected_is_lower_bound: false,
             changed: None,
             remaining: None,
+            kept: None,
             batches: None,
             dry_run,
             duration_ms: 0,

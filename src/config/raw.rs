@@ -28,6 +28,24 @@ pub(crate) struct RawConfig {
     pub(crate) audit: Option<Spanned<RawAudit>>,
     #[serde(default)]
     pub(crate) daemon: Option<RawDaemon>,
+    #[serde(default)]
+    pub(crate) images: Option<Spanned<RawImages>>,
+}
+
+/// `images:` of the config: where and how long backup images are kept.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawImages {
+    pub(crate) table: Option<Spanned<String>>,
+    pub(crate) keep: Option<Spanned<String>>,
+}
+
+/// `backup:` of a rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBackup {
+    pub(crate) table: Spanned<String>,
+    pub(crate) key: Vec<Spanned<String>>,
 }
 
 /// One entry of `databases:`.
@@ -134,6 +152,10 @@ pub(crate) struct RawRule {
     #[serde(default)]
     pub(crate) tags: Vec<String>,
     pub(crate) detect: Spanned<RawSql>,
+    /// Absent: a report-only rule. Present but empty (`fix:`) is an error, not
+    /// report-only: serde reads a YAML null as `None` for an `Option`, which
+    /// silently dropped the fix someone meant to write.
+    #[serde(default, deserialize_with = "present_sql")]
     pub(crate) fix: Option<Spanned<RawSql>>,
     pub(crate) max_rows: Option<Spanned<i64>>,
     pub(crate) verify: Option<bool>,
@@ -145,6 +167,7 @@ pub(crate) struct RawRule {
     pub(crate) notify_on: Option<Vec<Outcome>>,
     pub(crate) renotify_after: Option<Spanned<String>>,
     pub(crate) enabled: Option<bool>,
+    pub(crate) backup: Option<Spanned<RawBackup>>,
 }
 
 /// `batch:` of a rule.
@@ -220,6 +243,15 @@ impl<'de> Deserialize<'de> for Addresses {
         }
         deserializer.deserialize_any(AddressesVisitor)
     }
+}
+
+/// A key that, when written, must hold SQL: a null (`fix:` with nothing
+/// after it) reaches [`RawSql`]'s visitor and is refused there with the
+/// key's position, instead of reading as "no fix".
+fn present_sql<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Spanned<RawSql>>, D::Error> {
+    Spanned::<RawSql>::deserialize(deserializer).map(Some)
 }
 
 /// `detect:`/`fix:`: one SQL text for every dialect, or a map by dialect.

@@ -73,6 +73,7 @@ impl Loader<'_> {
         );
         let lock = self.lock_spec(file, raw.lock.as_ref(), &name);
         let notify = self.notify_settings(file, &raw, notifiers, defaults);
+        let backup = self.backup(file, raw.backup.as_ref(), mode, &dialects);
         if self.errors.len() > errors_before {
             return None;
         }
@@ -96,6 +97,7 @@ impl Loader<'_> {
             notify_on: notify.notify_on,
             renotify_after: notify.renotify_after,
             enabled: raw.enabled.unwrap_or(true),
+            backup,
         };
         Some((rule, raw.name.referenced))
     }
