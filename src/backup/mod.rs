@@ -14,7 +14,9 @@
 //! engine (see `sql`): PostgreSQL stores `to_json(row)` in a `json` column
 //! and restores through `json_populate_record`, under pinned `TimeZone`,
 //! `extra_float_digits`, `IntervalStyle` and `bytea_output`, so the same
-//! values always render to the same text.
+//! values always render to the same text. SQLite and MySQL/MariaDB build a
+//! JSON object of each column's value in an exact text form (hex for bytes),
+//! MySQL/MariaDB under a pinned `time_zone`.
 //!
 //! Detect's SQL runs a second time here, as a subquery (`WHERE (key) IN
 //! (SELECT key FROM (detect) d)`): it is the rule's own read-only query,
@@ -82,10 +84,13 @@ pub fn valid_identifier(name: &str, qualified: bool) -> bool {
     }
 }
 
-/// The engines where backup is implemented.
+/// The engines where backup is implemented (all three).
 #[must_use]
 pub fn supported(dialect: Dialect) -> bool {
-    matches!(dialect, Dialect::Postgres | Dialect::Sqlite)
+    matches!(
+        dialect,
+        Dialect::Postgres | Dialect::Sqlite | Dialect::MySql
+    )
 }
 
 /// What one capture kept.
@@ -136,6 +141,13 @@ pub async fn prepare<S: Session>(
 /// Before the fix: the current rows of the detected keys, locked.
 pub async fn before<S: Session>(session: &mut S, capture: &Capture<'_>) -> Result<u64, DbError> {
     let own = async {
+        if capture.dialect == Dialect::MySql {
+            // A MySQL/MariaDB session runs detect in a READ ONLY transaction
+            // and turns it read-write at the first fix statement (a ROLLBACK
+            // and a new transaction, which would drop images taken before).
+            // A no-op statement through the fix's path makes that switch now.
+            session.execute("DO 0").await?;
+        }
         let cols = image_columns(session, capture).await?;
         sql::pinned(session, capture.dialect, &sql::before(capture, &cols)).await
     }

@@ -21,6 +21,22 @@
 //! double), BLOB as `hex()`. Restores decode by the stored type (`unhex`,
 //! SQLite ≥ 3.41; the bundled library is 3.51), so a value comes back with
 //! its storage class, whatever the column's affinity.
+//!
+//! **MySQL/MariaDB.** An image is `JSON_OBJECT(column, encoded)` over the
+//! columns of `information_schema.columns` (generated columns left out), in a
+//! `LONGTEXT` column of a `utf8mb4_bin` table (so images compare byte by
+//! byte). Every non-NULL value is a JSON *string*, so SQL NULL (JSON `null`)
+//! and a JSON column holding `null` (the string `"null"`) stay apart:
+//! binary types (`BINARY`, `VARBINARY`, `BLOB`s, spatial types) as `HEX()`,
+//! `BIT` as its unsigned number, everything else as `CAST(value AS CHAR)`:
+//! `DECIMAL` with its scale, `DOUBLE`/`FLOAT` in the server's shortest
+//! round-trip form (`1e-300`, `0.30000000000000004`), `DATETIME(6)` with its
+//! fraction, `JSON` as its text (MariaDB keeps it verbatim), and `TIMESTAMP`
+//! under a pinned session `time_zone = '+00:00'` (restored after each
+//! statement), so it is the stored UTC instant, free of DST gaps and folds.
+//! Restores decode with `JSON_VALUE` (and `UNHEX` for binary types) and
+//! assign the text back under the same pinned zone, so the column type's own
+//! conversion parses it. Tested on MariaDB 10.11.
 
 use crate::db::{DbError, Dialect, Own, Session};
 
@@ -70,6 +86,40 @@ fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// A quoted identifier in `dialect` (MySQL/MariaDB: backticks).
+fn qident(dialect: Dialect, name: &str) -> String {
+    match dialect {
+        Dialect::MySql => format!("`{}`", name.replace('`', "``")),
+        _ => ident(name),
+    }
+}
+
+/// The images table's columns `key` and `before` in a column list (both are
+/// reserved words in MySQL/MariaDB; a qualified `dbj_i.key` needs no quotes).
+fn key_before(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::MySql => "`key`, `before`",
+        _ => "key, before",
+    }
+}
+
+/// The type to `CAST` a value to for text.
+fn text_type(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::MySql => "CHAR",
+        _ => "TEXT",
+    }
+}
+
+/// `a` and `b` (images, or NULL) differ, compared as exact text.
+fn differ(dialect: Dialect, a: &str, b: &str) -> String {
+    match dialect {
+        Dialect::Postgres => format!("{a}::text IS DISTINCT FROM {b}::text"),
+        Dialect::MySql => format!("NOT (CAST({a} AS BINARY) <=> CAST({b} AS BINARY))"),
+        Dialect::Sqlite => format!("{a} IS NOT {b}"),
+    }
+}
+
 /// The last part of a possibly qualified name (for index names).
 fn base(name: &str) -> &str {
     name.rsplit('.').next().unwrap_or(name)
@@ -92,7 +142,16 @@ pub fn prepare(dialect: Dialect, images: &Images) -> String {
              DELETE FROM {t} WHERE taken_at < now() - interval '{secs} seconds'; COMMIT",
             key = crate::db::postgres_lock_key(&format!("images:{t}")),
         ),
-        _ => format!(
+        Dialect::MySql => format!(
+            "CREATE TABLE IF NOT EXISTS {t} (id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+             run_id VARCHAR(64) NOT NULL, rule VARCHAR(255) NOT NULL, batch BIGINT NOT NULL, \
+             table_name VARCHAR(255) NOT NULL, `key` LONGTEXT NOT NULL, `before` LONGTEXT, `after` LONGTEXT, \
+             taken_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
+             INDEX {b}_run_id (run_id), INDEX {b}_taken_at (taken_at)) \
+             ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin; \
+             DELETE FROM {t} WHERE taken_at < CURRENT_TIMESTAMP(6) - INTERVAL {secs} SECOND"
+        ),
+        Dialect::Sqlite => format!(
             "CREATE TABLE IF NOT EXISTS {t} (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, \
              rule TEXT NOT NULL, batch INTEGER NOT NULL, table_name TEXT NOT NULL, key TEXT NOT NULL, \
              before TEXT, after TEXT, taken_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))); \
@@ -110,8 +169,10 @@ pub async fn pinned<S: Session>(
     dialect: Dialect,
     statement: &str,
 ) -> Result<Own, DbError> {
-    if dialect != Dialect::Postgres {
-        return session.own(statement).await;
+    match dialect {
+        Dialect::Postgres => {}
+        Dialect::MySql => return pinned_mysql(session, statement).await,
+        Dialect::Sqlite => return session.own(statement).await,
     }
     const SETTINGS: [(&str, &str); 4] = [
         ("TimeZone", "UTC"),
@@ -148,6 +209,29 @@ pub async fn pinned<S: Session>(
     result
 }
 
+/// MySQL/MariaDB: `statement` under `time_zone = '+00:00'`, the session's
+/// zone restored after (whether the statement succeeded or not).
+async fn pinned_mysql<S: Session>(session: &mut S, statement: &str) -> Result<Own, DbError> {
+    let saved = session
+        .own("SELECT @@session.time_zone")
+        .await?
+        .rows
+        .into_iter()
+        .next()
+        .and_then(|r| r.into_iter().next().flatten());
+    session.own("SET time_zone = '+00:00'").await?;
+    let result = session.own(statement).await;
+    if let Some(zone) = saved {
+        session
+            .own(&format!(
+                "SET time_zone = {}",
+                lit(&zone.replace('\\', "\\\\"))
+            ))
+            .await?;
+    }
+    result
+}
+
 /// A column of the backed-up table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Col {
@@ -158,6 +242,8 @@ pub struct Col {
     /// reads both as SQL NULL), so the image says which columns are SQL NULL
     /// and the value is restored by a cast of its JSON text.
     pub json: Option<String>,
+    /// MySQL/MariaDB: the column's `data_type` (how its value is encoded).
+    pub mysql: Option<String>,
 }
 
 /// The columns of `table`, in order (generated columns left out: they are
@@ -175,7 +261,19 @@ pub async fn columns<S: Session>(
              AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
             lit(table)
         ),
-        _ => format!(
+        Dialect::MySql => {
+            let (schema, name) = match table.split_once('.') {
+                Some((schema, name)) => (lit(schema), lit(name)),
+                None => ("DATABASE()".to_owned(), lit(table)),
+            };
+            format!(
+                "SELECT CAST(column_name AS CHAR), NULL, CAST(lower(data_type) AS CHAR) \
+                 FROM information_schema.columns WHERE table_schema = {schema} AND table_name = {name} \
+                 AND extra NOT LIKE '%VIRTUAL GENERATED%' AND extra NOT LIKE '%STORED GENERATED%' \
+                 AND extra NOT LIKE '%PERSISTENT GENERATED%' ORDER BY ordinal_position"
+            )
+        }
+        Dialect::Sqlite => format!(
             "SELECT CAST(name AS TEXT), NULL FROM pragma_table_xinfo({}) WHERE hidden = 0 ORDER BY cid",
             lit(table)
         ),
@@ -187,10 +285,11 @@ pub async fn columns<S: Session>(
         .into_iter()
         .filter_map(|r| {
             let json = r.get(1).cloned().flatten();
+            let mysql = r.get(2).cloned().flatten();
             r.into_iter()
                 .next()
                 .flatten()
-                .map(|name| Col { name, json })
+                .map(|name| Col { name, json, mysql })
         })
         .collect();
     if names.is_empty() {
@@ -198,10 +297,10 @@ pub async fn columns<S: Session>(
     }
     if names
         .iter()
-        .any(|c| c.name.contains('\'') || c.name.contains('"'))
+        .any(|c| c.name.contains(['\'', '"', '`', '\\']))
     {
         return Err(DbError::Sql(format!(
-            "table {table} has a column name with a quote; backup cannot image it"
+            "table {table} has a column name with a quote or backslash; backup cannot image it"
         )));
     }
     Ok(names)
@@ -229,7 +328,22 @@ fn image(dialect: Dialect, cols: &[Col]) -> String {
             };
             format!("json_build_object('row', to_json(dbj_t), 'sql_null', {nulls})")
         }
-        _ => {
+        Dialect::MySql => {
+            let parts: Vec<String> = cols
+                .iter()
+                .map(|c| {
+                    let v = format!("dbj_t.{}", qident(dialect, &c.name));
+                    let encoded = match mysql_kind(c) {
+                        MyKind::Binary => format!("HEX({v})"),
+                        MyKind::Bit => format!("CAST(CAST({v} AS UNSIGNED) AS CHAR)"),
+                        MyKind::Text => format!("CAST({v} AS CHAR)"),
+                    };
+                    format!("{}, {encoded}", lit(&c.name))
+                })
+                .collect();
+            format!("JSON_OBJECT({})", parts.join(", "))
+        }
+        Dialect::Sqlite => {
             let parts: Vec<String> = cols
                 .iter()
                 .map(|c| &c.name)
@@ -247,6 +361,26 @@ fn image(dialect: Dialect, cols: &[Col]) -> String {
     }
 }
 
+/// How a MySQL/MariaDB value goes into an image.
+enum MyKind {
+    /// Bytes: `HEX()` / `UNHEX()`.
+    Binary,
+    /// `BIT(n)`: its unsigned number (a string would be taken as bytes).
+    Bit,
+    /// Everything else: its text, parsed back by the column's type.
+    Text,
+}
+
+fn mysql_kind(col: &Col) -> MyKind {
+    match col.mysql.as_deref().unwrap_or("") {
+        "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" | "geometry"
+        | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring"
+        | "multipolygon" | "geometrycollection" => MyKind::Binary,
+        "bit" => MyKind::Bit,
+        _ => MyKind::Text,
+    }
+}
+
 /// Column `c` of the image `json` decoded back to its value.
 fn decode(dialect: Dialect, json: &str, col: &Col) -> String {
     let c = &col.name;
@@ -258,7 +392,19 @@ fn decode(dialect: Dialect, json: &str, col: &Col) -> String {
             ty = col.json.as_deref().unwrap_or("json")
         ),
         Dialect::Postgres => format!("dbj_r.{}", ident(c)),
-        _ => {
+        Dialect::MySql => {
+            let path = lit(&format!("$.\"{c}\""));
+            let value = format!("JSON_VALUE({json}, {path})");
+            let value = match mysql_kind(col) {
+                MyKind::Binary => format!("UNHEX({value})"),
+                MyKind::Bit => format!("CAST({value} AS UNSIGNED)"),
+                MyKind::Text => value,
+            };
+            format!(
+                "CASE WHEN JSON_TYPE(JSON_EXTRACT({json}, {path})) = 'NULL' THEN NULL ELSE {value} END"
+            )
+        }
+        Dialect::Sqlite => {
             let path = |i: u8| format!("json_extract({json}, '$.\"{c}\"[{i}]')");
             format!(
                 "CASE {ty} WHEN 'blob' THEN unhex({v}) WHEN 'real' THEN CAST({v} AS REAL) \
@@ -279,12 +425,25 @@ fn key_object(dialect: Dialect, backup: &Backup) -> String {
         .collect();
     match dialect {
         Dialect::Postgres => format!("json_build_object({})", parts.join(", ")),
-        _ => format!("json_object({})", parts.join(", ")),
+        Dialect::MySql => format!("JSON_OBJECT({})", parts.join(", ")),
+        Dialect::Sqlite => format!("json_object({})", parts.join(", ")),
     }
 }
 
 /// `(dbj_t.k1, ...) IN (SELECT <k1 of image dbj_i's key>, ...)`.
 fn key_match(dialect: Dialect, backup: &Backup) -> String {
+    if dialect == Dialect::MySql {
+        // Each key column equal to the key's value (which an index can
+        // serve), and the row's key image byte for byte the stored one (so a
+        // case-insensitive collation or a numeric conversion cannot match a
+        // neighbour).
+        let mut parts: Vec<String> = backup.key.iter().map(|k| mysql_key_part(k)).collect();
+        parts.push(format!(
+            "CAST({} AS BINARY) = CAST(dbj_i.key AS BINARY)",
+            key_object(dialect, backup)
+        ));
+        return format!("({})", parts.join(" AND "));
+    }
     let left: Vec<String> = backup.key.iter().map(|k| format!("dbj_t.{k}")).collect();
     let right = match dialect {
         Dialect::Postgres => {
@@ -305,6 +464,14 @@ fn key_match(dialect: Dialect, backup: &Backup) -> String {
         }
     };
     format!("({}) IN ({right})", left.join(", "))
+}
+
+/// MySQL/MariaDB: key column `k` of row `dbj_t` equals image `dbj_i`'s.
+fn mysql_key_part(k: &str) -> String {
+    format!(
+        "dbj_t.{k} = JSON_VALUE(dbj_i.key, {})",
+        lit(&format!("$.\"{k}\""))
+    )
 }
 
 /// The current image of the row with image `dbj_i`'s key, or NULL.
@@ -342,10 +509,11 @@ pub fn before(capture: &Capture<'_>, cols: &[Col]) -> String {
         Dialect::Sqlite => "",
     };
     format!(
-        "INSERT INTO {img} (run_id, rule, batch, table_name, key, before) \
+        "INSERT INTO {img} (run_id, rule, batch, table_name, {kb}) \
          SELECT {run}, {rule}, {batch}, {table_lit}, {key}, {image} FROM {table} dbj_t \
          WHERE ({t_keys}) IN (SELECT {d_keys} FROM (\n{detect}\n) dbj_d){lock}",
         img = b.images.table,
+        kb = key_before(d),
         run = lit(capture.run_id),
         rule = lit(capture.rule),
         batch = capture.batch,
@@ -362,7 +530,12 @@ pub fn before(capture: &Capture<'_>, cols: &[Col]) -> String {
 #[must_use]
 pub fn after(dialect: Dialect, backup: &Backup, cols: &[Col], filter: &Filter<'_>) -> String {
     format!(
-        "UPDATE {img} AS dbj_i SET after = (SELECT {image} FROM {table} dbj_t WHERE {matching}) WHERE {filter}",
+        "UPDATE {img} AS dbj_i SET {after} = (SELECT {image} FROM {table} dbj_t WHERE {matching}) WHERE {filter}",
+        after = if dialect == Dialect::MySql {
+            "dbj_i.after"
+        } else {
+            "after"
+        },
         img = backup.images.table,
         image = image(dialect, cols),
         table = backup.table,
@@ -374,13 +547,11 @@ pub fn after(dialect: Dialect, backup: &Backup, cols: &[Col], filter: &Filter<'_
 /// Images taken and images that differ, of one batch.
 #[must_use]
 pub fn counts(dialect: Dialect, backup: &Backup, run: &str, batch: u64) -> String {
-    let differ = match dialect {
-        Dialect::Postgres => "before::text IS DISTINCT FROM after::text",
-        _ => "before IS NOT after",
-    };
+    let differ = differ(dialect, "dbj_i.before", "dbj_i.after");
     format!(
-        "SELECT CAST(count(*) AS TEXT), CAST(coalesce(sum(CASE WHEN {differ} THEN 1 ELSE 0 END), 0) AS TEXT) \
+        "SELECT CAST(count(*) AS {ty}), CAST(coalesce(sum(CASE WHEN {differ} THEN 1 ELSE 0 END), 0) AS {ty}) \
          FROM {img} dbj_i WHERE {filter}",
+        ty = text_type(dialect),
         img = backup.images.table,
         filter = Filter::Batch(run, batch).sql()
     )
@@ -389,22 +560,26 @@ pub fn counts(dialect: Dialect, backup: &Backup, run: &str, batch: u64) -> Strin
 /// Deletes the images of rows the fix did not change.
 #[must_use]
 pub fn drop_unchanged(dialect: Dialect, backup: &Backup, run: &str, batch: u64) -> String {
-    let same = match dialect {
-        Dialect::Postgres => "before::text IS NOT DISTINCT FROM after::text",
-        _ => "before IS after",
+    let same = format!("NOT ({})", differ(dialect, "dbj_i.before", "dbj_i.after"));
+    let delete = match dialect {
+        // MariaDB has no `DELETE FROM t AS alias`; the multi-table form has.
+        Dialect::MySql => "DELETE dbj_i FROM",
+        _ => "DELETE FROM",
     };
     format!(
-        "DELETE FROM {img} AS dbj_i WHERE {filter} AND {same}",
+        "{delete} {img} AS dbj_i WHERE {filter} AND {same}",
         img = backup.images.table,
         filter = Filter::Batch(run, batch).sql()
     )
 }
 
-/// Where a run's images are: `rule`, `table_name`, count.
+/// Where a run's images are: `rule`, `table_name`, count. (`locate` and
+/// `list` run before the engine is known to them, so they are written in SQL
+/// all three engines take: `concat`, which is text in each.)
 #[must_use]
 pub fn locate(images: &Images, run: &str) -> String {
     format!(
-        "SELECT rule, table_name, CAST(count(*) AS TEXT) FROM {} WHERE run_id = {} GROUP BY rule, table_name",
+        "SELECT rule, table_name, concat(count(*), '') FROM {} WHERE run_id = {} GROUP BY rule, table_name",
         images.table,
         lit(run)
     )
@@ -414,8 +589,10 @@ pub fn locate(images: &Images, run: &str) -> String {
 #[must_use]
 pub fn list(images: &Images, run: &str) -> String {
     format!(
-        "SELECT CAST(id AS TEXT), CAST(key AS TEXT), CAST(before AS TEXT), CAST(after AS TEXT) \
-         FROM {} WHERE run_id = {} ORDER BY id",
+        "SELECT concat(dbj_i.id, ''), concat(dbj_i.key, ''), \
+         CASE WHEN dbj_i.before IS NULL THEN NULL ELSE concat(dbj_i.before, '') END, \
+         CASE WHEN dbj_i.after IS NULL THEN NULL ELSE concat(dbj_i.after, '') END \
+         FROM {} dbj_i WHERE dbj_i.run_id = {} ORDER BY dbj_i.id",
         images.table,
         lit(run)
     )
@@ -438,24 +615,30 @@ pub fn lock_rows(dialect: Dialect, backup: &Backup, run: &str) -> Option<String>
                 run = lit(run)
             ))
         }
-        _ => None,
+        Dialect::MySql => {
+            let parts: Vec<String> = backup.key.iter().map(|k| mysql_key_part(k)).collect();
+            Some(format!(
+                "SELECT 1 FROM {img} dbj_i JOIN {table} dbj_t ON {on} WHERE dbj_i.run_id = {run} FOR UPDATE",
+                img = backup.images.table,
+                table = backup.table,
+                on = parts.join(" AND "),
+                run = lit(run)
+            ))
+        }
+        Dialect::Sqlite => None,
     }
 }
 
 /// Images of a run whose row is no longer its after-image: id and key.
 #[must_use]
 pub fn conflicts(dialect: Dialect, backup: &Backup, cols: &[Col], run: &str) -> String {
-    let after = text(dialect, "dbj_i.after");
-    let op = match dialect {
-        Dialect::Postgres => "IS DISTINCT FROM",
-        _ => "IS NOT",
-    };
+    let differ = differ(dialect, &current(dialect, backup, cols), "dbj_i.after");
     format!(
-        "SELECT CAST(dbj_i.id AS TEXT), CAST(dbj_i.key AS TEXT) FROM {img} dbj_i \
-         WHERE dbj_i.run_id = {run} AND {current} {op} {after} ORDER BY dbj_i.id",
+        "SELECT CAST(dbj_i.id AS {ty}), CAST(dbj_i.key AS {ty}) FROM {img} dbj_i \
+         WHERE dbj_i.run_id = {run} AND {differ} ORDER BY dbj_i.id",
+        ty = text_type(dialect),
         img = backup.images.table,
         run = lit(run),
-        current = current(dialect, backup, cols),
     )
 }
 
@@ -475,10 +658,11 @@ pub fn undo_before(
         key_match(dialect, backup)
     );
     format!(
-        "INSERT INTO {img} (run_id, rule, batch, table_name, key, before) \
+        "INSERT INTO {img} (run_id, rule, batch, table_name, {kb}) \
          SELECT {run}, dbj_i.rule, 0, dbj_i.table_name, dbj_i.key, {current} FROM {img} dbj_i \
          WHERE {filter} ORDER BY dbj_i.id",
         img = backup.images.table,
+        kb = key_before(dialect),
         run = lit(undo_run),
         filter = filter.sql(),
     )
@@ -488,8 +672,13 @@ pub fn undo_before(
 #[must_use]
 pub fn restore_delete(dialect: Dialect, backup: &Backup, filter: &Filter<'_>) -> String {
     format!(
-        "DELETE FROM {table} AS dbj_t WHERE EXISTS (SELECT 1 FROM {img} dbj_i WHERE {filter} \
+        "{delete} {table} AS dbj_t WHERE EXISTS (SELECT 1 FROM {img} dbj_i WHERE {filter} \
          AND dbj_i.before IS NULL AND dbj_i.after IS NOT NULL AND {matching})",
+        delete = if dialect == Dialect::MySql {
+            "DELETE dbj_t FROM"
+        } else {
+            "DELETE FROM"
+        },
         table = backup.table,
         img = backup.images.table,
         filter = filter.sql(),
@@ -500,7 +689,7 @@ pub fn restore_delete(dialect: Dialect, backup: &Backup, filter: &Filter<'_>) ->
 /// The restore's column list, the before-image's decoded values, and the
 /// FROM list that provides them.
 fn restore_source(dialect: Dialect, backup: &Backup, cols: &[Col]) -> (String, String, String) {
-    let quoted: Vec<String> = cols.iter().map(|c| ident(&c.name)).collect();
+    let quoted: Vec<String> = cols.iter().map(|c| qident(dialect, &c.name)).collect();
     let values: Vec<String> = cols
         .iter()
         .map(|c| decode(dialect, "dbj_i.before", c))
@@ -524,6 +713,27 @@ pub fn restore_update(
     cols: &[Col],
     filter: &Filter<'_>,
 ) -> String {
+    if dialect == Dialect::MySql {
+        let sets: Vec<String> = cols
+            .iter()
+            .map(|c| {
+                format!(
+                    "dbj_t.{} = {}",
+                    qident(dialect, &c.name),
+                    decode(dialect, "dbj_i.before", c)
+                )
+            })
+            .collect();
+        return format!(
+            "UPDATE {table} dbj_t JOIN {img} dbj_i ON {matching} SET {sets} \
+             WHERE {filter} AND dbj_i.before IS NOT NULL AND dbj_i.after IS NOT NULL",
+            table = backup.table,
+            img = backup.images.table,
+            matching = key_match(dialect, backup),
+            sets = sets.join(", "),
+            filter = filter.sql(),
+        );
+    }
     let (cols, values, from) = restore_source(dialect, backup, cols);
     format!(
         "UPDATE {table} AS dbj_t SET ({cols}) = (SELECT {values}) FROM {from} \

@@ -118,6 +118,11 @@ pub async fn restore<S: Session>(
     undo_run: &str,
     only_unchanged: bool,
 ) -> Result<Restored, DbError> {
+    if dialect == Dialect::MySql {
+        // Out of the session's READ ONLY transaction into a read-write one
+        // (see `backup::before`), before anything is locked or written.
+        session.execute("DO 0").await?;
+    }
     if let Some(lock) = sql::lock_rows(dialect, backup, run) {
         session.own(&lock).await?;
     }

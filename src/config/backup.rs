@@ -48,8 +48,7 @@ impl Loader<'_> {
 
     /// `backup:` of a rule: plain names, never with `mode: autocommit` (its
     /// changes commit statement by statement, so no image could commit with
-    /// them). Accepted on MySQL/MariaDB, where no image is kept yet (the
-    /// engine logs a warning and the report has no `kept`).
+    /// them).
     pub(super) fn backup(
         &mut self,
         file: &Path,

@@ -109,13 +109,15 @@ async fn the_run_id_is_the_same_in_report_audit_and_notifications(engine: Engine
 
 use crate::util::Case;
 
-/// One test per engine with images (PostgreSQL and SQLite).
+/// One test per engine (PostgreSQL, MariaDB and SQLite).
 macro_rules! with_images {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
             use crate::util::Engine;
             #[tokio::test(flavor = "multi_thread")]
             async fn postgres() { super::$name(Engine::Postgres).await }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn mysql() { super::$name(Engine::MySql).await }
             #[tokio::test(flavor = "multi_thread")]
             async fn sqlite() { super::$name(Engine::Sqlite).await }
         }
@@ -139,9 +141,26 @@ async fn awkward(engine: Engine) -> TestDb {
 }
 
 /// Every table, every column, as exact text: PostgreSQL's row text form;
-/// SQLite's `quote()` with the storage class of every value.
+/// SQLite's `quote()` with the storage class of every value; MariaDB's
+/// bytes in hex, a TIMESTAMP both as text and as its UTC instant, a DOUBLE
+/// in the server's shortest round-trip form (one text per double).
 async fn dump(db: &TestDb) -> Vec<Vec<Option<String>>> {
     match db.engine {
+        Engine::MySql => {
+            let mut rows = db
+                .rows(
+                    "SELECT CAST(id AS CHAR), CAST(vm_id AS CHAR), HEX(state), CAST(taken_at AS CHAR), \
+                     CAST(UNIX_TIMESTAMP(taken_at) AS CHAR), CAST(local_at AS CHAR), CAST(amount AS CHAR), \
+                     HEX(doc), HEX(payload), HEX(tag), CAST(ratio AS CHAR), HEX(note), \
+                     CAST(flags + 0 AS CHAR), CAST(day AS CHAR), HEX(kind) FROM ha_work ORDER BY id",
+                )
+                .await;
+            rows.extend(
+                db.rows("SELECT CAST(id AS CHAR), HEX(name) FROM vm ORDER BY id")
+                    .await,
+            );
+            rows
+        }
         Engine::Sqlite => {
             let mut rows = db
                 .rows(
@@ -277,6 +296,7 @@ async fn delete_fix_then_undo_restores_every_byte(engine: Engine) {
 
 async fn batch_delete_then_undo_restores_every_byte(engine: Engine) {
     let fix = match engine {
+        Engine::MySql => "DELETE FROM ha_work WHERE state = 'stale' ORDER BY id LIMIT 3",
         Engine::Postgres => {
             "DELETE FROM ha_work WHERE id = ANY(ARRAY(SELECT id FROM ha_work WHERE state = 'stale' ORDER BY id LIMIT 3))"
         }
@@ -367,6 +387,9 @@ async fn retention_removes_old_images(engine: Engine) {
     assert_eq!(images(&db).await, 4);
     let aged = match engine {
         Engine::Postgres => "UPDATE dbjanitor_images SET taken_at = now() - interval '31 days'",
+        Engine::MySql => {
+            "UPDATE dbjanitor_images SET taken_at = CURRENT_TIMESTAMP(6) - INTERVAL 31 DAY"
+        }
         _ => {
             "UPDATE dbjanitor_images SET taken_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-31 days')"
         }
