@@ -152,7 +152,8 @@ async fn dump(db: &TestDb) -> Vec<Vec<Option<String>>> {
                     "SELECT CAST(id AS CHAR), CAST(vm_id AS CHAR), HEX(state), CAST(taken_at AS CHAR), \
                      CAST(UNIX_TIMESTAMP(taken_at) AS CHAR), CAST(local_at AS CHAR), CAST(amount AS CHAR), \
                      HEX(doc), HEX(payload), HEX(tag), CAST(ratio AS CHAR), HEX(note), \
-                     CAST(flags + 0 AS CHAR), CAST(day AS CHAR), HEX(kind) FROM ha_work ORDER BY id",
+                     CAST(flags + 0 AS CHAR), CAST(day AS CHAR), HEX(kind), CAST(span AS CHAR), \
+                     CAST(small AS CHAR) FROM ha_work ORDER BY id",
                 )
                 .await;
             rows.extend(
@@ -459,4 +460,44 @@ async fn backup_is_refused_at_load_for_autocommit_and_bad_names() {
         .run(&["check"]);
     out.assert_code(2);
     assert!(out.stderr.contains("rule01.yaml:7:10:"), "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_during_the_fix_leaves_neither_change_nor_images_on_mariadb() {
+    let db = awkward(Engine::MySql).await;
+    let original = dump(&db).await;
+    let fix = format!("{UPDATE_FIX}; DO SLEEP(8)");
+    let case = case(&db, &rule("w.slow", &fix, "timeout: 60s\n"));
+    let mut child = case.spawn(&["run"]);
+    let sleeping = "SELECT count(*) FROM information_schema.processlist \
+                    WHERE info LIKE 'DO SLEEP(8)%' AND db = DATABASE()";
+    // Wait until the fix is inside SLEEP (its images and UPDATE are done, uncommitted).
+    let started = std::time::Instant::now();
+    while db.scalar(sleeping).await == 0 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the fix never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(dump(&db).await, original, "the change is not visible yet");
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    // The server ends the session (and rolls back) when the sleep ends at the latest.
+    let started = std::time::Instant::now();
+    while db.scalar(sleeping).await > 0 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let started = std::time::Instant::now();
+    while db
+        .scalar("SELECT count(*) FROM information_schema.innodb_trx t JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id WHERE p.db = DATABASE()")
+        .await
+        > 0
+    {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(dump(&db).await, original, "no change survived the kill");
+    assert_eq!(images(&db).await, 0, "no orphaned image");
 }
