@@ -404,40 +404,73 @@ async fn retention_removes_old_images(engine: Engine) {
     assert!(out.stderr.contains("no database"), "{}", out.stderr);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigkill_during_the_fix_leaves_neither_change_nor_images() {
-    let db = awkward(Engine::Postgres).await;
-    let original = dump(&db).await;
-    let fix = format!("{UPDATE_FIX}; SELECT pg_sleep(30)");
-    let case = case(&db, &rule("w.slow", &fix, "timeout: 60s\n"));
-    let mut child = case.spawn(&["run"]);
-    // Wait until the fix is inside pg_sleep (its images and UPDATE are done, uncommitted).
+/// Polls `sql` (a count) every 100 ms until `done` holds, for at most `secs` seconds.
+async fn wait_for(db: &TestDb, sql: &str, done: fn(i64) -> bool, secs: u64, what: &str) {
     let started = std::time::Instant::now();
-    loop {
-        let sleeping = db
-            .scalar("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid() AND datname = current_database()")
-            .await;
-        if sleeping > 0 {
-            break;
-        }
+    while !done(db.scalar(sql).await) {
         assert!(
-            started.elapsed() < std::time::Duration::from_secs(20),
-            "the fix never started"
+            started.elapsed() < std::time::Duration::from_secs(secs),
+            "{what}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_during_the_fix_leaves_neither_change_nor_images() {
+    sigkill_during_the_fix(Engine::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_during_the_fix_leaves_neither_change_nor_images_on_mariadb() {
+    sigkill_during_the_fix(Engine::MySql).await;
+}
+
+async fn sigkill_during_the_fix(engine: Engine) {
+    let db = awkward(engine).await;
+    let original = dump(&db).await;
+    // The fix sleeps after its UPDATE (images and change done, uncommitted);
+    // `sleeping` counts the sessions inside that sleep.
+    let (sleep, sleeping, open) = match engine {
+        Engine::MySql => (
+            "DO SLEEP(8)",
+            "SELECT count(*) FROM information_schema.processlist \
+             WHERE info LIKE 'DO SLEEP(8)%' AND db = DATABASE()",
+            "SELECT count(*) FROM information_schema.innodb_trx t JOIN information_schema.processlist p \
+             ON p.id = t.trx_mysql_thread_id WHERE p.db = DATABASE()",
+        ),
+        _ => (
+            "SELECT pg_sleep(30)",
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' \
+             AND pid <> pg_backend_pid() AND datname = current_database()",
+            "SELECT 0",
+        ),
+    };
+    let fix = format!("{UPDATE_FIX}; {sleep}");
+    let case = case(&db, &rule("w.slow", &fix, "timeout: 60s\n"));
+    let mut child = case.spawn(&["run"]);
+    wait_for(&db, sleeping, |n| n > 0, 20, "the fix never started").await;
+    assert_eq!(dump(&db).await, original, "the change is not visible yet");
     child.kill().expect("SIGKILL");
     let _ = child.wait();
-    // The server ends the session when it notices; wait for the backend to go.
-    let started = std::time::Instant::now();
-    while db
-        .scalar("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid() AND datname = current_database()")
-        .await
-        > 0
-    {
-        assert!(started.elapsed() < std::time::Duration::from_secs(40));
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    // The server ends the session when it notices (MariaDB: when the sleep
+    // ends at the latest) and rolls back.
+    wait_for(
+        &db,
+        sleeping,
+        |n| n == 0,
+        40,
+        "the session outlived its client",
+    )
+    .await;
+    wait_for(
+        &db,
+        open,
+        |n| n == 0,
+        30,
+        "the transaction outlived its client",
+    )
+    .await;
     assert_eq!(dump(&db).await, original, "no change survived the kill");
     assert_eq!(images(&db).await, 0, "no orphaned image");
 }
@@ -460,44 +493,4 @@ async fn backup_is_refused_at_load_for_autocommit_and_bad_names() {
         .run(&["check"]);
     out.assert_code(2);
     assert!(out.stderr.contains("rule01.yaml:7:10:"), "{}", out.stderr);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn sigkill_during_the_fix_leaves_neither_change_nor_images_on_mariadb() {
-    let db = awkward(Engine::MySql).await;
-    let original = dump(&db).await;
-    let fix = format!("{UPDATE_FIX}; DO SLEEP(8)");
-    let case = case(&db, &rule("w.slow", &fix, "timeout: 60s\n"));
-    let mut child = case.spawn(&["run"]);
-    let sleeping = "SELECT count(*) FROM information_schema.processlist \
-                    WHERE info LIKE 'DO SLEEP(8)%' AND db = DATABASE()";
-    // Wait until the fix is inside SLEEP (its images and UPDATE are done, uncommitted).
-    let started = std::time::Instant::now();
-    while db.scalar(sleeping).await == 0 {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(20),
-            "the fix never started"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(dump(&db).await, original, "the change is not visible yet");
-    child.kill().expect("SIGKILL");
-    let _ = child.wait();
-    // The server ends the session (and rolls back) when the sleep ends at the latest.
-    let started = std::time::Instant::now();
-    while db.scalar(sleeping).await > 0 {
-        assert!(started.elapsed() < std::time::Duration::from_secs(30));
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    let started = std::time::Instant::now();
-    while db
-        .scalar("SELECT count(*) FROM information_schema.innodb_trx t JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id WHERE p.db = DATABASE()")
-        .await
-        > 0
-    {
-        assert!(started.elapsed() < std::time::Duration::from_secs(30));
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    assert_eq!(dump(&db).await, original, "no change survived the kill");
-    assert_eq!(images(&db).await, 0, "no orphaned image");
 }
