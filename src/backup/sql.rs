@@ -34,9 +34,9 @@
 //! fraction, `JSON` as its text (MariaDB keeps it verbatim), and `TIMESTAMP`
 //! under a pinned session `time_zone = '+00:00'` (restored after each
 //! statement), so it is the stored UTC instant, free of DST gaps and folds.
-//! Restores decode with `JSON_VALUE` (and `UNHEX` for binary types) and
-//! assign the text back under the same pinned zone, so the column type's own
-//! conversion parses it. Tested on MariaDB 10.11.
+//! Restores decode with `JSON_UNQUOTE(JSON_EXTRACT())` (and `UNHEX` for
+//! binary types) and assign the text back under the same pinned zone, so the
+//! column type's own conversion parses it. Tested on MariaDB 10.11 only.
 
 use crate::db::{DbError, Dialect, Own, Session};
 
@@ -394,7 +394,9 @@ fn decode(dialect: Dialect, json: &str, col: &Col) -> String {
         Dialect::Postgres => format!("dbj_r.{}", ident(c)),
         Dialect::MySql => {
             let path = lit(&format!("$.\"{c}\""));
-            let value = format!("JSON_VALUE({json}, {path})");
+            // JSON_UNQUOTE(JSON_EXTRACT()): MySQL's JSON_VALUE returns at most
+            // 512 characters by default, and MariaDB's has no RETURNING clause.
+            let value = format!("JSON_UNQUOTE(JSON_EXTRACT({json}, {path}))");
             let value = match mysql_kind(col) {
                 MyKind::Binary => format!("UNHEX({value})"),
                 MyKind::Bit => format!("CAST({value} AS UNSIGNED)"),
@@ -469,7 +471,7 @@ fn key_match(dialect: Dialect, backup: &Backup) -> String {
 /// MySQL/MariaDB: key column `k` of row `dbj_t` equals image `dbj_i`'s.
 fn mysql_key_part(k: &str) -> String {
     format!(
-        "dbj_t.{k} = JSON_VALUE(dbj_i.key, {})",
+        "dbj_t.{k} = JSON_UNQUOTE(JSON_EXTRACT(dbj_i.key, {}))",
         lit(&format!("$.\"{k}\""))
     )
 }
@@ -764,4 +766,39 @@ pub fn restore_insert(
         table = backup.table,
         filter = filter.sql(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(name: &str, ty: &str) -> Col {
+        Col {
+            name: name.to_owned(),
+            json: None,
+            mysql: Some(ty.to_owned()),
+        }
+    }
+
+    #[test]
+    fn mysql_images_keep_bytes_as_hex_and_reserved_names_quoted() {
+        let cols = [
+            col("id", "bigint"),
+            col("payload", "blob"),
+            col("flags", "bit"),
+        ];
+        let image = image(Dialect::MySql, &cols);
+        assert!(image.contains("HEX(dbj_t.`payload`)"), "{image}");
+        assert!(
+            image.contains("CAST(CAST(dbj_t.`flags` AS UNSIGNED) AS CHAR)"),
+            "{image}"
+        );
+        assert!(image.contains("CAST(dbj_t.`id` AS CHAR)"), "{image}");
+        let back = decode(Dialect::MySql, "dbj_i.before", &cols[1]);
+        assert!(back.contains("UNHEX(JSON_UNQUOTE(JSON_EXTRACT("), "{back}");
+        assert!(back.contains("= 'NULL' THEN NULL"), "{back}");
+        let create = prepare(Dialect::MySql, &Images::default());
+        assert!(create.contains("`key` LONGTEXT NOT NULL"), "{create}");
+        assert!(create.contains("utf8mb4_bin"), "{create}");
+    }
 }

@@ -153,7 +153,7 @@ async fn dump(db: &TestDb) -> Vec<Vec<Option<String>>> {
                      CAST(UNIX_TIMESTAMP(taken_at) AS CHAR), CAST(local_at AS CHAR), CAST(amount AS CHAR), \
                      HEX(doc), HEX(payload), HEX(tag), CAST(ratio AS CHAR), HEX(note), \
                      CAST(flags + 0 AS CHAR), CAST(day AS CHAR), HEX(kind), CAST(span AS CHAR), \
-                     CAST(small AS CHAR) FROM ha_work ORDER BY id",
+                     CAST(small AS CHAR), HEX(body), HEX(blob_long) FROM ha_work ORDER BY id",
                 )
                 .await;
             rows.extend(
