@@ -140,6 +140,28 @@ impl PgSession {
         })
     }
 
+    /// Readies the session for the next rule of the same run on this
+    /// database; `Ok(false)` when it must not be reused. What a run leaves on
+    /// the session by design: nothing in a transaction (the engine ended it;
+    /// checked here), no lock (released; checked here), and, only after a
+    /// session advisory lock, the limits set with `SET`. On a direct
+    /// connection (lock kind `advisory`) `DISCARD ALL` returns the session to
+    /// how it started (settings, temporary tables, advisory locks, cursors,
+    /// prepared statements); through a pooler (kind `lease`) nothing is
+    /// session-scoped: limits are `SET LOCAL` and the lease is a row.
+    pub(crate) async fn reset(&mut self, settings: &ConnectSettings) -> Result<bool, DbError> {
+        if self.in_transaction || !matches!(self.held, Held::None) {
+            return Ok(false);
+        }
+        if self.kind == LockKind::Advisory {
+            self.conn.batch("DISCARD ALL").await?;
+        }
+        self.timeout = settings.timeout;
+        self.xid = None;
+        self.commit_sent = false;
+        Ok(true)
+    }
+
     /// The lock kind in use (after `auto` was resolved).
     #[must_use]
     pub fn lock_kind(&self) -> LockKind {

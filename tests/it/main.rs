@@ -44,6 +44,9 @@ mod pgbouncer;
 mod postgres;
 /// The README's first rule, taken from README.md, on PostgreSQL and MariaDB.
 mod readme;
+/// Issue 11: one connection per database for the rules of a run; a failed
+/// rule's connection is not reused.
+mod reuse;
 /// Every rule of the pack on every engine it claims, against faithful fixtures.
 mod rulepack;
 /// Issue 8: read-only detect, transactions a fix cannot end, counts, a lock
