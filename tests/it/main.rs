@@ -25,6 +25,8 @@ mod config_errors;
 /// The daemon: a rule every second with audit rows as proof, SIGTERM during
 /// a slow fix, /healthz, /livez and /metrics parsed by a Prometheus parser.
 mod daemon;
+/// Issue 11: a report-only detect on PostgreSQL counts on the server.
+mod detect_count;
 /// Every outcome on every engine, with the rows checked afterwards.
 mod engine;
 /// Test harness: a fault-injection TCP proxy (stall, lost replies, cuts) in front of the real servers.
