@@ -292,6 +292,9 @@ fn webhook_config(
     })
 }
 
+/// `email:` settings. Every key is checked even when an earlier one is
+/// wrong, so that all of a notifier's problems are reported in one pass (as
+/// for rules); the config is built only when none was found.
 fn email_config(
     loader: &mut Loader<'_>,
     file: &Path,
@@ -299,11 +302,57 @@ fn email_config(
     raw: &Spanned<RawEmail>,
 ) -> Option<EmailConfig> {
     let raw = &raw.value;
-    let smtp = loader.expand(file, &raw.smtp)?;
+    let smtp = email_smtp(loader, file, &raw.smtp);
+    let tls = email_tls(loader, file, raw, smtp.as_deref());
+    let from = email_from(loader, file, &raw.from);
+    let recipients = email_recipients(loader, file, raw);
+    let username = match &raw.username {
+        Some(u) => loader.expand(file, u).map(Some),
+        None => Some(None),
+    };
+    let password = email_password(loader, file, base, raw);
+    let password = match (password, &username) {
+        (Some(Some(_)), Some(None)) => {
+            loader.err(
+                file,
+                raw.smtp.referenced,
+                "an SMTP password needs a username",
+            );
+            None
+        }
+        (password, _) => password,
+    };
+    let ca_pem = match &raw.ca_file {
+        Some(path) => email_ca_file(loader, file, base, path).map(Some),
+        None => Some(None),
+    };
+    let delivery = delivery_policy(
+        loader,
+        file,
+        [&raw.timeout, &raw.backoff, &raw.deadline],
+        raw.retries.as_ref(),
+    );
+    let (to, cc) = recipients?;
+    Some(EmailConfig {
+        smtp: SecretUrl::new(smtp?),
+        tls: tls?,
+        from: from?,
+        to,
+        cc,
+        username: username?,
+        password: password?,
+        ca_pem: ca_pem?,
+        delivery: delivery?,
+    })
+}
+
+/// `smtp:`: an `smtp://` or `smtps://` URL with a host.
+fn email_smtp(loader: &mut Loader<'_>, file: &Path, raw: &Spanned<String>) -> Option<String> {
+    let smtp = loader.expand(file, raw)?;
     if !(smtp.starts_with("smtp://") || smtp.starts_with("smtps://")) {
         loader.err(
             file,
-            raw.smtp.referenced,
+            raw.referenced,
             "email smtp must look like smtp://host:port",
         );
         return None;
@@ -315,16 +364,27 @@ fn email_config(
     {
         loader.err(
             file,
-            raw.smtp.referenced,
+            raw.referenced,
             "email smtp must look like smtp://host:port (no host found)",
         );
         return None;
     }
-    let tls = match raw.tls.as_ref().map(|t| t.value.as_str()) {
-        None if smtp.starts_with("smtps://") => EmailTls::Tls,
-        None | Some("starttls") => EmailTls::Starttls,
-        Some("none") => EmailTls::None,
-        Some("tls") => EmailTls::Tls,
+    Some(smtp)
+}
+
+/// `tls:`, defaulting to implicit TLS for `smtps://` and STARTTLS otherwise.
+/// `smtp` is `None` when that key was wrong; its error is already reported.
+fn email_tls(
+    loader: &mut Loader<'_>,
+    file: &Path,
+    raw: &RawEmail,
+    smtp: Option<&str>,
+) -> Option<EmailTls> {
+    match raw.tls.as_ref().map(|t| t.value.as_str()) {
+        None if smtp?.starts_with("smtps://") => Some(EmailTls::Tls),
+        None | Some("starttls") => Some(EmailTls::Starttls),
+        Some("none") => Some(EmailTls::None),
+        Some("tls") => Some(EmailTls::Tls),
         Some(other) => {
             let at = raw
                 .tls
@@ -335,146 +395,142 @@ fn email_config(
                 at,
                 format!("unknown tls {other:?}: expected none, starttls or tls"),
             );
-            return None;
+            None
         }
-    };
-    let from = loader.expand(file, &raw.from)?;
+    }
+}
+
+fn email_from(loader: &mut Loader<'_>, file: &Path, raw: &Spanned<String>) -> Option<String> {
+    let from = loader.expand(file, raw)?;
     if let Err(e) = Mailbox::from_str(&from) {
         loader.err(
             file,
-            raw.from.referenced,
+            raw.referenced,
             format!("from {from:?} is not an email address: {e}"),
         );
         return None;
     }
+    Some(from)
+}
+
+/// `to:` (at least one) and `cc:`; every address that is not one is named.
+fn email_recipients(
+    loader: &mut Loader<'_>,
+    file: &Path,
+    raw: &RawEmail,
+) -> Option<(Vec<String>, Vec<String>)> {
+    let mut ok = true;
     if raw.to.value.0.is_empty() {
         loader.err(
             file,
             raw.to.referenced,
             "to: needs at least one email address",
         );
-        return None;
+        ok = false;
     }
     let cc = raw
         .cc
         .as_ref()
         .map(|cc| cc.value.0.clone())
         .unwrap_or_default();
+    let cc_at = raw
+        .cc
+        .as_ref()
+        .map_or(raw.to.referenced, |cc| cc.referenced);
     for (key, list, at) in [
         ("to", &raw.to.value.0, raw.to.referenced),
-        (
-            "cc",
-            &cc,
-            raw.cc
-                .as_ref()
-                .map_or(raw.to.referenced, |cc| cc.referenced),
-        ),
+        ("cc", &cc, cc_at),
     ] {
-        if let Some((address, e)) = list
-            .iter()
-            .find_map(|a| Mailbox::from_str(a).err().map(|e| (a, e)))
-        {
-            loader.err(
-                file,
-                at,
-                format!("{key}: {address:?} is not an email address: {e}"),
-            );
-            return None;
+        for address in list {
+            if let Err(e) = Mailbox::from_str(address) {
+                loader.err(
+                    file,
+                    at,
+                    format!("{key}: {address:?} is not an email address: {e}"),
+                );
+                ok = false;
+            }
         }
     }
-    let username = match &raw.username {
-        Some(u) => Some(loader.expand(file, u)?),
-        None => None,
-    };
-    let password = match (&raw.password_env, &raw.password_file) {
+    ok.then(|| (raw.to.value.0.clone(), cc))
+}
+
+/// `password_env` or `password_file` (at most one). `Some(None)`: no
+/// password; `None`: an error was reported.
+fn email_password(
+    loader: &mut Loader<'_>,
+    file: &Path,
+    base: &Path,
+    raw: &RawEmail,
+) -> Option<Option<SecretString>> {
+    match (&raw.password_env, &raw.password_file) {
         (Some(var), None) => match loader.env.var(&var.value) {
-            Some(p) => Some(SecretString::new(p)),
+            Some(p) => Some(Some(SecretString::new(p))),
             None => {
                 loader.err(
                     file,
                     var.referenced,
                     format!("environment variable {} is not set", var.value),
                 );
-                return None;
+                None
             }
         },
         (None, Some(path)) => {
             let path_text = loader.expand(file, path)?;
             match std::fs::read_to_string(base.join(&path_text)) {
-                Ok(p) => Some(SecretString::new(
+                Ok(p) => Some(Some(SecretString::new(
                     p.trim_end_matches(['\n', '\r']).to_owned(),
-                )),
+                ))),
                 Err(e) => {
                     loader.err(
                         file,
                         path.referenced,
                         format!("cannot read password_file {path_text}: {e}"),
                     );
-                    return None;
+                    None
                 }
             }
         }
-        (None, None) => None,
+        (None, None) => Some(None),
         (Some(var), Some(_)) => {
             loader.err(
                 file,
                 var.referenced,
                 "give only one of password_env or password_file",
             );
+            None
+        }
+    }
+}
+
+/// `ca_file`: readable, and holding at least one PEM certificate.
+fn email_ca_file(
+    loader: &mut Loader<'_>,
+    file: &Path,
+    base: &Path,
+    path: &Spanned<String>,
+) -> Option<Vec<u8>> {
+    let path_text = loader.expand(file, path)?;
+    let pem = match std::fs::read(base.join(&path_text)) {
+        Ok(pem) => pem,
+        Err(e) => {
+            loader.err(
+                file,
+                path.referenced,
+                format!("cannot read ca_file {path_text}: {e}"),
+            );
             return None;
         }
     };
-    if password.is_some() && username.is_none() {
-        loader.err(
-            file,
-            raw.smtp.referenced,
-            "an SMTP password needs a username",
-        );
+    if let Err(e) = ca_certificate(&pem) {
+        loader.err(file, path.referenced, format!("ca_file {path_text}: {e}"));
         return None;
     }
-    let ca_pem = match &raw.ca_file {
-        Some(path) => {
-            let path_text = loader.expand(file, path)?;
-            let pem = match std::fs::read(base.join(&path_text)) {
-                Ok(pem) => pem,
-                Err(e) => {
-                    loader.err(
-                        file,
-                        path.referenced,
-                        format!("cannot read ca_file {path_text}: {e}"),
-                    );
-                    return None;
-                }
-            };
-            if let Err(e) = ca_certificate(&pem) {
-                loader.err(file, path.referenced, format!("ca_file {path_text}: {e}"));
-                return None;
-            }
-            Some(pem)
-        }
-        None => None,
-    };
-    let delivery = delivery_policy(
-        loader,
-        file,
-        [&raw.timeout, &raw.backoff, &raw.deadline],
-        raw.retries.as_ref(),
-    )?;
-    Some(EmailConfig {
-        smtp: SecretUrl::new(smtp),
-        tls,
-        from,
-        to: raw.to.value.0.clone(),
-        cc,
-        username,
-        password,
-        ca_pem,
-        delivery,
-    })
+    Some(pem)
 }
 
 /// Reads `timeout`, `backoff`, `deadline` (durations, in that order) and
-/// `retries`, each defaulted on its own.
+/// `retries`, each defaulted on its own; every wrong one is reported.
 fn delivery_policy(
     loader: &mut Loader<'_>,
     file: &Path,
@@ -482,13 +538,17 @@ fn delivery_policy(
     retries: Option<&Spanned<i64>>,
 ) -> Option<DeliveryPolicy> {
     let mut policy = DeliveryPolicy::default();
+    let mut ok = true;
     for (raw, slot) in [
         (timeout, &mut policy.timeout),
         (backoff, &mut policy.backoff),
         (deadline, &mut policy.deadline),
     ] {
         if let Some(raw) = raw {
-            *slot = loader.positive_duration(file, raw)?;
+            match loader.positive_duration(file, raw) {
+                Some(d) => *slot = d,
+                None => ok = false,
+            }
         }
     }
     if let Some(retries) = retries {
@@ -503,9 +563,9 @@ fn delivery_policy(
                         retries.value
                     ),
                 );
-                return None;
+                ok = false;
             }
         }
     }
-    Some(policy)
+    ok.then_some(policy)
 }

@@ -476,3 +476,27 @@ async fn an_optional_notifier_is_off_when_its_url_variable_is_unset() {
 fn required_config_path(stderr: &str) -> &str {
     stderr.split(':').next().unwrap_or_default()
 }
+
+/// Issue 13.4: an email notifier reports every wrong key in one pass, as a
+/// rule does, instead of stopping at the first.
+#[test]
+fn every_problem_of_an_email_notifier_is_reported_at_once() {
+    let out = Case::new()
+        .database("main", "sqlite:///nonexistent/x.db")
+        .rule("name: a\ndatabase: main\ndetect: SELECT 1\n")
+        .config(
+            "notifiers:\n  mail:\n    email:\n      smtp: \"http://127.0.0.1:2525\"\n      from: not-a-sender\n      to: [dba@example.org, nobody]\n      retries: 99\n      timeout: 0s\n",
+        )
+        .run(&["check"]);
+    out.assert_code(2);
+    for expected in [
+        "dbjanitor.yaml:8:13: email smtp must look like smtp://host:port",
+        "dbjanitor.yaml:9:13: from \"not-a-sender\" is not an email address",
+        "dbjanitor.yaml:10:11: to: \"nobody\" is not an email address",
+        "dbjanitor.yaml:11:16: retries must be between 0 and 10, found 99",
+        "dbjanitor.yaml:12:16: duration must be greater than 0",
+        "5 problems in the configuration",
+    ] {
+        assert!(out.stderr.contains(expected), "{expected}\n{}", out.stderr);
+    }
+}
