@@ -525,11 +525,15 @@ impl Loader<'_> {
                 }
             },
         };
-        if lock == crate::db::LockKind::Lease && dialect != Dialect::Postgres {
+        if lock == crate::db::LockKind::Lease
+            && dialect == Dialect::Sqlite
+            && let Some(raw) = &db.value.lock
+        {
+            // SQLite's lock is the file's (BEGIN IMMEDIATE); a lease adds nothing.
             self.err(
                 file,
-                db.referenced,
-                format!("database {name:?}: lock kind lease is only available on PostgreSQL"),
+                raw.value.kind.referenced,
+                format!("database {name:?}: lock kind lease is for PostgreSQL and MySQL/MariaDB; SQLite locks its file"),
             );
             return None;
         }

@@ -17,10 +17,12 @@ pub enum LockKind {
     Advisory,
     /// A lease in the table `dbjanitor_leases` of the target database: right
     /// behind a transaction-mode pooler (PgBouncer), where a session lock
-    /// would land on a random server connection.
+    /// would land on a random server connection, and on a Galera cluster,
+    /// where `GET_LOCK` holds on one node only.
     Lease,
     /// PostgreSQL: a lease when a pooler is detected, else advisory locks.
-    /// MySQL/MariaDB and SQLite: advisory.
+    /// MySQL/MariaDB: a lease on a Galera node (`wsrep_on`), else `GET_LOCK`.
+    /// SQLite: its file lock.
     #[default]
     Auto,
 }

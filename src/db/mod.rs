@@ -19,6 +19,7 @@
 //! its column type.
 
 mod lease;
+mod lease_mysql;
 mod lock;
 mod mysql;
 mod open;
@@ -35,6 +36,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use lease::LEASE_TABLE_SQL;
+pub use lease_mysql::MYSQL_LEASE_TABLE_SQL;
 pub use lock::{LockKind, mysql_lock_name, postgres_lock_key, postgres_schema_lock_key};
 pub use mysql::MySqlSession;
 pub use open::{AnySession, may_leave_session_state, open};

@@ -5,10 +5,14 @@
 //! what rule SQL means (`||`, `NOW()` against DATETIME columns). They are
 //! turned off here, so a rule means what it means in the `mariadb` client.
 //!
-//! Locks: `GET_LOCK` on the pinned connection for every mode (MySQL has no
-//! transaction-scoped lock). The lock survives COMMIT and is released
-//! explicitly, or by the server when the connection closes — which is why a
-//! connection is closed, never reused, after anything goes wrong.
+//! Locks: kind `advisory`: `GET_LOCK` on the pinned connection for every
+//! mode (MySQL has no transaction-scoped lock). The lock survives COMMIT and
+//! is released explicitly, or by the server when the connection closes —
+//! which is why a connection is closed, never reused, after anything goes
+//! wrong. Kind `lease`: a row in `dbjanitor_leases` (see `lease_mysql`),
+//! renewed before every batch and autocommit statement and fenced right
+//! before every COMMIT. Kind `auto`: a lease on a Galera node (`wsrep_on` is
+//! ON, where `GET_LOCK` is node-local), else `GET_LOCK`.
 //! Timeouts: `max_statement_time` on MariaDB (covers UPDATE/DELETE/DDL), and
 //! `max_execution_time` on MySQL (SELECT only); `innodb_lock_wait_timeout` and
 //! `lock_wait_timeout` so a blocked row or metadata lock cannot outlast it.
@@ -19,6 +23,9 @@ use std::time::Duration;
 use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlQueryResult, MySqlRow};
 use sqlx::{Decode, Row, TypeInfo, ValueRef};
 
+use super::lease::{self, Lease};
+use super::lease_mysql::MySqlLeases;
+use super::lock::LockKind;
 use super::text::{TextConn, TextDatabase};
 use super::{
     CommitOutcome, ConnectSettings, DatabaseConfig, DbError, Detection, Dialect, Executed, Session,
@@ -70,7 +77,17 @@ pub struct MySqlSession {
     txn: Txn,
     timeout: Duration,
     idle_limit: Duration,
+    /// `advisory` or `lease`, resolved from the config's `auto`.
+    kind: LockKind,
+    /// The lease held, with kind `lease`.
+    lease: Option<Lease>,
+    /// Whether the last commit attempt sent COMMIT (else it failed before,
+    /// at the lease's fencing check, and nothing can have committed).
+    commit_sent: bool,
 }
+
+/// The shortest lease.
+const MIN_LEASE: Duration = Duration::from_secs(3);
 
 /// The most `wait_timeout` accepts (one year), so any rule timeout maps to a valid value.
 const MAX_WAIT_TIMEOUT_SECS: u64 = 31_536_000;
@@ -112,6 +129,16 @@ impl MySqlSession {
             .fetch_one("SELECT VERSION(), COALESCE(DATABASE(), '')")
             .await?;
         let version = MySql::cell(&row, 0).unwrap_or_default();
+        let kind = match db.lock {
+            LockKind::Auto => {
+                if galera_node(&mut text).await? {
+                    LockKind::Lease
+                } else {
+                    LockKind::Advisory
+                }
+            }
+            other => other,
+        };
         let mut session = Self {
             mariadb: version.contains("MariaDB"),
             version: version.clone(),
@@ -120,6 +147,9 @@ impl MySqlSession {
             txn: Txn::None,
             timeout: settings.timeout,
             idle_limit: idle_limit(settings.timeout),
+            kind,
+            lease: None,
+            commit_sent: false,
         };
         session.set_limits(&version).await?;
         Ok(session)
@@ -259,9 +289,76 @@ impl MySqlSession {
     }
 
     async fn release_lock(&mut self, lock_name: &str) -> Result<(), DbError> {
+        if let Some(held) = self.lease.take() {
+            return lease::release(&mut MySqlLeases(&mut self.text), &held).await;
+        }
         let name = quote(&mysql_lock_name(&self.schema, lock_name));
         self.text.run(&format!("DO RELEASE_LOCK({name})")).await
     }
+
+    /// The lock kind in use (after `auto` was resolved).
+    #[must_use]
+    pub fn lock_kind(&self) -> LockKind {
+        self.kind
+    }
+
+    /// The lease length: renewed before every batch, so three statement
+    /// timeouts leave room for a batch and its pause.
+    fn lease_ttl(&self) -> Duration {
+        (self.timeout * 3).max(MIN_LEASE)
+    }
+
+    /// `GET_LOCK`, or the lease with kind `lease`.
+    async fn take_lock(&mut self, lock_name: &str, wait: Duration) -> Result<bool, DbError> {
+        if self.kind != LockKind::Lease {
+            return self.get_lock(lock_name, wait).await;
+        }
+        let ttl = self.lease_ttl();
+        match lease::acquire(&mut MySqlLeases(&mut self.text), lock_name, ttl, wait).await? {
+            Some(held) => {
+                self.lease = Some(held);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Fencing (a lease must still be ours, checked and extended inside the
+    /// transaction that is about to commit), then COMMIT.
+    async fn fenced_commit(&mut self) -> Result<(), DbError> {
+        self.commit_sent = false;
+        if self.txn == Txn::ReadWrite
+            && let Some(held) = &self.lease
+            && let Err(lost) = lease::fence(&mut MySqlLeases(&mut self.text), held).await
+        {
+            // COMMIT is never sent; the acknowledged ROLLBACK makes the
+            // rollback observed, not assumed (else the connection's close
+            // rolls it back: it cannot commit without COMMIT).
+            if self.text.run("ROLLBACK").await.is_ok() {
+                self.txn = Txn::None;
+            }
+            return Err(lost);
+        }
+        self.commit_sent = true;
+        self.text.run("COMMIT").await?;
+        self.txn = Txn::None;
+        Ok(())
+    }
+}
+
+/// Whether the server is a Galera node with replication on (`wsrep_on`),
+/// where `GET_LOCK` holds on that node only. A server without the variable
+/// (MySQL, MariaDB without Galera support) is not.
+async fn galera_node(text: &mut TextConn<MySql>) -> Result<bool, DbError> {
+    let rows = text
+        .detect("SHOW SESSION VARIABLES LIKE 'wsrep_on'", 1, None)
+        .await?;
+    Ok(rows
+        .sample
+        .rows
+        .first()
+        .and_then(|row| row.get(1).cloned().flatten())
+        .is_some_and(|value| value.eq_ignore_ascii_case("ON")))
 }
 
 /// Quotes a string literal for MySQL (our own lock names only).
@@ -271,7 +368,7 @@ fn quote(text: &str) -> String {
 
 impl Session for MySqlSession {
     async fn begin_locked(&mut self, lock_name: &str, wait: Duration) -> Result<bool, DbError> {
-        if !self.get_lock(lock_name, wait).await? {
+        if !self.take_lock(lock_name, wait).await? {
             return Ok(false);
         }
         // Detect runs read-only; the first fix statement switches to a
@@ -282,15 +379,17 @@ impl Session for MySqlSession {
     }
 
     async fn finish_locked(&mut self, commit: bool, lock_name: &str) -> Result<(), DbError> {
-        self.text
-            .run(if commit { "COMMIT" } else { "ROLLBACK" })
-            .await?;
+        if commit {
+            self.fenced_commit().await?;
+        } else {
+            self.text.run("ROLLBACK").await?;
+        }
         self.txn = Txn::None;
         self.release_lock(lock_name).await
     }
 
     async fn lock_session(&mut self, lock_name: &str, wait: Duration) -> Result<bool, DbError> {
-        self.get_lock(lock_name, wait).await
+        self.take_lock(lock_name, wait).await
     }
 
     async fn unlock_session(&mut self, lock_name: &str) -> Result<(), DbError> {
@@ -298,15 +397,16 @@ impl Session for MySqlSession {
     }
 
     async fn begin(&mut self) -> Result<(), DbError> {
+        if let Some(held) = &self.lease {
+            lease::renew(&mut MySqlLeases(&mut self.text), held).await?;
+        }
         self.text.run("START TRANSACTION").await?;
         self.txn = Txn::ReadWrite;
         Ok(())
     }
 
     async fn commit(&mut self) -> Result<(), DbError> {
-        self.text.run("COMMIT").await?;
-        self.txn = Txn::None;
-        Ok(())
+        self.fenced_commit().await
     }
 
     async fn rollback(&mut self) -> Result<(), DbError> {
@@ -364,6 +464,12 @@ impl Session for MySqlSession {
             self.text.run("START TRANSACTION").await?;
             self.txn = Txn::ReadWrite;
         }
+        if self.txn == Txn::None
+            && let Some(held) = &self.lease
+        {
+            // Autocommit: each statement commits on its own; check the lease first.
+            lease::renew(&mut MySqlLeases(&mut self.text), held).await?;
+        }
         self.server_checks_one_statement(sql).await?;
         let rows = self.text.execute(sql).await?;
         if self.txn == Txn::ReadWrite && !self.transaction_open().await? {
@@ -383,7 +489,11 @@ impl Session for MySqlSession {
     }
 
     async fn close(self) {
-        self.text.close().await;
+        let mut this = self;
+        if let Some(held) = this.lease.take() {
+            let _ = lease::release(&mut MySqlLeases(&mut this.text), &held).await;
+        }
+        this.text.close().await;
     }
 
     async fn abort(self) {
@@ -391,7 +501,13 @@ impl Session for MySqlSession {
     }
 
     async fn abort_after_commit(self) -> CommitOutcome {
+        let commit_sent = self.commit_sent;
         self.text.abort();
+        if !commit_sent {
+            // The fencing check failed before COMMIT was sent: the open
+            // transaction cannot commit, the server rolls it back.
+            return CommitOutcome::RolledBack;
+        }
         CommitOutcome::Unknown(
             "MySQL/MariaDB cannot say afterwards whether a COMMIT whose reply was lost took effect"
                 .to_owned(),
@@ -400,8 +516,12 @@ impl Session for MySqlSession {
 
     fn abandon_bound(&self) -> Duration {
         // A running statement ends within the timeout (MariaDB max_statement_time),
-        // then the idle limit ends the session.
-        self.timeout.saturating_add(self.idle_limit)
+        // then the idle limit ends the session. A lease expires on its own.
+        let bound = self.timeout.saturating_add(self.idle_limit);
+        match &self.lease {
+            Some(held) => bound.max(held.ttl),
+            None => bound,
+        }
     }
 }
 

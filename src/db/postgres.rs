@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::SimpleQueryMessage;
 use tokio_postgres::types::Type;
 
-use super::lease::{self, Lease};
+use super::lease::{self, Lease, PgLeases};
 use super::lock::LockKind;
 use super::pgconn::PgConn;
 use super::{
@@ -232,7 +232,7 @@ impl PgSession {
         };
         self.xid = self.conn.text(xid_sql).await?;
         if let Held::Lease(held) = &self.held {
-            lease::fence(&self.conn, held).await?;
+            lease::fence(&mut PgLeases(&self.conn), held).await?;
         }
         self.commit_sent = true;
         self.end_transaction(true).await
@@ -241,7 +241,7 @@ impl PgSession {
     /// Takes a lease for `lock_name` (polling for `wait`).
     async fn take_lease(&mut self, lock_name: &str, wait: Duration) -> Result<bool, DbError> {
         let ttl = self.lease_ttl();
-        match lease::acquire(&self.conn, lock_name, ttl, wait).await? {
+        match lease::acquire(&mut PgLeases(&self.conn), lock_name, ttl, wait).await? {
             Some(held) => {
                 self.held = Held::Lease(held);
                 Ok(true)
@@ -252,7 +252,7 @@ impl PgSession {
 
     async fn drop_lease(&mut self) -> Result<(), DbError> {
         if let Held::Lease(held) = std::mem::replace(&mut self.held, Held::None) {
-            lease::release(&self.conn, &held).await?;
+            lease::release(&mut PgLeases(&self.conn), &held).await?;
         }
         Ok(())
     }
@@ -675,14 +675,14 @@ impl Session for PgSession {
                     .batch(&format!("SELECT pg_advisory_unlock({key})"))
                     .await
             }
-            Held::Lease(held) => lease::release(&self.conn, &held).await,
+            Held::Lease(held) => lease::release(&mut PgLeases(&self.conn), &held).await,
             Held::None => Ok(()),
         }
     }
 
     async fn begin(&mut self) -> Result<(), DbError> {
         if let Held::Lease(held) = &self.held {
-            lease::renew(&self.conn, held).await?;
+            lease::renew(&mut PgLeases(&self.conn), held).await?;
         }
         self.open_transaction("").await.map(|_| ())
     }
@@ -749,7 +749,7 @@ impl Session for PgSession {
             && let Held::Lease(held) = &self.held
         {
             // Autocommit: each statement commits on its own; check the lease first.
-            lease::renew(&self.conn, held).await?;
+            lease::renew(&mut PgLeases(&self.conn), held).await?;
         }
         let rows = self.conn.execute_one(sql, &[]).await?;
         Ok(Executed {

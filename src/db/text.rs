@@ -66,6 +66,33 @@ where
         sql_error(&self.url, err)
     }
 
+    /// Runs one statement with bound parameters (dbjanitor's own SQL, e.g.
+    /// the lease table's); rows affected.
+    pub(crate) async fn execute_bound<'q, E>(&mut self, query: E) -> Result<u64, DbError>
+    where
+        E: 'q + sqlx::Execute<'q, DB>,
+    {
+        self.conn
+            .execute(query)
+            .await
+            .map(|done| DB::rows_affected(&done))
+            .map_err(|e| sql_error(&self.url, &e))
+    }
+
+    /// The first row, if any, of a query with bound parameters.
+    pub(crate) async fn fetch_optional_bound<'q, E>(
+        &mut self,
+        query: E,
+    ) -> Result<Option<DB::Row>, DbError>
+    where
+        E: 'q + sqlx::Execute<'q, DB>,
+    {
+        self.conn
+            .fetch_optional(query)
+            .await
+            .map_err(|e| sql_error(&self.url, &e))
+    }
+
     /// Runs statements for their effect.
     pub(crate) async fn run(&mut self, sql: &str) -> Result<(), DbError> {
         self.execute(sql).await.map(|_| ())

@@ -34,6 +34,9 @@ mod faults;
 /// Run history that stays right: two replicas, delivered notifications,
 /// retention, dry-run metrics, a stalled audit database, MySQL metadata locks.
 mod history;
+/// Leases on MySQL/MariaDB under the advisory lock's tests, and a holder
+/// stalled past its lease (fault proxy, PgBouncer) that must not commit.
+mod lease;
 /// monitoring/: every metric the dashboard and the alerts use is served.
 mod monitoring;
 /// Webhook and email notifications against real HTTP and SMTP servers on loopback.

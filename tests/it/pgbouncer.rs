@@ -43,7 +43,7 @@ fn pgbouncer() {
 }
 
 /// The URL of `db` through the pooler.
-fn pooled(db: &TestDb) -> String {
+pub(crate) fn pooled(db: &TestDb) -> String {
     pgbouncer();
     format!(
         "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
@@ -98,60 +98,75 @@ fn mode_rule(name: &str, fix: &str, extra: &str) -> String {
     )
 }
 
+/// The four rule modes: (rule name, fix, extra rule keys); `all` fixes every
+/// row at once, `batch` one batch of rows.
+pub(crate) fn modes<'a>(
+    all: &'a str,
+    batch: &'a str,
+) -> [(&'static str, &'a str, &'static str); 4] {
+    [
+        ("transactional", all, ""),
+        ("batch", batch, "batch: { pause: 50ms, max_batches: 100 }\n"),
+        ("autocommit", all, "mode: autocommit\n"),
+        (
+            "autocommit-batch",
+            batch,
+            "mode: autocommit\nbatch: { pause: 50ms, max_batches: 100 }\n",
+        ),
+    ]
+}
+
+/// Four processes of rule `name` at once: every one exits 0, exactly one
+/// is `fixed`, the others `skipped` or `clean`.
+pub(crate) fn race_four(case: &Case, name: &str) {
+    let children: Vec<_> = (0..4)
+        .map(|_| case.spawn(&["run", "--output", "json"]))
+        .collect();
+    let outputs: Vec<RunOutput> = children
+        .into_iter()
+        .map(|c| RunOutput::from(c.wait_with_output().expect("wait")))
+        .collect();
+    let outcomes: Vec<String> = outputs.iter().map(|o| o.outcome(name, "app")).collect();
+    for o in &outputs {
+        o.assert_code(0);
+    }
+    let fixed = outcomes.iter().filter(|o| *o == "fixed").count();
+    assert_eq!(fixed, 1, "{name}: {outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| ["fixed", "skipped", "clean"].contains(&o.as_str())),
+        "{name}: {outcomes:?}"
+    );
+}
+
+/// Each of the 40 rows is in the key-less archive exactly once.
+pub(crate) async fn assert_archived_once(db: &TestDb, name: &str) {
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM archive").await,
+        40,
+        "{name}"
+    );
+    assert_eq!(
+        db.scalar("SELECT count(DISTINCT id) FROM archive").await,
+        40,
+        "{name}"
+    );
+}
+
 /// Four processes per mode, pool of two: exactly one fixes, each row once.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_mode_fixes_each_row_exactly_once_behind_pgbouncer() {
-    let modes = [
-        ("transactional", ARCHIVE_ALL, ""),
-        (
-            "batch",
-            ARCHIVE_BATCH,
-            "batch: { pause: 50ms, max_batches: 100 }\n",
-        ),
-        ("autocommit", ARCHIVE_ALL, "mode: autocommit\n"),
-        (
-            "autocommit-batch",
-            ARCHIVE_BATCH,
-            "mode: autocommit\nbatch: { pause: 50ms, max_batches: 100 }\n",
-        ),
-    ];
     let mut recorded = 0;
-    for (name, fix, extra) in modes {
+    for (name, fix, extra) in modes(ARCHIVE_ALL, ARCHIVE_BATCH) {
         let db = seed().await;
         let url = pooled(&db);
         let case = Case::new()
             .database("app", &url)
             .rule(&mode_rule(name, fix, extra))
             .config("audit: { database: app }");
-        let children: Vec<_> = (0..4)
-            .map(|_| case.spawn(&["run", "--output", "json"]))
-            .collect();
-        let outputs: Vec<RunOutput> = children
-            .into_iter()
-            .map(|c| RunOutput::from(c.wait_with_output().expect("wait")))
-            .collect();
-        let outcomes: Vec<String> = outputs.iter().map(|o| o.outcome(name, "app")).collect();
-        for o in &outputs {
-            o.assert_code(0);
-        }
-        let fixed = outcomes.iter().filter(|o| *o == "fixed").count();
-        assert_eq!(fixed, 1, "{name}: {outcomes:?}");
-        assert!(
-            outcomes
-                .iter()
-                .all(|o| ["fixed", "skipped", "clean"].contains(&o.as_str())),
-            "{name}: {outcomes:?}"
-        );
-        assert_eq!(
-            db.scalar("SELECT count(*) FROM archive").await,
-            40,
-            "{name}"
-        );
-        assert_eq!(
-            db.scalar("SELECT count(DISTINCT id) FROM archive").await,
-            40,
-            "{name}"
-        );
+        race_four(&case, name);
+        assert_archived_once(&db, name).await;
         assert_eq!(
             db.scalar("SELECT count(*) FROM job WHERE state = 'archived'")
                 .await,
@@ -179,9 +194,8 @@ async fn every_mode_fixes_each_row_exactly_once_behind_pgbouncer() {
     assert_eq!(recorded, 16);
 }
 
-/// From a direct connection: no advisory lock in the database; through the
-/// pooler, on both server connections at once: no setting dbjanitor made.
-async fn assert_nothing_left(db: &TestDb) {
+/// No advisory lock in the database, seen from a direct connection.
+pub(crate) async fn assert_no_advisory_lock(db: &TestDb) {
     assert_eq!(
         db.scalar(&format!(
             "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
@@ -189,8 +203,15 @@ async fn assert_nothing_left(db: &TestDb) {
             db.name
         ))
         .await,
-        0
+        0,
+        "an advisory lock is left"
     );
+}
+
+/// From a direct connection: no advisory lock in the database; through the
+/// pooler, on both server connections at once: no setting dbjanitor made.
+pub(crate) async fn assert_nothing_left(db: &TestDb) {
+    assert_no_advisory_lock(db).await;
     let settings = "SELECT name FROM pg_settings WHERE source = 'session' AND name NOT IN \
         ('application_name', 'client_encoding', 'DateStyle', 'TimeZone', 'IntervalStyle', 'standard_conforming_strings')";
     // Two clients in open transactions hold both server connections of the pool.
@@ -296,6 +317,25 @@ async fn a_killed_lease_holder_is_replaced_after_expiry() {
          fix: \"{slow_batch}\"\nmax_rows: 100\ntimeout: 1s\n\
          batch: {{ pause: 10ms, max_batches: 1000 }}\nlock: {{ name: archive, wait: 30s }}\n"
     ));
+    kill_a_holder(&db, &case).await;
+    let left_by_holder = lease_expires_at(&db);
+    assert_eq!(left_by_holder.len(), 1, "{left_by_holder:?}");
+    take_over(&db, &case).await;
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM job WHERE state = 'old'")
+            .await,
+        0
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM job WHERE state = 'archived'")
+            .await,
+        40
+    );
+    assert_nothing_left(&db).await;
+}
+
+/// Starts rule `archive` of `case` and SIGKILLs it once it archived 4 rows.
+pub(crate) async fn kill_a_holder(db: &TestDb, case: &Case) {
     let mut holder = case.spawn(&["run", "--output", "json"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while db
@@ -311,30 +351,22 @@ async fn a_killed_lease_holder_is_replaced_after_expiry() {
     }
     holder.kill().expect("SIGKILL");
     let _ = holder.wait();
-    let left_by_holder = lease_expires_at(&db);
-    assert_eq!(left_by_holder.len(), 1, "{left_by_holder:?}");
+}
+
+/// Runs `case` again after [`kill_a_holder`]: it exits 0 `fixed` within
+/// 30 s, with fencing token 2.
+pub(crate) async fn take_over(db: &TestDb, case: &Case) {
     let killed_at = Instant::now();
     let out = case.run(&["run", "--output", "json"]);
     out.assert_code(0);
     assert_eq!(out.outcome("archive", "app"), "fixed", "{}", out.stdout);
     assert!(killed_at.elapsed() < Duration::from_secs(30));
     assert_eq!(
-        db.scalar("SELECT count(*) FROM job WHERE state = 'old'")
-            .await,
-        0
-    );
-    assert_eq!(
-        db.scalar("SELECT count(*) FROM job WHERE state = 'archived'")
-            .await,
-        40
-    );
-    assert!(
         db.scalar("SELECT token FROM dbjanitor_leases WHERE name = 'archive'")
-            .await
-            >= 2,
-        "the second run took the lease with a higher fencing token"
+            .await,
+        2,
+        "the second run took the lease with the next fencing token"
     );
-    assert_nothing_left(&db).await;
 }
 
 /// A holder whose transaction outlasts its lease (four 0.9 s statements,
@@ -352,21 +384,30 @@ async fn a_holder_whose_lease_expired_does_not_commit() {
             "name: archive\ndatabase: app\ndetect: SELECT id FROM job WHERE state = 'old'\n\
              fix: \"{slow_fix}\"\nmax_rows: 100\ntimeout: 1s\nlock: {{ name: archive }}\n"
         ));
-    let out = case.run(&["run", "--output", "json"]);
-    out.assert_code(1);
-    let record = out.record("archive", "app");
-    assert_eq!(record["outcome"], "failed", "{}", out.stdout);
-    let error = record["error"].as_str().unwrap_or_default();
-    assert!(error.contains("lease"), "{}", out.stdout);
-    // Asked afterwards (pg_xact_status), not assumed.
-    assert!(error.contains("rolled back"), "{}", out.stdout);
-    assert_ne!(record["reason"], "commit_unknown", "{}", out.stdout);
+    assert_lease_lost(&case.run(&["run", "--output", "json"]));
     assert_eq!(
         db.scalar("SELECT count(*) FROM job WHERE state = 'old'")
             .await,
         40
     );
     assert_nothing_left(&db).await;
+}
+
+/// Rule `archive` failed (exit 1) because its lease was lost before COMMIT,
+/// and the report says the transaction rolled back (PostgreSQL asked
+/// `pg_xact_status`; MySQL had its ROLLBACK acknowledged), not "unknown".
+pub(crate) fn assert_lease_lost(out: &RunOutput) {
+    out.assert_code(1);
+    let record = out.record("archive", "app");
+    assert_eq!(record["outcome"], "failed", "{}", out.stdout);
+    let error = record["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("expired or was taken by another run"),
+        "{}",
+        out.stdout
+    );
+    assert!(error.contains("rolled back"), "{}", out.stdout);
+    assert_ne!(record["reason"], "commit_unknown", "{}", out.stdout);
 }
 
 /// The pooler itself: dbjanitor's sessions need no `ignore_startup_parameters`.
