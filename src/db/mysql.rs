@@ -159,16 +159,18 @@ impl MySqlSession {
     /// database; `Ok(false)` when it must not be reused. The engine reuses a
     /// session only after a rule whose SQL cannot leave session state of its
     /// own (`db::may_leave_session_state`); what dbjanitor itself leaves is
-    /// undone here: no transaction may be open (asked of the server), every
+    /// undone here: no transaction may be open (asked of the server), no
+    /// lease held (released by the engine; checked here), every
     /// `GET_LOCK` is released (`RELEASE_ALL_LOCKS`, MariaDB 10.5+/MySQL 5.7+;
     /// older servers answer with an error and the session is not reused),
     /// and the idle limits follow the next rule's timeout. sqlx cannot send
     /// `COM_RESET_CONNECTION`, which would be the complete reset.
     pub(crate) async fn reset(&mut self, settings: &ConnectSettings) -> Result<bool, DbError> {
-        if self.txn != Txn::None || self.transaction_open().await? {
+        if self.txn != Txn::None || self.lease.is_some() || self.transaction_open().await? {
             return Ok(false);
         }
         self.text.run("DO RELEASE_ALL_LOCKS()").await?;
+        self.commit_sent = false;
         self.timeout = settings.timeout;
         self.idle_limit = idle_limit(settings.timeout);
         let version = self.version.clone();
