@@ -1,9 +1,10 @@
 //! The life of one call, at a glance: parse → load and validate the config →
 //! select → install signal handling → execute → report → exit status.
 //!
-//! Errors are sorted here into the exit statuses of [`crate::exit`]: anything
-//! wrong with the config or the command line is [`AppError::Usage`] (exit 2,
-//! nothing ran); anything else that stops the command is exit 1.
+//! Errors are sorted here into the variants of [`AppError`], each of which
+//! knows its exit status (see [`crate::error`]): anything wrong with the
+//! config or the command line is exit 2 (nothing ran); anything else that
+//! stops the command is exit 1. `main` prints the error once.
 //!
 //! The audit table takes part in that sorting (README "Audit history"): a
 //! schema newer than this binary, or a half-applied MySQL migration, stops
@@ -28,33 +29,15 @@ use crate::cli::{CheckArgs, Cli, Command, DaemonArgs, OutputFormat, RunArgs};
 use crate::commands;
 use crate::config::{self, Config};
 use crate::engine::{RunOptions, run_plan};
+use crate::error::AppError;
 use crate::exit;
 use crate::history::MemoryHistory;
 use crate::metrics::{self, PairLabels, PairState};
 use crate::notify;
 use crate::outcome::{RunRecord, exit_status};
 use crate::plan::{Plan, Selection, Target};
-use crate::report;
-
-/// Why a command stopped early.
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    /// Bad config, rule or arguments: exit 2, nothing ran.
-    #[error("{0}")]
-    Usage(String),
-    /// Anything else: exit 1.
-    #[error(transparent)]
-    Other(#[from] anyhow::Error),
-}
-
-impl AppError {
-    fn status(&self) -> u8 {
-        match self {
-            AppError::Usage(_) => exit::USAGE,
-            AppError::Other(_) => exit::RULE_FAILED,
-        }
-    }
-}
+use crate::report::{self, print_stdout};
+use crate::signals::cancel_on_signal;
 
 /// Library chatter kept out of the default log (issue 12.6): sqlx's
 /// `slow statement` WARN (with the SQL) and PostgreSQL server notices such
@@ -80,7 +63,8 @@ fn default_log_filter(cli: &Cli) -> String {
     format!("{level},{QUIET_LIBRARIES}")
 }
 
-/// Runs the parsed command line and returns the process exit code.
+/// Runs the parsed command line and returns the process exit code. The one
+/// place an error is printed.
 pub fn main(cli: Cli) -> ExitCode {
     // Kept until this function returns: the log files are flushed when it drops.
     // The demo's story is its report; its per-rule log lines would only interleave.
@@ -88,34 +72,12 @@ pub fn main(cli: Cli) -> ExitCode {
     let log_guard =
         match crate::logging::init(cli.log_format, cli.log_dir.as_deref(), &default_filter) {
             Ok(guard) => guard,
-            Err(e) => {
-                print_stderr(&format!("error: {e}"));
-                return exit::code(exit::USAGE);
-            }
+            Err(e) => return exit::code(fail(&AppError::Usage(e.to_string()))),
         };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            print_stderr(&format!("error: cannot start the async runtime: {e}"));
-            return exit::code(exit::RULE_FAILED);
-        }
-    };
     let one_shot = !matches!(cli.command, Command::Daemon(_));
-    let result = runtime.block_on(dispatch(cli));
-    // Tasks still blocked (a stuck blocking call) must not hold the exit.
-    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
-    let mut status = match result {
+    let mut status = match execute(cli) {
         Ok(status) => status,
-        Err(error) => {
-            match &error {
-                AppError::Usage(text) => print_stderr(text),
-                AppError::Other(e) => print_stderr(&format!("error: {e:#}")),
-            }
-            error.status()
-        }
+        Err(error) => fail(&error),
     };
     // Flushes the log files: a write that fails here is counted below.
     drop(log_guard);
@@ -123,6 +85,24 @@ pub fn main(cli: Cli) -> ExitCode {
         status = exit::RULE_FAILED;
     }
     exit::code(status)
+}
+
+/// Runs the command on a new async runtime.
+fn execute(cli: Cli) -> Result<u8, AppError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::Error::new(e).context("cannot start the async runtime"))?;
+    let result = runtime.block_on(dispatch(cli));
+    // Tasks still blocked (a stuck blocking call) must not hold the exit.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    result
+}
+
+/// Prints `error` to stderr and returns its exit status.
+fn fail(error: &AppError) -> u8 {
+    print_stderr(&error.to_string());
+    error.status()
 }
 
 /// How long the runtime may take to stop its last tasks after the command.
@@ -137,6 +117,14 @@ async fn dispatch(cli: Cli) -> Result<u8, AppError> {
         Command::Demo(args) => crate::demo::run(args.path.as_deref()).await,
         Command::Init(args) => init(&args.dir),
         Command::NotifyTest(args) => notify_test(&cli.config, &args.notifiers).await,
+        Command::Undo(args) => {
+            let config = load_config(&cli.config)?;
+            commands::undo::run(&config, &args).await
+        }
+        Command::Changes(args) => {
+            let config = load_config(&cli.config)?;
+            commands::changes::run(&config, &args).await
+        }
         Command::Completions(args) => {
             let mut out = Vec::new();
             commands::completions(args.shell, &mut out);
@@ -159,7 +147,7 @@ async fn dispatch(cli: Cli) -> Result<u8, AppError> {
 }
 
 fn init(dir: &Path) -> Result<u8, AppError> {
-    let written = commands::init::write(dir).map_err(|e| AppError::Usage(format!("error: {e}")))?;
+    let written = commands::init::write(dir).map_err(|e| AppError::Usage(e.to_string()))?;
     let mut out = String::new();
     for path in &written {
         out.push_str(&format!("wrote {}\n", path.display()));
@@ -173,18 +161,18 @@ fn init(dir: &Path) -> Result<u8, AppError> {
 }
 
 async fn notify_test(config_path: &Path, wanted: &[String]) -> Result<u8, AppError> {
-    let config = load_config(config_path)?;
+    let config = config::load(config_path)?;
     let unknown = commands::notify_test::unknown(&config, wanted);
     if !unknown.is_empty() {
         return Err(AppError::Usage(format!(
-            "error: no notifier named {}; notifiers in the config: {:?}",
+            "no notifier named {}; notifiers in the config: {:?}",
             unknown.join(", "),
             config.notifiers.keys().collect::<Vec<_>>()
         )));
     }
     if config.notifiers.is_empty() {
         return Err(AppError::Usage(format!(
-            "error: {} defines no notifier (see README \"Notifications\"); nothing was sent",
+            "{} defines no notifier (see README \"Notifications\"); nothing was sent",
             config.path.display()
         )));
     }
@@ -216,73 +204,10 @@ async fn notify_test(config_path: &Path, wanted: &[String]) -> Result<u8, AppErr
     })
 }
 
-/// Loads the config, turning every problem into one usage error.
-pub fn load_config(path: &Path) -> Result<Config, AppError> {
-    config::load(path).map_err(|errors| {
-        let count = errors.0.len();
-        AppError::Usage(format!(
-            "{errors}\n{count} problem{} in the configuration; nothing was run",
-            if count == 1 { "" } else { "s" }
-        ))
-    })
-}
-
-/// Cancels `token` on SIGINT or SIGTERM: running rules roll back and report `failed`.
-pub fn cancel_on_signal(token: &CancellationToken) {
-    let token = token.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        warn!("signal received: cancelling running rules (their transactions roll back)");
-        token.cancel();
-    });
-}
-
-/// Waits for SIGINT or SIGTERM (each call waits for a new one).
-pub(crate) async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 /// Writes one line to stderr; a closed stderr is ignored (the standard
 /// macro would panic).
 fn print_stderr(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
-}
-
-/// Writes to stdout. A closed pipe (`dbjanitor list | head -1`) ends the
-/// output quietly: no panic (which `println!` would do), no error, and the
-/// exit status stays that of the work done, since the rules ran all the same.
-/// Every command writes its output through here.
-pub(crate) fn print_stdout(text: &str) -> Result<(), AppError> {
-    let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Ok(()) => Ok(()),
-        // A closed pipe (`| head`) is not a failure of the run.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(AppError::Other(
-            anyhow::Error::new(e).context("cannot write the report"),
-        )),
-    }
 }
 
 /// Opens the audit store of `config` and brings its schema up to date before
@@ -294,26 +219,25 @@ async fn open_audit(config: &Config) -> Result<Option<(AuditStore, Option<AuditE
     };
     match store.migrate().await {
         Ok(_) => Ok(Some((store, None))),
-        Err(e) if e.needs_operator() => Err(AppError::Usage(format!("error: {e}"))),
+        Err(e) if e.needs_operator() => Err(AppError::Usage(e.to_string())),
         Err(e) => Ok(Some((store, Some(e)))),
     }
 }
 
 async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
-    let config = load_config(config_path)?;
+    let config = config::load(config_path)?;
     let selection = Selection {
         rules: args.rules.clone(),
         tags: args.tags.clone(),
         database: args.database.clone(),
     };
-    let mut plan =
-        Plan::select(&config, &selection).map_err(|e| AppError::Usage(format!("error: {e}")))?;
+    let mut plan = Plan::select(&config, &selection).map_err(|e| AppError::Usage(e.to_string()))?;
     if let Some(max_rows) = args.max_rows {
         override_max_rows(&mut plan, &args.rules, max_rows)?;
     }
     if args.due && config.audit.is_none() {
         return Err(AppError::Usage(format!(
-            "error: `run --due` needs the audit history to know when each rule last ran, and {} has no `audit:` section \
+            "`run --due` needs the audit history to know when each rule last ran, and {} has no `audit:` section \
              (add `audit: {{ database: <name> }}`, naming one of its databases); nothing was run",
             config.path.display()
         )));
@@ -352,7 +276,7 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
         jobs: usize::from(args.jobs),
     };
     let mut records = run_plan(&plan, &options, &cancel).await;
-    // Design §3 step 9. After run_plan every transaction is committed or
+    // docs/architecture.md §3 step 9. After run_plan every transaction is committed or
     // rolled back: delivery cannot change what was fixed, and its failures
     // only land in the report. Notifications decide from the history as it
     // was *before* these runs (state changes, renotify_after) and say which
@@ -374,29 +298,35 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
         tracing::error!(error = %format!("{e:#}"), "the metrics file was not written");
         status = exit::RULE_FAILED;
     }
-    let rendered = match args.output {
+    print_stdout(&render(args, &records, status, audit_error.as_deref())?)?;
+    Ok(status)
+}
+
+/// The report of `run` in the requested format, with the audit failure, if
+/// any, at its end (text) or in `audit_error` (JSON).
+fn render(
+    args: &RunArgs,
+    records: &[RunRecord],
+    status: u8,
+    audit_error: Option<&str>,
+) -> Result<String, AppError> {
+    Ok(match args.output {
         OutputFormat::Text => {
-            let mut text = report::text(&records, args.dry_run);
-            if let Some(e) = &audit_error {
+            let mut text = report::text(records, args.dry_run);
+            if let Some(e) = audit_error {
                 text.push_str(&format!("audit: not recorded: {e}\n"));
             }
             text
         }
         OutputFormat::Json => {
             let mut json =
-                report::json_with(&records, args.dry_run, status, audit_error.as_deref()).map_err(
-                    |e| {
-                        AppError::Other(
-                            anyhow::Error::new(e).context("cannot render the JSON report"),
-                        )
-                    },
-                )?;
+                report::json_with(records, args.dry_run, status, audit_error).map_err(|e| {
+                    AppError::Other(anyhow::Error::new(e).context("cannot render the JSON report"))
+                })?;
             json.push('\n');
             json
         }
-    };
-    print_stdout(&rendered)?;
-    Ok(status)
+    })
 }
 
 /// `run RULE... --max-rows N`: a one-off guard for the rules named on the
@@ -405,7 +335,7 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
 fn override_max_rows(plan: &mut Plan, named: &[String], max_rows: u64) -> Result<(), AppError> {
     if named.is_empty() {
         return Err(AppError::Usage(
-            "error: --max-rows applies only to rules named on the command line \
+            "--max-rows applies only to rules named on the command line \
              (e.g. `dbjanitor run myapp.stuck-jobs --max-rows 400 --dry-run`); nothing was run"
                 .to_owned(),
         ));
@@ -478,7 +408,7 @@ async fn write_metrics_file(
 }
 
 async fn daemon(config_path: &Path, args: &DaemonArgs) -> Result<u8, AppError> {
-    let mut config = load_config(config_path)?;
+    let mut config = config::load(config_path)?;
     if let Some(jobs) = args.jobs {
         config.daemon.jobs = usize::from(jobs);
     }
@@ -496,7 +426,7 @@ async fn daemon(config_path: &Path, args: &DaemonArgs) -> Result<u8, AppError> {
 }
 
 async fn check(config_path: &Path, args: &CheckArgs) -> Result<u8, AppError> {
-    let config = load_config(config_path)?;
+    let config = config::load(config_path)?;
     let mut out = format!(
         "{}: ok: {}, {}, {}\n",
         config.path.display(),
@@ -616,7 +546,7 @@ async fn check_audit(config: &Config) -> AuditCheck {
 }
 
 fn list(config_path: &Path) -> Result<u8, AppError> {
-    let config = load_config(config_path)?;
+    let config = config::load(config_path)?;
     let now = chrono::Utc::now();
     let mut rules = report::plain_table(&[
         "RULE",

@@ -1,4 +1,4 @@
-//! The command line (design §4), defined with clap's derive API.
+//! The command line (README "Command line"), defined with clap's derive API.
 //!
 //! Usage errors exit with status 2, like configuration errors: nothing ran.
 
@@ -70,6 +70,16 @@ pub enum Command {
         after_help = "Example:\n  dbjanitor notify-test ops    # exit 0 when every notifier took the message"
     )]
     NotifyTest(NotifyTestArgs),
+    /// Take back a run of a rule with `backup:`: restore the rows it changed, unless they changed since.
+    #[command(
+        after_help = "Examples:\n  dbjanitor undo 019a5a64-8c3e-7d1a-9a4e-0b6f1c2d3e4f --dry-run   # what would be restored\n  dbjanitor undo 019a5a64-8c3e-7d1a-9a4e-0b6f1c2d3e4f --only-unchanged\n\nExit status: 0 restored (or would restore), 3 rows changed since the run (nothing restored), 1 an error, 2 no such run."
+    )]
+    Undo(UndoArgs),
+    /// Show the before and after of every row a run of a rule with `backup:` changed.
+    #[command(
+        after_help = "Example:\n  dbjanitor changes 019a5a64-8c3e-7d1a-9a4e-0b6f1c2d3e4f --output json"
+    )]
+    Changes(ChangesArgs),
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  dbjanitor completions bash > /etc/bash_completion.d/dbjanitor"
@@ -81,6 +91,37 @@ pub enum Command {
     /// Print the version and the audit schema version this binary knows.
     #[command(after_help = "Example:\n  dbjanitor version")]
     Version,
+}
+
+/// `dbjanitor undo`.
+#[derive(Debug, Args)]
+pub struct UndoArgs {
+    /// The run id (from the report, a notification, the audit table or `history`).
+    pub run_id: String,
+
+    /// Do everything inside the transaction, then roll it back: show what would be restored.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Restore the rows that did not change since the run, and list the others
+    /// (without it, one changed row stops the whole undo).
+    #[arg(long)]
+    pub only_unchanged: bool,
+
+    /// Report format on stdout.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+/// `dbjanitor changes`.
+#[derive(Debug, Args)]
+pub struct ChangesArgs {
+    /// The run id.
+    pub run_id: String,
+
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
 }
 
 /// `dbjanitor init`.

@@ -123,6 +123,7 @@ mod tests {
             notify_on: std::collections::BTreeSet::new(),
             renotify_after: std::time::Duration::from_secs(3600),
             enabled: true,
+            backup: None,
         };
         Target {
             rule: Arc::new(rule),

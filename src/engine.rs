@@ -1,4 +1,4 @@
-//! One rule run, step by step (design §3), and a whole plan of them.
+//! One rule run, step by step (docs/architecture.md §3), and a whole plan of them.
 //!
 //! The engine is written once, generically over [`Session`]; each backend
 //! supplies its own locks and transaction statements. Every statement runs
@@ -268,6 +268,26 @@ impl Run<'_> {
                 return None;
             }
         };
+        if self.rule.backup.is_some() && !crate::backup::supported(self.dialect) {
+            warn!(
+                "backup: no images are kept on {} yet (PostgreSQL and SQLite only): this run cannot be undone",
+                self.dialect
+            );
+        }
+        if let Some(backup) = &self.rule.backup
+            && crate::backup::supported(self.dialect)
+            && let Err(e) = self
+                .step(
+                    self.rule.timeout,
+                    crate::backup::prepare(&mut session, self.dialect, &backup.images),
+                )
+                .await
+        {
+            let (reason, what) = describe_error(&e);
+            session.abort().await;
+            fail(record, reason, &format!("{what}; nothing was changed"));
+            return;
+        }
         let result = match (self.rule.mode, self.rule.batch) {
             (_, Some(batch)) => self.batched(&mut session, batch, record).await,
             (Mode::Autocommit, None) => self.autocommit(&mut session, record).await,
@@ -503,6 +523,70 @@ impl Run<'_> {
         Ok(true)
     }
 
+    /// The capture of images for `batch` (0: the transaction of a
+    /// transactional rule), when the rule declares `backup:`.
+    fn capture<'c>(&'c self, run_id: &'c str, batch: u64) -> Option<crate::backup::Capture<'c>> {
+        self.rule
+            .backup
+            .as_ref()
+            .filter(|_| crate::backup::supported(self.dialect))
+            .map(|backup| crate::backup::Capture {
+                backup,
+                dialect: self.dialect,
+                run_id,
+                rule: &self.rule.name,
+                batch,
+                detect: self.detect_sql(),
+            })
+    }
+
+    /// Before the fix: the before-images of the detected rows (`backup:`).
+    async fn images_before<S: Session>(
+        &self,
+        session: &mut S,
+        record: &RunRecord,
+        batch: u64,
+    ) -> Result<(), StepError> {
+        if let Some(capture) = self.capture(&record.run_id, batch) {
+            self.step(self.rule.timeout, crate::backup::before(session, &capture))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// After the fix: the after-images, and the guard: a fix that changed
+    /// more rows (`changed`, its largest statement) than the images show
+    /// changed touched rows detect did not return. Returns `false` when the
+    /// guard tripped (the caller rolls back).
+    async fn images_after<S: Session>(
+        &self,
+        session: &mut S,
+        record: &mut RunRecord,
+        batch: u64,
+        changed: u64,
+    ) -> Result<bool, StepError> {
+        let run_id = record.run_id.clone();
+        let Some(capture) = self.capture(&run_id, batch) else {
+            return Ok(true);
+        };
+        let kept = self
+            .step(self.rule.timeout, crate::backup::after(session, &capture))
+            .await?;
+        record.kept = Some(record.kept.unwrap_or(0).saturating_add(kept.changed));
+        if changed > kept.changed {
+            guard(
+                record,
+                Reason::FixChangedUndetectedRows,
+                format!(
+                    "the fix changed {changed} rows but only {} of the {} rows detect returned in {} changed: it touched rows detect did not return (or set rows to the values they had); rolled back",
+                    kept.changed, kept.captured, capture.backup.table
+                ),
+            );
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     /// Steps 3–4 shared by every mode: detect, then decide whether the fix may
     /// run. Returns `false` when the run is already decided.
     async fn detect_and_guard<S: Session>(
@@ -627,9 +711,17 @@ impl Run<'_> {
         if !self.detect_and_guard(session, record).await? {
             return Ok(false);
         }
+        self.images_before(session, record, 0).await?;
         let mut progress = FixProgress::default();
         let within = self.run_fix(session, &mut progress).await?;
         record.changed = Some(progress.changed);
+        if within
+            && !self
+                .images_after(session, record, 0, progress.changed)
+                .await?
+        {
+            return Ok(false);
+        }
         if !within {
             guard(
                 record,
@@ -763,12 +855,20 @@ impl Run<'_> {
             return Ok(());
         }
         self.step(self.rule.timeout, session.begin()).await?;
+        self.images_before(session, record, 1).await?;
         let mut progress = FixProgress::default();
         let within = self.run_fix(session, &mut progress).await?;
+        let images_agree = !within
+            || self
+                .images_after(session, record, 1, progress.changed)
+                .await?;
         self.step(self.rule.timeout, session.rollback()).await?;
         let changed = progress.changed;
         record.changed = Some(changed);
         record.batches = Some(1);
+        if !images_agree {
+            return Ok(());
+        }
         if !within {
             guard(
                 record,
@@ -822,6 +922,7 @@ impl Run<'_> {
         let transactional = self.rule.mode == Mode::Transactional;
         if transactional {
             self.step(self.rule.timeout, session.begin()).await?;
+            self.images_before(session, record, batches + 1).await?;
         }
         let mut progress = FixProgress::default();
         let result = self.run_fix(session, &mut progress).await;
@@ -833,6 +934,25 @@ impl Run<'_> {
         let within = result?;
         let last = progress.changed;
         let reached = total.saturating_add(last);
+        let kept_before = record.kept;
+        if within
+            && transactional
+            && !self
+                .images_after(session, record, batches + 1, last)
+                .await?
+        {
+            self.step(self.rule.timeout, session.rollback()).await?;
+            record.kept = kept_before;
+            record.changed = Some(total);
+            record.batches = Some(batches);
+            if let Some(message) = record.message.take() {
+                record.message = Some(format!(
+                    "batch {}: {message}; the {batches} batches before it stay committed ({total} rows)",
+                    batches + 1
+                ));
+            }
+            return Ok(None);
+        }
         if within && reached <= self.rule.max_rows {
             if transactional {
                 let pending = PendingCommit::Batch {
@@ -844,6 +964,7 @@ impl Run<'_> {
             return Ok(Some(last));
         }
         let what = if transactional {
+            record.kept = kept_before;
             self.step(self.rule.timeout, session.rollback()).await?;
             record.changed = Some(total);
             record.batches = Some(batches);

@@ -1,7 +1,8 @@
 //! The process exit statuses, defined once.
 //!
 //! Kubernetes Jobs and systemd units read these, so they are part of the
-//! contract (design §4) and the README table is written from this list.
+//! contract (README "Outcomes and exit status") and the README table is
+//! written from this list.
 
 use std::process::ExitCode;
 

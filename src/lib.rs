@@ -29,6 +29,7 @@
 
 pub mod app;
 pub mod audit;
+pub mod backup;
 pub mod check;
 pub mod cli;
 pub mod commands;
@@ -38,6 +39,7 @@ pub mod db;
 pub mod demo;
 pub mod due;
 pub mod engine;
+pub mod error;
 pub mod exit;
 pub mod history;
 pub mod logging;
@@ -49,4 +51,5 @@ pub mod report;
 pub mod rule;
 pub mod schedule;
 pub mod secret;
+pub(crate) mod signals;
 pub mod sql;

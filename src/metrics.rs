@@ -88,31 +88,78 @@ fn ms_to_seconds(ms: u64) -> f64 {
     ms as f64 / 1000.0
 }
 
-/// Whether an outcome counts as a success for `last_success_timestamp_seconds`:
-/// the run completed as intended (`skipped` ran nothing; `guard_tripped` and
-/// `failed` need a person; `would_fix` comes from a dry run, which changed
-/// nothing and never moves the real state's series).
-#[must_use]
-pub fn is_success(outcome: Outcome) -> bool {
-    matches!(outcome, Outcome::Clean | Outcome::Found | Outcome::Fixed)
+/// Declares a set of metrics as one table: per line the field, its type, its
+/// name (after the `dbjanitor_` prefix), optionally its unit, its help text,
+/// and optionally a constructor. The struct gets a `registry` field and a
+/// `registered()` constructor that creates, registers and stores every
+/// metric in table order (the order the text lists them), so a metric cannot
+/// be registered and not kept, or kept and not registered.
+macro_rules! metric_table {
+    (
+        $(#[$doc:meta])*
+        $vis:vis struct $name:ident {
+            $($field:ident: $ty:ty => $key:literal $(in $unit:expr)?, $help:literal $(, new $ctor:expr)?;)*
+        }
+    ) => {
+        $(#[$doc])*
+        $vis struct $name {
+            registry: Registry,
+            $($field: $ty,)*
+        }
+
+        impl $name {
+            fn registered() -> Self {
+                let mut registry = Registry::with_prefix("dbjanitor");
+                $(
+                    let $field: $ty = metric_table!(@new $($ctor)?);
+                    match metric_table!(@unit $($unit)?) {
+                        Some(unit) => registry.register_with_unit($key, $help, unit, $field.clone()),
+                        None => registry.register($key, $help, $field.clone()),
+                    }
+                )*
+                Self { registry, $($field,)* }
+            }
+        }
+    };
+    (@new) => { Default::default() };
+    (@new $ctor:expr) => { $ctor };
+    (@unit) => { None::<Unit> };
+    (@unit $unit:expr) => { Some($unit) };
 }
 
-/// The daemon's live metrics.
-pub struct DaemonMetrics {
-    registry: Registry,
-    runs: Family<OutcomeLabels, Counter>,
-    detected: Family<PairLabels, Counter>,
-    changed: Family<PairLabels, Counter>,
-    duration: Family<PairLabels, Histogram>,
-    last_success: Family<PairLabels, FloatGauge>,
-    last_run: Family<PairLabels, FloatGauge>,
-    next_run: Family<PairLabels, FloatGauge>,
-    lock_skips: Family<PairLabels, Counter>,
-    overlap_skips: Family<PairLabels, Counter>,
-    running: Family<PairLabels, Gauge>,
-    waiting: Family<PairLabels, Gauge>,
-    database_up: Family<DatabaseLabels, Gauge>,
-    audit_errors: Counter,
+metric_table! {
+    /// The daemon's live metrics.
+    pub struct DaemonMetrics {
+        runs: Family<OutcomeLabels, Counter> => "runs", "Finished runs of a rule on a database, by outcome";
+        detected: Family<PairLabels, Counter> => "rows_detected", "Rows found by detect queries (before any fix)";
+        changed: Family<PairLabels, Counter> => "rows_changed", "Rows changed by committed fixes";
+        duration: Family<PairLabels, Histogram> => "run_duration" in Unit::Seconds, "Wall time of one run, lock included",
+            new Family::new_with_constructor((|| Histogram::new(DURATION_BUCKETS)) as fn() -> Histogram);
+        last_success: Family<PairLabels, FloatGauge> => "last_success_timestamp_seconds", "Start of the last run that ended clean, found or fixed (Unix time)";
+        last_run: Family<PairLabels, FloatGauge> => "last_run_timestamp_seconds", "Start of the last finished run, whatever its outcome (Unix time)";
+        next_run: Family<PairLabels, FloatGauge> => "next_run_timestamp_seconds", "Next scheduled tick (Unix time)";
+        lock_skips: Family<PairLabels, Counter> => "lock_skips", "Runs skipped because another process held the rule's lock";
+        overlap_skips: Family<PairLabels, Counter> => "overlap_skips", "Ticks skipped because this process was still running the previous run";
+        running: Family<PairLabels, Gauge> => "running", "1 while a run of the pair is in progress in this process";
+        waiting: Family<PairLabels, Gauge> => "waiting", "1 while a run of the pair waits for a free slot (daemon.jobs, daemon.jobs_per_database)";
+        database_up: Family<DatabaseLabels, Gauge> => "database_up", "1 if the database answered the last health check";
+        audit_errors: Counter => "audit_errors", "Audit (run history) reads and writes that failed or timed out";
+    }
+}
+
+metric_table! {
+    /// What `--metrics-file` writes: gauges only (see the module header).
+    struct TextfileMetrics {
+        last_run: Family<PairLabels, FloatGauge> => "last_run_timestamp_seconds", "Start of the last run of the rule on the database (Unix time)";
+        duration: Family<PairLabels, FloatGauge> => "last_run_duration_seconds", "Wall time of the last run";
+        detected: Family<PairLabels, Gauge> => "last_run_rows_detected", "Rows detect found in the last run";
+        changed: Family<PairLabels, Gauge> => "last_run_rows_changed", "Rows the fix changed in the last run (would change, in a dry run)";
+        outcome: Family<OutcomeLabels, Gauge> => "last_run_outcome", "1 for the outcome of the last run, 0 for the others";
+        last_success: Family<PairLabels, FloatGauge> => "last_success_timestamp_seconds", "Start of the last real run that ended clean, found or fixed (Unix time)";
+        run_time: FloatGauge => "textfile_run_timestamp_seconds", "When the dbjanitor run that wrote this file finished (Unix time)";
+        run_exit: Gauge => "textfile_run_exit_code", "Exit status of the dbjanitor run that wrote this file";
+        run_pairs: Gauge => "textfile_run_pairs", "(rule, database) pairs run by the dbjanitor run that wrote this file";
+    }
 }
 
 impl std::fmt::Debug for DaemonMetrics {
@@ -125,124 +172,34 @@ impl DaemonMetrics {
     /// Registers every metric, with series at 0 for each pair in `pairs`.
     #[must_use]
     pub fn new(pairs: &[PairLabels], databases: &[String]) -> Self {
-        let mut registry = Registry::with_prefix("dbjanitor");
-        let runs = Family::<OutcomeLabels, Counter>::default();
-        let detected = Family::<PairLabels, Counter>::default();
-        let changed = Family::<PairLabels, Counter>::default();
-        let duration = Family::<PairLabels, Histogram>::new_with_constructor(
-            (|| Histogram::new(DURATION_BUCKETS)) as fn() -> Histogram,
-        );
-        let last_success = Family::<PairLabels, FloatGauge>::default();
-        let last_run = Family::<PairLabels, FloatGauge>::default();
-        let next_run = Family::<PairLabels, FloatGauge>::default();
-        let lock_skips = Family::<PairLabels, Counter>::default();
-        let overlap_skips = Family::<PairLabels, Counter>::default();
-        let running = Family::<PairLabels, Gauge>::default();
-        let waiting = Family::<PairLabels, Gauge>::default();
-        let database_up = Family::<DatabaseLabels, Gauge>::default();
-        let audit_errors = Counter::default();
-        registry.register(
-            "runs",
-            "Finished runs of a rule on a database, by outcome",
-            runs.clone(),
-        );
-        registry.register(
-            "rows_detected",
-            "Rows found by detect queries (before any fix)",
-            detected.clone(),
-        );
-        registry.register(
-            "rows_changed",
-            "Rows changed by committed fixes",
-            changed.clone(),
-        );
-        registry.register_with_unit(
-            "run_duration",
-            "Wall time of one run, lock included",
-            Unit::Seconds,
-            duration.clone(),
-        );
-        registry.register(
-            "last_success_timestamp_seconds",
-            "Start of the last run that ended clean, found or fixed (Unix time)",
-            last_success.clone(),
-        );
-        registry.register(
-            "last_run_timestamp_seconds",
-            "Start of the last finished run, whatever its outcome (Unix time)",
-            last_run.clone(),
-        );
-        registry.register(
-            "next_run_timestamp_seconds",
-            "Next scheduled tick (Unix time)",
-            next_run.clone(),
-        );
-        registry.register(
-            "lock_skips",
-            "Runs skipped because another process held the rule's lock",
-            lock_skips.clone(),
-        );
-        registry.register(
-            "overlap_skips",
-            "Ticks skipped because this process was still running the previous run",
-            overlap_skips.clone(),
-        );
-        registry.register(
-            "running",
-            "1 while a run of the pair is in progress in this process",
-            running.clone(),
-        );
-        registry.register(
-            "waiting",
-            "1 while a run of the pair waits for a free slot (daemon.jobs, daemon.jobs_per_database)",
-            waiting.clone(),
-        );
-        registry.register(
-            "database_up",
-            "1 if the database answered the last health check",
-            database_up.clone(),
-        );
-        registry.register(
-            "audit_errors",
-            "Audit (run history) reads and writes that failed or timed out",
-            audit_errors.clone(),
-        );
+        let metrics = Self::registered();
+        metrics.start_at_zero(pairs, databases);
+        metrics
+    }
+
+    /// Creates the series of every pair and database at 0, so that `rate()`
+    /// and absence alerts work before the first run.
+    fn start_at_zero(&self, pairs: &[PairLabels], databases: &[String]) {
         for pair in pairs {
             for outcome in Outcome::ALL {
-                drop(runs.get_or_create(&OutcomeLabels {
+                drop(self.runs.get_or_create(&OutcomeLabels {
                     rule: pair.rule.clone(),
                     database: pair.database.clone(),
                     outcome: outcome.as_str().to_owned(),
                 }));
             }
-            drop(detected.get_or_create(pair));
-            drop(changed.get_or_create(pair));
-            drop(duration.get_or_create(pair));
-            drop(lock_skips.get_or_create(pair));
-            drop(overlap_skips.get_or_create(pair));
-            drop(running.get_or_create(pair));
-            drop(waiting.get_or_create(pair));
+            drop(self.detected.get_or_create(pair));
+            drop(self.changed.get_or_create(pair));
+            drop(self.duration.get_or_create(pair));
+            drop(self.lock_skips.get_or_create(pair));
+            drop(self.overlap_skips.get_or_create(pair));
+            drop(self.running.get_or_create(pair));
+            drop(self.waiting.get_or_create(pair));
         }
         for database in databases {
-            drop(database_up.get_or_create(&DatabaseLabels {
+            drop(self.database_up.get_or_create(&DatabaseLabels {
                 database: database.clone(),
             }));
-        }
-        Self {
-            registry,
-            runs,
-            detected,
-            changed,
-            duration,
-            last_success,
-            last_run,
-            next_run,
-            lock_skips,
-            overlap_skips,
-            running,
-            waiting,
-            database_up,
-            audit_errors,
         }
     }
 
@@ -270,7 +227,7 @@ impl DaemonMetrics {
         self.last_run
             .get_or_create(&pair)
             .set(seconds(record.started_at));
-        if is_success(record.outcome) {
+        if record.is_success() {
             self.last_success
                 .get_or_create(&pair)
                 .set(seconds(record.started_at));
@@ -334,7 +291,7 @@ impl From<&RunRecord> for LastRun {
             duration_ms: record.duration_ms,
             detected: record.detected,
             changed: record.changed,
-            last_success_at: is_success(record.outcome).then_some(record.started_at),
+            last_success_at: record.is_success().then_some(record.started_at),
         }
     }
 }
@@ -350,61 +307,18 @@ pub fn textfile(
     exit_code: u8,
     now: DateTime<Utc>,
 ) -> String {
-    let mut registry = Registry::with_prefix("dbjanitor");
-    let last_run = Family::<PairLabels, FloatGauge>::default();
-    let duration = Family::<PairLabels, FloatGauge>::default();
-    let detected = Family::<PairLabels, Gauge>::default();
-    let changed = Family::<PairLabels, Gauge>::default();
-    let outcome = Family::<OutcomeLabels, Gauge>::default();
-    let last_success = Family::<PairLabels, FloatGauge>::default();
-    let run_time = FloatGauge::default();
-    let run_exit = Gauge::<i64>::default();
-    let run_pairs = Gauge::<i64>::default();
-    registry.register(
-        "last_run_timestamp_seconds",
-        "Start of the last run of the rule on the database (Unix time)",
-        last_run.clone(),
-    );
-    registry.register(
-        "last_run_duration_seconds",
-        "Wall time of the last run",
-        duration.clone(),
-    );
-    registry.register(
-        "last_run_rows_detected",
-        "Rows detect found in the last run",
-        detected.clone(),
-    );
-    registry.register(
-        "last_run_rows_changed",
-        "Rows the fix changed in the last run (would change, in a dry run)",
-        changed.clone(),
-    );
-    registry.register(
-        "last_run_outcome",
-        "1 for the outcome of the last run, 0 for the others",
-        outcome.clone(),
-    );
-    registry.register(
-        "last_success_timestamp_seconds",
-        "Start of the last real run that ended clean, found or fixed (Unix time)",
-        last_success.clone(),
-    );
-    registry.register(
-        "textfile_run_timestamp_seconds",
-        "When the dbjanitor run that wrote this file finished (Unix time)",
-        run_time.clone(),
-    );
-    registry.register(
-        "textfile_run_exit_code",
-        "Exit status of the dbjanitor run that wrote this file",
-        run_exit.clone(),
-    );
-    registry.register(
-        "textfile_run_pairs",
-        "(rule, database) pairs run by the dbjanitor run that wrote this file",
-        run_pairs.clone(),
-    );
+    let TextfileMetrics {
+        registry,
+        last_run,
+        duration,
+        detected,
+        changed,
+        outcome,
+        last_success,
+        run_time,
+        run_exit,
+        run_pairs,
+    } = TextfileMetrics::registered();
     let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     for (pair, state) in pairs {
         last_run.get_or_create(pair).set(seconds(state.started_at));
@@ -486,6 +400,33 @@ mod tests {
             "dbjanitor_last_run_outcome{rule=\"r\",database=\"d\",outcome=\"failed\"} 0"
         ));
         assert!(!text.contains("counter") && !text.contains("# UNIT"));
+    }
+
+    /// Issue 13.3: the help text of both success gauges names exactly the
+    /// outcomes `Outcome::is_success` counts.
+    #[test]
+    fn success_help_names_the_success_outcomes() {
+        let names: Vec<&str> = Outcome::ALL
+            .into_iter()
+            .filter(|o| o.is_success())
+            .map(Outcome::as_str)
+            .collect();
+        let (last, rest) = names.split_last().expect("some outcome is a success");
+        let listed = format!("ended {} or {last} (Unix time).", rest.join(", "));
+        let mut record = RunRecord::new("r", "d", false, Utc::now());
+        record.outcome = Outcome::Clean;
+        let daemon = DaemonMetrics::new(&[], &[]);
+        daemon.observe(&record);
+        let live = daemon.encode().expect("encode");
+        let pairs = BTreeMap::from([(PairLabels::of("r", "d"), PairState::from(&record))]);
+        let file = textfile(&pairs, 1, 0, Utc::now());
+        for text in [live, file] {
+            let help = text
+                .lines()
+                .find(|l| l.starts_with("# HELP dbjanitor_last_success_timestamp_seconds"))
+                .expect("help line");
+            assert!(help.ends_with(&listed), "{help} / {listed}");
+        }
     }
 
     #[test]

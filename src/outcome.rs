@@ -10,7 +10,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// The end state of one rule run on one database (design §3).
+/// The end state of one rule run on one database (docs/architecture.md §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -58,10 +58,74 @@ impl Outcome {
 
     /// The outcomes notified when a rule does not say (`notify_on`): all but
     /// `clean` and `skipped`, which are the normal state of a healthy system.
+    /// This is "news" in README "Outcomes and exit status".
     #[must_use]
     pub fn notified_by_default(self) -> bool {
         !matches!(self, Outcome::Clean | Outcome::Skipped)
     }
+
+    /// A run that did what it is for: it looked at the data, and every row it
+    /// found is either fixed or reported by a rule that only reports. Moves
+    /// `last_success_timestamp_seconds` and the audit table's last success.
+    /// `would_fix` is not one: it only comes from a dry run, and a dry run
+    /// never counts as a success (see [`RunRecord::is_success`]).
+    #[must_use]
+    pub fn is_success(self) -> bool {
+        matches!(self, Outcome::Clean | Outcome::Found | Outcome::Fixed)
+    }
+
+    /// Something is wrong or left undone: rows found and not fixed, a guard
+    /// that stopped the fix, an error. Once receivers were told about one, an
+    /// outcome [`Outcome::is_in_order`] is news (`recovered`).
+    #[must_use]
+    pub fn is_problem(self) -> bool {
+        matches!(
+            self,
+            Outcome::Found | Outcome::WouldFix | Outcome::GuardTripped | Outcome::Failed
+        )
+    }
+
+    /// The data is in order now: nothing found, or all of it fixed.
+    #[must_use]
+    pub fn is_in_order(self) -> bool {
+        matches!(self, Outcome::Clean | Outcome::Fixed)
+    }
+
+    /// Says something about the data, so it replaces the pair's last state
+    /// (for notifications and `previous_outcome`). `skipped` does not: the
+    /// lock was held elsewhere and nothing looked at the data. (A dry run is
+    /// never a state either, whatever its outcome.)
+    #[must_use]
+    pub fn is_state(self) -> bool {
+        self != Outcome::Skipped
+    }
+
+    /// How bad an outcome is, for ordering a digest and picking its headline:
+    /// failed, guard_tripped, found, would_fix, fixed, skipped, clean.
+    #[must_use]
+    pub fn severity(self) -> u8 {
+        match self {
+            Outcome::Failed => 6,
+            Outcome::GuardTripped => 5,
+            Outcome::Found => 4,
+            Outcome::WouldFix => 3,
+            Outcome::Fixed => 2,
+            Outcome::Skipped => 1,
+            Outcome::Clean => 0,
+        }
+    }
+}
+
+/// The outcomes for which `keep` is true as an SQL list, `('clean', 'found')`,
+/// so that the audit table's queries select what these methods decide.
+#[must_use]
+pub fn sql_list(keep: fn(Outcome) -> bool) -> String {
+    let names: Vec<String> = Outcome::ALL
+        .into_iter()
+        .filter(|o| keep(*o))
+        .map(|o| format!("'{}'", o.as_str()))
+        .collect();
+    format!("({})", names.join(", "))
 }
 
 impl fmt::Display for Outcome {
@@ -104,6 +168,9 @@ pub enum Reason {
     /// COMMIT got no reply and the server could not say afterwards whether it
     /// took effect.
     CommitUnknown,
+    /// A rule with `backup:` changed more rows than the images show changed:
+    /// the fix touched rows detect did not return (issue 14); rolled back.
+    FixChangedUndetectedRows,
 }
 
 impl Reason {
@@ -124,6 +191,7 @@ impl Reason {
             Reason::UnsafeSql => "unsafe_sql",
             Reason::TransactionEnded => "transaction_ended",
             Reason::CommitUnknown => "commit_unknown",
+            Reason::FixChangedUndetectedRows => "fix_changed_undetected_rows",
         }
     }
 }
@@ -195,6 +263,10 @@ pub struct RunRecord {
     /// Rows detect still found after the fix, when verification ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remaining: Option<u64>,
+    /// Rows whose before- and after-images the run kept (rules with
+    /// `backup:`); in dry-run, how many it would keep.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub kept: Option<u64>,
     /// Number of batches run (batch mode only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batches: Option<u64>,
@@ -229,6 +301,7 @@ impl RunRecord {
             detected_is_lower_bound: false,
             changed: None,
             remaining: None,
+            kept: None,
             batches: None,
             dry_run,
             duration_ms: 0,
@@ -236,6 +309,16 @@ impl RunRecord {
             sample: Sample::default(),
             notify_errors: Vec::new(),
         }
+    }
+}
+
+impl RunRecord {
+    /// A real run (not a dry run) whose outcome [`Outcome::is_success`]. The
+    /// one test for "success" that metrics, `--metrics-file` and the audit
+    /// table's last success all follow.
+    #[must_use]
+    pub fn is_success(&self) -> bool {
+        !self.dry_run && self.outcome.is_success()
     }
 }
 
@@ -250,7 +333,7 @@ pub fn new_run_id() -> String {
     uuid::Uuid::now_v7().hyphenated().to_string()
 }
 
-/// The exit status for a set of records (design §4): failed beats guard
+/// The exit status for a set of records (README "Outcomes and exit status"): failed beats guard
 /// tripped beats success.
 #[must_use]
 pub fn exit_status(records: &[RunRecord]) -> u8 {
@@ -271,6 +354,42 @@ mod tests {
         let mut r = RunRecord::new("r", "d", false, Utc::now());
         r.outcome = outcome;
         r
+    }
+
+    /// Issue 13.3: what each outcome means, decided in one place. Columns:
+    /// success, problem, in order, news (notified by default), state,
+    /// severity.
+    #[test]
+    fn what_each_outcome_means() {
+        #[rustfmt::skip]
+        let table = [
+            (Outcome::Clean,        true,  false, true,  false, true,  0),
+            (Outcome::Found,        true,  true,  false, true,  true,  4),
+            (Outcome::Fixed,        true,  false, true,  true,  true,  2),
+            (Outcome::WouldFix,     false, true,  false, true,  true,  3),
+            (Outcome::Skipped,      false, false, false, false, false, 1),
+            (Outcome::GuardTripped, false, true,  false, true,  true,  5),
+            (Outcome::Failed,       false, true,  false, true,  true,  6),
+        ];
+        assert_eq!(table.map(|row| row.0), Outcome::ALL, "one row per outcome");
+        for (outcome, success, problem, in_order, news, state, severity) in table {
+            assert_eq!(outcome.is_success(), success, "{outcome} success");
+            assert_eq!(outcome.is_problem(), problem, "{outcome} problem");
+            assert_eq!(outcome.is_in_order(), in_order, "{outcome} in order");
+            assert_eq!(outcome.notified_by_default(), news, "{outcome} news");
+            assert_eq!(outcome.is_state(), state, "{outcome} state");
+            assert_eq!(outcome.severity(), severity, "{outcome} severity");
+            // A run whose outcome sends a process exit status other than 0
+            // is never a success.
+            if exit_status(&[record(outcome)]) != 0 {
+                assert!(!success, "{outcome}");
+            }
+            let mut dry = record(outcome);
+            dry.dry_run = true;
+            assert!(!dry.is_success(), "a dry run is never a success");
+            assert_eq!(record(outcome).is_success(), success);
+        }
+        assert_eq!(sql_list(Outcome::is_success), "('clean', 'found', 'fixed')");
     }
 
     #[test]

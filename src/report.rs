@@ -4,11 +4,13 @@
 //! `{"version": 1, "dry_run": bool, "rules": [RunRecord...], "exit_code": N}`.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 
 use comfy_table::{Cell, ContentArrangement, Table, presets};
 use serde::Serialize;
 
-use crate::outcome::{Outcome, RunRecord, Sample, exit_status};
+use crate::error::AppError;
+use crate::outcome::{Outcome, RunRecord, Sample};
 
 /// The JSON report.
 #[derive(Debug, Serialize)]
@@ -24,11 +26,6 @@ pub struct JsonReport<'a> {
     /// Why the runs could not be recorded in the audit table (they ran all the same).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_error: Option<&'a str>,
-}
-
-/// Renders the JSON report (pretty-printed, one document).
-pub fn json(records: &[RunRecord], dry_run: bool) -> Result<String, serde_json::Error> {
-    json_with(records, dry_run, exit_status(records), None)
 }
 
 /// Renders the JSON report with the exit status the process will return and
@@ -191,4 +188,23 @@ pub fn summary(records: &[RunRecord], dry_run: bool) -> String {
         },
         parts.join(", ")
     )
+}
+
+/// Writes to stdout. A closed pipe (`dbjanitor list | head -1`) ends the
+/// output quietly: no panic (which `println!` would do), no error, and the
+/// exit status stays that of the work done, since the rules ran all the same.
+/// Every command writes its output through here.
+pub(crate) fn print_stdout(text: &str) -> Result<(), AppError> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        // A closed pipe (`| head`) is not a failure of the run.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(AppError::Other(
+            anyhow::Error::new(e).context("cannot write the report"),
+        )),
+    }
 }

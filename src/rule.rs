@@ -176,6 +176,9 @@ pub struct Rule {
     pub renotify_after: Duration,
     /// Disabled rules run only when named on the command line.
     pub enabled: bool,
+    /// `backup:`: keep before- and after-images of the rows the fix changes
+    /// (issue 14), so the run can be listed and undone.
+    pub backup: Option<crate::backup::Backup>,
 }
 
 #[cfg(test)]

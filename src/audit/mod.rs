@@ -874,7 +874,8 @@ impl History for RunHistory {
 }
 
 /// Records the runs of one `run` invocation in the audit table, if the config
-/// has one: design §3 step 9, after the rules and before notifications.
+/// has one: docs/architecture.md §3 step 9, after the rules and after
+/// notifications (the rows store which runs were notified).
 ///
 /// Returns the error text on failure (already logged), so the caller can put
 /// it in the report and the exit status; it never touches `records`.
@@ -904,6 +905,30 @@ mod tests {
         assert_eq!(clipped.chars().count(), MAX_TEXT_CHARS + 1);
         assert!(clipped.ends_with('…'));
         assert_eq!(clip("short"), "short");
+    }
+
+    /// Issue 13.3: the audit SQL's outcome lists are the ones `Outcome`'s
+    /// methods decide (the statements are `concat!` constants, so they are
+    /// checked here rather than built at run time).
+    #[test]
+    fn sql_outcome_lists_follow_the_outcome_methods() {
+        let success = crate::outcome::sql_list(Outcome::is_success);
+        for sql in [SUCCESS_POSTGRES, SUCCESS_OTHER, PRUNE_POSTGRES, PRUNE_OTHER] {
+            let lists: Vec<&str> = sql
+                .match_indices("IN ('")
+                .map(|(at, _)| {
+                    let list = &sql[at + 3..];
+                    &list[..=list.find(')').unwrap_or(list.len() - 1)]
+                })
+                .collect();
+            assert!(!lists.is_empty(), "{sql}");
+            assert!(lists.iter().all(|l| *l == success), "{lists:?} / {success}");
+        }
+        let not_state = crate::outcome::sql_list(|o| !o.is_state());
+        assert_eq!(
+            not_state, "('skipped')",
+            "the SQL writes it as = / <> 'skipped'"
+        );
     }
 
     #[test]

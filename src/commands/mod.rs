@@ -3,8 +3,10 @@
 //! (and, for `notify-test`, the loaded config) and returns an exit status; none
 //! touches a database.
 
+pub mod changes;
 pub mod init;
 pub mod notify_test;
+pub mod undo;
 
 use std::io::Write;
 

@@ -176,6 +176,7 @@ fn config_shape() -> Shape {
         "notifiers" => Shape::Named(notifier_shape),
         "audit" => Shape::Fields(fields_of::<raw::RawAudit>(), |_| Shape::Any),
         "daemon" => Shape::Fields(fields_of::<raw::RawDaemon>(), |_| Shape::Any),
+        "images" => Shape::Fields(fields_of::<raw::RawImages>(), |_| Shape::Any),
         _ => Shape::Any,
     })
 }
@@ -193,6 +194,7 @@ fn rule_shape() -> Shape {
         "detect" | "fix" => Shape::Fields(fields_of::<raw::RawSqlByDialect>(), |_| Shape::Any),
         "batch" => Shape::Fields(fields_of::<raw::RawBatch>(), |_| Shape::Any),
         "lock" => Shape::Fields(fields_of::<raw::RawLock>(), |_| Shape::Any),
+        "backup" => Shape::Fields(fields_of::<raw::RawBackup>(), |_| Shape::Any),
         _ => Shape::Any,
     })
 }

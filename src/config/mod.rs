@@ -8,6 +8,7 @@
 //! and column, so an operator fixes a broken pack in one pass. Nothing here
 //! connects to a database.
 
+mod backup;
 mod error;
 mod keys;
 mod notifier;
@@ -139,6 +140,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// Values rules inherit.
     pub defaults: Defaults,
+    /// Where and how long backup images are kept (`images:`).
+    pub images: crate::backup::Images,
 }
 
 /// Where `${VAR}` values come from: the process environment, or a map in tests.
@@ -336,6 +339,7 @@ impl Loader<'_> {
         {
             daemon.shutdown_grace = grace;
         }
+        let images = self.images(path, raw.images.as_ref());
         let mut rules: Vec<Arc<Rule>> = Vec::new();
         let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
         for file in self.rule_files(path, base, &raw.rules) {
@@ -352,6 +356,10 @@ impl Loader<'_> {
                 continue;
             }
             seen.insert(rule.name.clone(), file.clone());
+            let mut rule = rule;
+            if let Some(backup) = &mut rule.backup {
+                backup.images = images.clone();
+            }
             rules.push(Arc::new(rule));
         }
         Some(Config {
@@ -362,6 +370,7 @@ impl Loader<'_> {
             audit,
             daemon,
             defaults,
+            images,
         })
     }
 

@@ -28,6 +28,24 @@ pub(crate) struct RawConfig {
     pub(crate) audit: Option<Spanned<RawAudit>>,
     #[serde(default)]
     pub(crate) daemon: Option<RawDaemon>,
+    #[serde(default)]
+    pub(crate) images: Option<Spanned<RawImages>>,
+}
+
+/// `images:` of the config: where and how long backup images are kept.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawImages {
+    pub(crate) table: Option<Spanned<String>>,
+    pub(crate) keep: Option<Spanned<String>>,
+}
+
+/// `backup:` of a rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBackup {
+    pub(crate) table: Spanned<String>,
+    pub(crate) key: Vec<Spanned<String>>,
 }
 
 /// One entry of `databases:`.
@@ -145,6 +163,7 @@ pub(crate) struct RawRule {
     pub(crate) notify_on: Option<Vec<Outcome>>,
     pub(crate) renotify_after: Option<Spanned<String>>,
     pub(crate) enabled: Option<bool>,
+    pub(crate) backup: Option<Spanned<RawBackup>>,
 }
 
 /// `batch:` of a rule.

@@ -73,6 +73,7 @@ impl Loader<'_> {
         );
         let lock = self.lock_spec(file, raw.lock.as_ref(), &name);
         let notify = self.notify_settings(file, &raw, notifiers, defaults);
+        let backup = self.backup(file, raw.backup.as_ref(), mode, &dialects);
         if self.errors.len() > errors_before {
             return None;
         }
@@ -96,6 +97,7 @@ impl Loader<'_> {
             notify_on: notify.notify_on,
             renotify_after: notify.renotify_after,
             enabled: raw.enabled.unwrap_or(true),
+            backup,
         };
         Some((rule, raw.name.referenced))
     }
@@ -226,11 +228,10 @@ impl Loader<'_> {
                 .and_then(|w| self.bounded_duration(file, w, limits::LOCK_WAIT, false))
                 .unwrap_or(Duration::ZERO),
         };
-        if lock.name.trim().is_empty() {
-            self.errors.push(super::ConfigError::file(
-                file,
-                "lock.name must not be empty",
-            ));
+        if let Some(name) = raw.and_then(|l| l.name.as_ref())
+            && name.value.trim().is_empty()
+        {
+            self.err(file, name.referenced, "lock.name must not be empty");
         }
         lock
     }

@@ -2,7 +2,7 @@
 //!
 //! Built on croner (through [`crate::schedule`]) and a small tokio loop per
 //! (rule, database) pair rather than on tokio-cron-scheduler, whose defects
-//! matter here (shared/crates.md): it needs 6 or 7 cron fields, freezes a
+//! matter here (docs/architecture.md §5): it needs 6 or 7 cron fields, freezes a
 //! timezone's UTC offset (DST not followed), overlaps a slow job with its next
 //! tick, and does not wait for running jobs on shutdown. The loop below:
 //!
@@ -449,9 +449,9 @@ pub async fn run(
         // First signal: stop starting runs. Second: cancel the running ones now.
         let (stop, cancel) = (stop.clone(), cancel.clone());
         tokio::spawn(async move {
-            crate::app::wait_for_signal().await;
+            crate::signals::wait_for_signal().await;
             stop.cancel();
-            crate::app::wait_for_signal().await;
+            crate::signals::wait_for_signal().await;
             warn!("second signal: cancelling running rules now");
             cancel.cancel();
         });

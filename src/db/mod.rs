@@ -164,6 +164,15 @@ pub struct Executed {
     pub modifies_data: bool,
 }
 
+/// What dbjanitor's own SQL returned (see [`Session::own`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Own {
+    /// Rows affected by the (last) statement.
+    pub rows_affected: u64,
+    /// Every row it returned, each cell as text (`None` for NULL), never clipped.
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
 /// What became of a COMMIT whose reply did not arrive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommitOutcome {
@@ -177,7 +186,7 @@ pub enum CommitOutcome {
 
 /// The operations the engine performs on one pinned connection.
 ///
-/// Locks come in two kinds, as in design §3: a transactional rule calls
+/// Locks come in two kinds, as in docs/architecture.md §3: a transactional rule calls
 /// [`Session::begin_locked`], which opens a transaction and takes a lock that
 /// ends with it; batch and autocommit rules call [`Session::lock_session`],
 /// which holds a lock on the connection across several transactions.
@@ -252,6 +261,13 @@ pub trait Session: Send + Sized {
     /// them) and reports `DbError::TransactionEnded` if it finds the transaction
     /// gone afterwards.
     fn execute(&mut self, sql: &str) -> impl Future<Output = Result<Executed, DbError>> + Send;
+
+    /// Runs dbjanitor's OWN SQL, never rule SQL: the statements of the backup
+    /// images (`crate::backup`), which build and compare the images on the
+    /// server so that no row data streams through dbjanitor. Every result
+    /// column is text; all rows are returned (the callers bound them by
+    /// `max_rows` or by a run's images).
+    fn own(&mut self, sql: &str) -> impl Future<Output = Result<Own, DbError>> + Send;
 
     /// Asks the server to parse and plan `sql` without running it.
     fn prepare(&mut self, sql: &str) -> impl Future<Output = Result<(), DbError>> + Send;

@@ -51,6 +51,16 @@ impl TextDatabase for MySql {
         })
     }
 
+    fn full_text(row: &MySqlRow, index: usize) -> Option<String> {
+        let value = row.try_get_raw(index).ok()?;
+        if value.is_null() {
+            return None;
+        }
+        <&[u8] as Decode<MySql>>::decode(value)
+            .ok()
+            .map(|raw| String::from_utf8_lossy(raw).into_owned())
+    }
+
     fn rows_affected(result: &MySqlQueryResult) -> u64 {
         result.rows_affected()
     }
@@ -484,6 +494,10 @@ impl Session for MySqlSession {
             rows,
             modifies_data: crate::sql::modifies_data(sql, Dialect::MySql),
         })
+    }
+
+    async fn own(&mut self, sql: &str) -> Result<super::Own, DbError> {
+        self.text.own(sql).await
     }
 
     async fn prepare(&mut self, sql: &str) -> Result<(), DbError> {

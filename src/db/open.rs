@@ -178,6 +178,10 @@ impl Session for AnySession {
         each!(self, s => s.execute(sql).await)
     }
 
+    async fn own(&mut self, sql: &str) -> Result<super::Own, DbError> {
+        each!(self, s => s.own(sql).await)
+    }
+
     async fn prepare(&mut self, sql: &str) -> Result<(), DbError> {
         each!(self, s => s.prepare(sql).await)
     }

@@ -758,6 +758,28 @@ impl Session for PgSession {
         })
     }
 
+    async fn own(&mut self, sql: &str) -> Result<super::Own, DbError> {
+        let messages = self
+            .conn
+            .client
+            .simple_query(sql)
+            .await
+            .map_err(|e| self.conn.error(&e))?;
+        let mut own = super::Own::default();
+        for message in messages {
+            match message {
+                SimpleQueryMessage::Row(row) => own.rows.push(
+                    (0..row.len())
+                        .map(|i| row.get(i).map(str::to_owned))
+                        .collect(),
+                ),
+                SimpleQueryMessage::CommandComplete(n) => own.rows_affected = n,
+                _ => {}
+            }
+        }
+        Ok(own)
+    }
+
     /// `check --connect` without named statements: a detect is declared as
     /// the cursor [`Session::detect`] would read (never fetched), a fix
     /// statement is planned with `EXPLAIN` (never executed), both through the

@@ -49,6 +49,16 @@ impl TextDatabase for Sqlite {
         }
     }
 
+    fn full_text(row: &SqliteRow, index: usize) -> Option<String> {
+        let value = row.try_get_raw(index).ok()?;
+        if value.is_null() {
+            return None;
+        }
+        <&[u8] as Decode<Sqlite>>::decode(value)
+            .ok()
+            .map(|raw| String::from_utf8_lossy(raw).into_owned())
+    }
+
     fn rows_affected(result: &SqliteQueryResult) -> u64 {
         result.rows_affected()
     }
@@ -232,6 +242,10 @@ impl Session for SqliteSession {
             rows,
             modifies_data: crate::sql::modifies_data(sql, Dialect::Sqlite),
         })
+    }
+
+    async fn own(&mut self, sql: &str) -> Result<super::Own, DbError> {
+        self.text.own(sql).await
     }
 
     async fn prepare(&mut self, sql: &str) -> Result<(), DbError> {

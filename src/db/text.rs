@@ -18,6 +18,9 @@ pub(crate) trait TextDatabase: Database {
     /// One cell of a row as text (`None` for NULL).
     fn cell(row: &Self::Row, index: usize) -> Option<String>;
 
+    /// One cell of dbjanitor's own SQL, whose columns are text: whole, never clipped.
+    fn full_text(row: &Self::Row, index: usize) -> Option<String>;
+
     /// Rows affected by a finished statement.
     fn rows_affected(result: &Self::QueryResult) -> u64;
 }
@@ -159,6 +162,25 @@ where
             .await
             .map(|done| DB::rows_affected(&done))
             .map_err(|e| sql_error(&self.url, &e))
+    }
+
+    /// dbjanitor's own SQL (see `Session::own`): one statement whose result
+    /// columns are all text; every row, unclipped.
+    pub(crate) async fn own(&mut self, sql: &str) -> Result<super::Own, DbError> {
+        use futures_util::StreamExt;
+        let mut own = super::Own::default();
+        let mut stream = self
+            .conn
+            .fetch_many(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())));
+        while let Some(item) = stream.next().await {
+            match item.map_err(|e| sql_error(&self.url, &e))? {
+                sqlx::Either::Left(done) => own.rows_affected = DB::rows_affected(&done),
+                sqlx::Either::Right(row) => own
+                    .rows
+                    .push((0..row.len()).map(|i| DB::full_text(&row, i)).collect()),
+            }
+        }
+        Ok(own)
     }
 
     /// Parses and plans a statement on the server without running it.

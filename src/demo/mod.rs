@@ -15,12 +15,13 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{Connection, Executor};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{AppError, load_config, print_stdout};
+use crate::config;
 use crate::engine::{RunOptions, run_plan};
+use crate::error::AppError;
 use crate::exit;
 use crate::outcome::{Outcome, RunRecord};
 use crate::plan::{Plan, Selection};
-use crate::report;
+use crate::report::{self, print_stdout};
 
 const RULES: [(&str, &str); 2] = [
     (
@@ -43,7 +44,7 @@ pub async fn run(path: Option<&Path>) -> Result<u8, AppError> {
     let dir = prepare_folder(path)?;
     let config_path = write_files(&dir).await?;
     print_stdout(&format!("dbjanitor demo in {}\n\n", dir.display()))?;
-    let config = load_config(&config_path)?;
+    let config = config::load(&config_path)?;
     let plan =
         Plan::select(&config, &Selection::default()).map_err(|e| AppError::Usage(e.to_string()))?;
     let cancel = CancellationToken::new();

@@ -21,21 +21,6 @@ use super::policy::Change;
 use crate::outcome::{Outcome, Reason, RunRecord, Sample};
 use crate::report::{sample_heading, sample_lines};
 
-/// How bad an outcome is, for ordering a digest and picking its headline:
-/// failed, guard_tripped, found, would_fix, fixed, skipped, clean.
-#[must_use]
-pub fn severity(outcome: Outcome) -> u8 {
-    match outcome {
-        Outcome::Failed => 6,
-        Outcome::GuardTripped => 5,
-        Outcome::Found => 4,
-        Outcome::WouldFix => 3,
-        Outcome::Fixed => 2,
-        Outcome::Skipped => 1,
-        Outcome::Clean => 0,
-    }
-}
-
 /// One (rule, database) run in a message. Serialised as-is in the JSON
 /// payload (`runs[]`), every key always present (`null` when not known).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -199,7 +184,7 @@ impl Digest {
     #[must_use]
     pub fn new(host: String, sent_at: DateTime<Utc>, mut entries: Vec<Entry>) -> Self {
         // Stable: rules keep their plan order within one outcome.
-        entries.sort_by_key(|e| std::cmp::Reverse(severity(e.outcome)));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.outcome.severity()));
         Self {
             host,
             sent_at,
@@ -223,7 +208,7 @@ impl Digest {
     #[must_use]
     pub fn counts(&self) -> Vec<(Outcome, usize)> {
         let mut outcomes: Vec<Outcome> = Outcome::ALL.to_vec();
-        outcomes.sort_by_key(|o| std::cmp::Reverse(severity(*o)));
+        outcomes.sort_by_key(|o| std::cmp::Reverse(o.severity()));
         outcomes
             .into_iter()
             .filter_map(|o| {

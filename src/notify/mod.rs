@@ -16,7 +16,8 @@
 //! 5. A failure is logged (`warn`) and added to `notify_errors` of every
 //!    record that notifier carried, so the report lists it; the exit status
 //!    does not change.
-//! 6. The history, if any, records the runs and which ones were notified.
+//! 6. It returns which records were notified; the caller then records the
+//!    runs with that flag (`audit::record`, or the daemon's history).
 //!
 //! Channels: [`webhook`] (JSON or Slack/Mattermost) and [`email`] (SMTP).
 

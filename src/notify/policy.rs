@@ -107,20 +107,6 @@ pub enum Decision {
     Quiet(Quiet),
 }
 
-/// Outcomes that mean something is wrong or left undone: a recovery from
-/// them is news.
-fn is_problem(outcome: Outcome) -> bool {
-    matches!(
-        outcome,
-        Outcome::Found | Outcome::WouldFix | Outcome::GuardTripped | Outcome::Failed
-    )
-}
-
-/// Outcomes that mean the data is in order now.
-fn is_good(outcome: Outcome) -> bool {
-    matches!(outcome, Outcome::Clean | Outcome::Fixed)
-}
-
 /// Decides whether the run that ended in `outcome` is notified.
 ///
 /// With history (`Past::Never`/`Past::Last`), the past is the pair's last
@@ -152,7 +138,7 @@ pub fn decide(
         Past::Untracked | Past::Never => return Decision::Quiet(Quiet::NotWanted),
         Past::Last(last) => last,
     };
-    if is_good(outcome) && last.notified.is_some_and(|told| is_problem(told.outcome)) {
+    if outcome.is_in_order() && last.notified.is_some_and(|told| told.outcome.is_problem()) {
         return Decision::Notify(Change::Recovered);
     }
     if !wanted {

@@ -500,3 +500,19 @@ fn every_problem_of_an_email_notifier_is_reported_at_once() {
         assert!(out.stderr.contains(expected), "{expected}\n{}", out.stderr);
     }
 }
+
+/// Issue 13.5: an empty `lock.name` is reported where it is written, not at 1:1.
+#[test]
+fn an_empty_lock_name_is_reported_at_its_position() {
+    let out = Case::new()
+        .database("main", "sqlite:///nonexistent/x.db")
+        .rule("name: a\ndatabase: main\ndetect: SELECT 1\nlock:\n  name: \"  \"\n")
+        .run(&["check"]);
+    out.assert_code(2);
+    assert!(
+        out.stderr
+            .contains("rule01.yaml:5:9: lock.name must not be empty"),
+        "{}",
+        out.stderr
+    );
+}

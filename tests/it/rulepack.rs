@@ -527,7 +527,17 @@ fn num(record: &Value, field: &str) -> Option<u64> {
 async fn rotten_keys(db: &TestDb, expect: &Expect) -> Vec<String> {
     match &expect.rotten {
         Rotten::Keys(keys) => keys.iter().map(|k| (*k).to_owned()).collect(),
-        Rotten::Query(sql) => db.rows(sql).await.iter().map(|r| cell(&r[0])).collect(),
+        Rotten::Query(sql) => {
+            let keys: Vec<String> = db.rows(sql).await.iter().map(|r| cell(&r[0])).collect();
+            // A query that finds nothing would turn the case into a quiet
+            // `clean` check that passes whatever the rule does.
+            assert!(
+                !keys.is_empty(),
+                "{}: the rotten-rows query finds nothing on the fixture: {sql}",
+                expect.rule
+            );
+            keys
+        }
     }
 }
 

@@ -69,6 +69,8 @@ fn no_password_when_connections_fail() {
         with_password(&mysql_server(), "root", "test").replace("root:", "dbj_no_such_user:");
     let query_password = format!("postgres://postgres@127.0.0.1:1/none?password={PASSWORD}");
     for url in [refused, denied, query_password] {
+        // Each case must carry the password, or it tests nothing.
+        assert!(url.contains(PASSWORD), "no password in {url}");
         let out = Case::new()
             .database("main", &url)
             .rule(RULE)

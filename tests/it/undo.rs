@@ -102,3 +102,338 @@ async fn the_run_id_is_the_same_in_report_audit_and_notifications(engine: Engine
     assert!(out.stdout.contains(&ids[1]), "{}", out.stdout);
     assert!(!out.stdout.contains(id), "{}", out.stdout);
 }
+
+// ---------------------------------------------------------------------------
+// Issue 14, steps 2–4: images, `changes`, `undo`.
+// ---------------------------------------------------------------------------
+
+use crate::util::Case;
+
+/// One test per engine with images (PostgreSQL and SQLite).
+macro_rules! with_images {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use crate::util::Engine;
+            #[tokio::test(flavor = "multi_thread")]
+            async fn postgres() { super::$name(Engine::Postgres).await }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn sqlite() { super::$name(Engine::Sqlite).await }
+        }
+    )*};
+}
+
+with_images!(
+    update_fix_then_undo_restores_every_byte,
+    delete_fix_then_undo_restores_every_byte,
+    batch_delete_then_undo_restores_every_byte,
+    undo_after_the_application_changed_a_row_refuses,
+    fix_touching_an_undetected_row_trips_the_guard,
+    retention_removes_old_images,
+);
+
+/// The awkward-types table of `tests/fixtures/undo/<engine>.sql`.
+async fn awkward(engine: Engine) -> TestDb {
+    let db = TestDb::new(engine).await;
+    db.load_fixture(&format!("undo/{}.sql", engine.key())).await;
+    db
+}
+
+/// Every table, every column, as exact text: PostgreSQL's row text form;
+/// SQLite's `quote()` with the storage class of every value.
+async fn dump(db: &TestDb) -> Vec<Vec<Option<String>>> {
+    match db.engine {
+        Engine::Sqlite => {
+            let mut rows = db
+                .rows(
+                    "SELECT id, quote(vm_id), quote(state), typeof(taken_at) || quote(taken_at), \
+                     typeof(amount) || quote(amount), quote(doc), quote(payload), \
+                     typeof(ratio) || printf('%!.17g', ratio), quote(note), \
+                     typeof(anything) || quote(anything) FROM ha_work ORDER BY id",
+                )
+                .await;
+            rows.extend(db.rows("SELECT id, name FROM vm ORDER BY id").await);
+            rows
+        }
+        _ => {
+            let mut rows = db.rows("SELECT w::text FROM ha_work w ORDER BY id").await;
+            rows.extend(db.rows("SELECT v::text FROM vm v ORDER BY id").await);
+            rows
+        }
+    }
+}
+
+/// A rule on `ha_work` with backup, its fix `fix`.
+fn rule(name: &str, fix: &str, extra: &str) -> String {
+    format!(
+        "name: {name}\ndatabase: main\ndetect: SELECT id FROM ha_work WHERE state = 'stale'\n\
+         fix: \"{fix}\"\nmax_rows: 10\nbackup:\n  table: ha_work\n  key: [id]\n{extra}"
+    )
+}
+
+const UPDATE_FIX: &str = "UPDATE ha_work SET state = 'done', note = 'fixed', payload = NULL, ratio = 1.5 WHERE state = 'stale'";
+const DELETE_FIX: &str = "DELETE FROM ha_work WHERE state = 'stale'";
+
+fn case(db: &TestDb, rule_yaml: &str) -> Case {
+    Case::new().database("main", db.url()).rule(rule_yaml)
+}
+
+/// Runs the rule for real and returns its run id (asserting `fixed`).
+fn fixed_run(case: &Case, rule: &str) -> (String, serde_json::Value) {
+    let out = case.run(&["run", "--output", "json"]);
+    out.assert_code(0);
+    let record = out.record(rule, "main");
+    assert_eq!(record["outcome"], "fixed", "{}", out.stdout);
+    (
+        record["run_id"].as_str().expect("run_id").to_owned(),
+        record,
+    )
+}
+
+async fn images(db: &TestDb) -> i64 {
+    db.scalar("SELECT count(*) FROM dbjanitor_images").await
+}
+
+async fn fix_then_undo(engine: Engine, fix: &str, extra: &str, states_after: i64) {
+    let db = awkward(engine).await;
+    let original = dump(&db).await;
+    let case = case(&db, &rule("w.fix", fix, extra));
+
+    // Dry run: counts the rows it would keep, keeps none, changes nothing.
+    let out = case.run(&["run", "--dry-run", "--output", "json"]);
+    out.assert_code(0);
+    let record = out.record("w.fix", "main");
+    assert_eq!(record["outcome"], "would_fix", "{}", out.stdout);
+    let would_keep = record["kept"].as_u64().expect("kept in the dry run");
+    assert!(would_keep >= 2, "{}", out.stdout);
+    assert_eq!(dump(&db).await, original, "dry run changed nothing");
+    assert_eq!(images(&db).await, 0, "a dry run keeps no image");
+
+    let (run, record) = fixed_run(&case, "w.fix");
+    let fixed = dump(&db).await;
+    assert_ne!(fixed, original);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM ha_work WHERE state = 'stale'")
+            .await,
+        0
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM ha_work").await,
+        states_after
+    );
+    assert_eq!(record["kept"].as_u64(), Some(4), "{record}");
+    assert_eq!(images(&db).await, 4);
+
+    // changes: the before and after of the four rows.
+    let out = case.run(&["changes", &run, "--output", "json"]);
+    out.assert_code(0);
+    let changes = out.json();
+    assert_eq!(changes["table"], "ha_work");
+    let rows = changes["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 4, "{}", out.stdout);
+    assert!(
+        rows.iter().all(|r| !r["before"].is_null()),
+        "{}",
+        out.stdout
+    );
+    let text = case.run(&["changes", &run]);
+    text.assert_code(0);
+    assert!(text.stdout.contains("4 rows changed"), "{}", text.stdout);
+
+    // Undo, dry run first: nothing changes.
+    let out = case.run(&["undo", &run, "--dry-run"]);
+    out.assert_code(0);
+    assert!(
+        out.stdout.contains("would restore 4 rows"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(dump(&db).await, fixed);
+
+    let out = case.run(&["undo", &run, "--output", "json"]);
+    out.assert_code(0);
+    let report = out.json();
+    assert_eq!(report["outcome"], "restored", "{}", out.stdout);
+    assert_eq!(report["restored"], 4);
+    assert_eq!(dump(&db).await, original, "every byte is back");
+
+    // The undo is a run of its own: undoing it gives the fixed state back.
+    let undo_run = report["undo_run_id"]
+        .as_str()
+        .expect("undo run id")
+        .to_owned();
+    assert_ne!(undo_run, run);
+    let out = case.run(&["undo", &undo_run]);
+    out.assert_code(0);
+    assert_eq!(dump(&db).await, fixed, "undoing the undo redoes the fix");
+}
+
+async fn update_fix_then_undo_restores_every_byte(engine: Engine) {
+    fix_then_undo(engine, UPDATE_FIX, "", 6).await;
+}
+
+async fn delete_fix_then_undo_restores_every_byte(engine: Engine) {
+    fix_then_undo(engine, DELETE_FIX, "", 2).await;
+}
+
+async fn batch_delete_then_undo_restores_every_byte(engine: Engine) {
+    let fix = match engine {
+        Engine::Postgres => {
+            "DELETE FROM ha_work WHERE id = ANY(ARRAY(SELECT id FROM ha_work WHERE state = 'stale' ORDER BY id LIMIT 3))"
+        }
+        _ => {
+            "DELETE FROM ha_work WHERE id IN (SELECT id FROM ha_work WHERE state = 'stale' ORDER BY id LIMIT 3)"
+        }
+    };
+    let db = awkward(engine).await;
+    let original = dump(&db).await;
+    let case = case(
+        &db,
+        &rule("w.batch", fix, "batch:\n  pause: 0s\n  max_batches: 10\n"),
+    );
+    let (run, record) = fixed_run(&case, "w.batch");
+    assert_eq!(
+        record["batches"], 3,
+        "two full batches and an empty one: {record}"
+    );
+    assert_eq!(record["kept"], 4);
+    assert_eq!(db.scalar("SELECT count(*) FROM ha_work").await, 2);
+    let out = case.run(&["undo", &run]);
+    out.assert_code(0);
+    assert!(out.stdout.contains("restored 4 rows"), "{}", out.stdout);
+    assert_eq!(dump(&db).await, original);
+}
+
+async fn undo_after_the_application_changed_a_row_refuses(engine: Engine) {
+    let db = awkward(engine).await;
+    let case = case(&db, &rule("w.fix", UPDATE_FIX, ""));
+    let (run, _) = fixed_run(&case, "w.fix");
+    // The application touches row 2 after the fix.
+    db.exec("UPDATE ha_work SET note = 'touched by the app' WHERE id = 2")
+        .await;
+    let before_undo = dump(&db).await;
+    let out = case.run(&["undo", &run]);
+    out.assert_code(3);
+    assert!(out.stdout.contains("refused"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("\"id\""),
+        "the conflicting key is listed: {}",
+        out.stdout
+    );
+    assert_eq!(dump(&db).await, before_undo, "nothing restored");
+
+    let out = case.run(&["undo", &run, "--only-unchanged", "--output", "json"]);
+    out.assert_code(0);
+    let report = out.json();
+    assert_eq!(report["restored"], 3, "{}", out.stdout);
+    assert_eq!(report["conflicts"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM ha_work WHERE state = 'stale'")
+            .await,
+        3
+    );
+    let row2 = db
+        .rows("SELECT state, note FROM ha_work WHERE id = 2")
+        .await;
+    assert_eq!(
+        row2,
+        vec![vec![
+            Some("done".to_owned()),
+            Some("touched by the app".to_owned())
+        ]]
+    );
+}
+
+async fn fix_touching_an_undetected_row_trips_the_guard(engine: Engine) {
+    let db = awkward(engine).await;
+    let original = dump(&db).await;
+    let fix = "UPDATE ha_work SET note = 'oops' WHERE state = 'stale' OR id = 6";
+    let case = case(&db, &rule("w.wide", fix, ""));
+    let out = case.run(&["run", "--output", "json"]);
+    out.assert_code(3);
+    let record = out.record("w.wide", "main");
+    assert_eq!(
+        record["reason"], "fix_changed_undetected_rows",
+        "{}",
+        out.stdout
+    );
+    assert_eq!(dump(&db).await, original, "rolled back");
+    assert_eq!(images(&db).await, 0, "no image of a rolled-back fix");
+}
+
+async fn retention_removes_old_images(engine: Engine) {
+    let db = awkward(engine).await;
+    let case = case(&db, &rule("w.fix", UPDATE_FIX, "")).config("images:\n  keep: 30d");
+    let (run, _) = fixed_run(&case, "w.fix");
+    assert_eq!(images(&db).await, 4);
+    let aged = match engine {
+        Engine::Postgres => "UPDATE dbjanitor_images SET taken_at = now() - interval '31 days'",
+        _ => {
+            "UPDATE dbjanitor_images SET taken_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-31 days')"
+        }
+    };
+    db.exec(aged).await;
+    // The next run of a rule with backup (clean this time) prunes them.
+    case.run(&["run"]).assert_code(0);
+    assert_eq!(images(&db).await, 0);
+    let out = case.run(&["undo", &run]);
+    out.assert_code(2);
+    assert!(out.stderr.contains("no database"), "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_during_the_fix_leaves_neither_change_nor_images() {
+    let db = awkward(Engine::Postgres).await;
+    let original = dump(&db).await;
+    let fix = format!("{UPDATE_FIX}; SELECT pg_sleep(30)");
+    let case = case(&db, &rule("w.slow", &fix, "timeout: 60s\n"));
+    let mut child = case.spawn(&["run"]);
+    // Wait until the fix is inside pg_sleep (its images and UPDATE are done, uncommitted).
+    let started = std::time::Instant::now();
+    loop {
+        let sleeping = db
+            .scalar("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid() AND datname = current_database()")
+            .await;
+        if sleeping > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the fix never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    // The server ends the session when it notices; wait for the backend to go.
+    let started = std::time::Instant::now();
+    while db
+        .scalar("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid() AND datname = current_database()")
+        .await
+        > 0
+    {
+        assert!(started.elapsed() < std::time::Duration::from_secs(40));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(dump(&db).await, original, "no change survived the kill");
+    assert_eq!(images(&db).await, 0, "no orphaned image");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_is_refused_at_load_for_autocommit_and_bad_names() {
+    let db = TestDb::new(Engine::Sqlite).await;
+    let auto = "name: w.auto\ndatabase: main\nmode: autocommit\ndetect: SELECT id FROM t\nfix: DELETE FROM t\nmax_rows: 5\nbackup:\n  table: t\n  key: [id]\n";
+    let out = Case::new()
+        .database("main", db.url())
+        .rule(auto)
+        .run(&["check"]);
+    out.assert_code(2);
+    assert!(out.stderr.contains("rule01.yaml:8:"), "{}", out.stderr);
+    assert!(out.stderr.contains("autocommit"), "{}", out.stderr);
+    let bad = "name: w.bad\ndatabase: main\ndetect: SELECT id FROM t\nfix: DELETE FROM t\nmax_rows: 5\nbackup:\n  table: \"t; DROP TABLE t\"\n  key: [id]\n";
+    let out = Case::new()
+        .database("main", db.url())
+        .rule(bad)
+        .run(&["check"]);
+    out.assert_code(2);
+    assert!(out.stderr.contains("rule01.yaml:7:10:"), "{}", out.stderr);
+}

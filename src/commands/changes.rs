@@ -1,0 +1,94 @@
+//! `dbjanitor changes RUN_ID`: the before and after of every row a run of a
+//! rule with `backup:` changed, read from its images (as a table or JSON).
+
+use serde_json::{Value, json};
+
+use crate::app::{AppError, print_stdout};
+use crate::cli::{ChangesArgs, OutputFormat};
+use crate::commands::undo::{find, parse_run_id, with_session};
+use crate::config::Config;
+use crate::db::{ConnectSettings, Session};
+use crate::exit;
+
+/// `dbjanitor changes`.
+pub async fn run(config: &Config, args: &ChangesArgs) -> Result<u8, AppError> {
+    let run = parse_run_id(&args.run_id)?;
+    let (db, located) = find(config, &run).await?;
+    let settings = ConnectSettings {
+        timeout: config.defaults.timeout,
+        lock_wait: std::time::Duration::ZERO,
+    };
+    let images = &config.images;
+    let changes = with_session!(&*db, &settings, |s| {
+        let changes = crate::backup::undo::changes(&mut s, images, &run).await;
+        s.close().await;
+        changes
+    })
+    .map_err(|e| AppError::Other(anyhow::anyhow!("cannot read the images of run {run}: {e}")))?;
+    // A PostgreSQL image is {"row": to_json(row), "sql_null": {...}}: show the row.
+    let parse = |text: &Option<String>| {
+        let value = text.as_deref().map_or(Value::Null, |t| {
+            serde_json::from_str(t).unwrap_or(Value::String(t.to_owned()))
+        });
+        match value {
+            Value::Object(mut map) if map.contains_key("row") && map.contains_key("sql_null") => {
+                map.remove("row").unwrap_or(Value::Null)
+            }
+            other => other,
+        }
+    };
+    let shown = |text: &Option<String>| match text {
+        Some(_) => parse(text).to_string(),
+        None => "(absent)".to_owned(),
+    };
+    let out = match args.output {
+        OutputFormat::Json => {
+            let rows: Vec<Value> = changes
+                .iter()
+                .map(|c| {
+                    json!({
+                        "key": parse(&Some(c.key.clone())),
+                        "before": parse(&c.before),
+                        "after": parse(&c.after),
+                    })
+                })
+                .collect();
+            let mut text = serde_json::to_string_pretty(&json!({
+                "run_id": run,
+                "rule": located.rule,
+                "database": db.name,
+                "table": located.table,
+                "rows": rows,
+            }))
+            .map_err(|e| AppError::Other(anyhow::Error::new(e)))?;
+            text.push('\n');
+            text
+        }
+        OutputFormat::Text => {
+            let mut text = format!(
+                "run {run}: rule {}, database {}, table {}, {} rows changed\n",
+                located.rule,
+                db.name,
+                located.table,
+                changes.len()
+            );
+            for change in &changes {
+                let what = match (&change.before, &change.after) {
+                    (Some(_), Some(_)) => "updated",
+                    (Some(_), None) => "deleted",
+                    (None, Some(_)) => "inserted",
+                    (None, None) => "unchanged",
+                };
+                text.push_str(&format!("\n{what} {}\n", change.key));
+                text.push_str(&format!(
+                    "  before: {}\n  after:  {}\n",
+                    shown(&change.before),
+                    shown(&change.after)
+                ));
+            }
+            text
+        }
+    };
+    print_stdout(&out)?;
+    Ok(exit::SUCCESS)
+}
