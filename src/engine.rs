@@ -286,7 +286,7 @@ impl Run<'_> {
             let (reason, what) = describe_error(&e);
             session.abort().await;
             fail(record, reason, &format!("{what}; nothing was changed"));
-            return;
+            return None;
         }
         let result = match (self.rule.mode, self.rule.batch) {
             (_, Some(batch)) => self.batched(&mut session, batch, record).await,
