@@ -74,7 +74,7 @@ for f in k8s/kustomization.yaml k8s/daemon/kustomization.yaml k8s/common/kustomi
   [ -f "$f" ] || fail "$f is missing"
 done
 cp -R k8s "$work/k8s"
-rm -rf "$work/k8s/rules" # a locally generated copy must not stand in for rules/
+rm -rf "$work/k8s/rules.generated-by-sync-rules.sh" # a locally generated copy must not stand in for rules/
 if [ -d rules ] && [ -n "$(find rules -name '.*' -prune -o -type f \( -name '*.yaml' -o -name '*.yml' \) -print -quit)" ]; then
   bash "$work/k8s/sync-rules.sh" --rules "$ROOT/rules" || fail "k8s/sync-rules.sh"
 else

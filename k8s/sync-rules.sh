@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates k8s/rules/, the kustomize Component that turns the repository's
+# Regenerates k8s/rules.generated-by-sync-rules.sh/, the kustomize Component that turns the repository's
 # rules/ into the ConfigMap "dbjanitor-rules". Run it after every change to
 # rules/ and before `kubectl apply -k k8s/` (or k8s/daemon/).
 #
@@ -15,7 +15,10 @@
 #   --rules DIR     the rule pack to publish (default: rules/ beside k8s/)
 #   --allow-empty   publish an empty ConfigMap when DIR has no rule (CI only)
 #
-# k8s/rules/ is generated: it is in k8s/.gitignore and rewritten whole.
+# k8s/rules.generated-by-sync-rules.sh/ is generated: it is in k8s/.gitignore and rewritten whole.
+# Its name says where it comes from, so the error kustomize prints when it
+# is missing (`lstat .../k8s/rules.generated-by-sync-rules.sh: no such file or directory`) says
+# what to run.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -30,7 +33,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-out="$here/rules"
+out="$here/rules.generated-by-sync-rules.sh"
 files=()
 if [ -d "$src" ]; then
   src=$(cd "$src" && pwd)
@@ -140,4 +143,4 @@ fi
 rm -rf "$out"
 mv "$tmp" "$out"
 trap - EXIT
-echo "sync-rules.sh: ${#files[@]} rule file(s) from $src -> k8s/rules/ (ConfigMap dbjanitor-rules)"
+echo "sync-rules.sh: ${#files[@]} rule file(s) from $src -> k8s/rules.generated-by-sync-rules.sh/ (ConfigMap dbjanitor-rules)"

@@ -112,17 +112,17 @@ async fn dispatch(cli: Cli) -> Result<u8, AppError> {
     match cli.command {
         Command::Run(args) => run(&cli.config, &args).await,
         Command::Check(args) => check(&cli.config, &args).await,
-        Command::List => list(&cli.config),
+        Command::List(args) => commands::list::run(&cli.config, &args),
         Command::Daemon(args) => daemon(&cli.config, &args).await,
         Command::Demo(args) => crate::demo::run(args.path.as_deref()).await,
         Command::Init(args) => init(&args.dir),
         Command::NotifyTest(args) => notify_test(&cli.config, &args.notifiers).await,
         Command::Undo(args) => {
-            let config = load_config(&cli.config)?;
+            let config = config::load(&cli.config)?;
             commands::undo::run(&config, &args).await
         }
         Command::Changes(args) => {
-            let config = load_config(&cli.config)?;
+            let config = config::load(&cli.config)?;
             commands::changes::run(&config, &args).await
         }
         Command::Completions(args) => {
@@ -143,6 +143,8 @@ async fn dispatch(cli: Cli) -> Result<u8, AppError> {
             print_stdout(&commands::version())?;
             Ok(exit::SUCCESS)
         }
+        Command::History(args) => commands::history::run(&cli.config, &args).await,
+        Command::Show(args) => commands::show::run(&cli.config, &args),
     }
 }
 
@@ -255,11 +257,13 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
         Some((store, None)) => Some(store),
         None => None,
     };
+    let mut next_due = None;
     if args.due
         && let Some(store) = &audit
     {
         let all = plan.targets.len();
-        plan.targets = crate::due::filter(plan.targets, store, chrono::Utc::now())
+        let now = chrono::Utc::now();
+        let (due, next) = crate::due::select(plan.targets, store, now)
             .await
             .map_err(|e| {
                 AppError::Other(
@@ -267,7 +271,17 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
                         .context("`run --due` cannot read the last runs; nothing was run"),
                 )
             })?;
+        plan.targets = due;
         info!(due = plan.targets.len(), of = all, "rules due now");
+        if plan.targets.is_empty() {
+            next_due = Some(next.map_or_else(
+                || {
+                    "nothing is due, and no selected rule has a schedule that ticks again"
+                        .to_owned()
+                },
+                |next| next.describe(now),
+            ));
+        }
     }
     let cancel = CancellationToken::new();
     cancel_on_signal(&cancel);
@@ -276,6 +290,7 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
         jobs: usize::from(args.jobs),
     };
     let mut records = run_plan(&plan, &options, &cancel).await;
+    commands::connect::name_endpoints(&mut records, &config);
     // docs/architecture.md §3 step 9. After run_plan every transaction is committed or
     // rolled back: delivery cannot change what was fixed, and its failures
     // only land in the report. Notifications decide from the history as it
@@ -298,21 +313,32 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
         tracing::error!(error = %format!("{e:#}"), "the metrics file was not written");
         status = exit::RULE_FAILED;
     }
-    print_stdout(&render(args, &records, status, audit_error.as_deref())?)?;
+    print_stdout(&render(
+        args,
+        &records,
+        status,
+        audit_error.as_deref(),
+        next_due.as_deref(),
+    )?)?;
     Ok(status)
 }
 
 /// The report of `run` in the requested format, with the audit failure, if
-/// any, at its end (text) or in `audit_error` (JSON).
+/// any, at its end (text) or in `audit_error` (JSON), and, in text, when the
+/// next rule is due after an empty `run --due`.
 fn render(
     args: &RunArgs,
     records: &[RunRecord],
     status: u8,
     audit_error: Option<&str>,
+    next_due: Option<&str>,
 ) -> Result<String, AppError> {
     Ok(match args.output {
         OutputFormat::Text => {
-            let mut text = report::text(records, args.dry_run);
+            let mut text = report::text(&commands::connect::grouped(records), args.dry_run);
+            if let Some(next) = next_due {
+                text.push_str(&format!("{next}\n"));
+            }
             if let Some(e) = audit_error {
                 text.push_str(&format!("audit: not recorded: {e}\n"));
             }
@@ -434,23 +460,13 @@ async fn check(config_path: &Path, args: &CheckArgs) -> Result<u8, AppError> {
         crate::report::counted(config.databases.len() as u64, "database"),
         crate::report::counted(config.notifiers.len() as u64, "notifier")
     );
+    // Every rule on every database it names, enabled or not, unless narrowed.
+    let targets: Vec<Target> = crate::check::select(&config, &args.rules, args.database.as_deref())
+        .map_err(|e| AppError::Usage(format!("error: {e}")))?;
     if !args.connect {
         print_stdout(&out)?;
         return Ok(exit::SUCCESS);
     }
-    // Every rule on every database it names, enabled or not.
-    let targets: Vec<Target> = config
-        .rules
-        .iter()
-        .flat_map(|rule| {
-            rule.databases.iter().filter_map(|db| {
-                config.databases.get(db).map(|database| Target {
-                    rule: rule.clone(),
-                    database: database.clone(),
-                })
-            })
-        })
-        .collect();
     let mut invalid = 0;
     let mut unreachable = 0;
     let mut table = report::plain_table(&["RULE", "DATABASE", "RESULT"]);
@@ -543,60 +559,4 @@ async fn check_audit(config: &Config) -> AuditCheck {
             "audit database {name}: unreachable: {e}: runs could not be recorded, `run` would exit 1 and `run --due` would run nothing\n"
         )),
     }
-}
-
-fn list(config_path: &Path) -> Result<u8, AppError> {
-    let config = config::load(config_path)?;
-    let now = chrono::Utc::now();
-    let mut rules = report::plain_table(&[
-        "RULE",
-        "DATABASES",
-        "SCHEDULE",
-        "TIMEZONE",
-        "NEXT RUN (UTC)",
-        "FIX",
-        "ENABLED",
-    ]);
-    for rule in &config.rules {
-        let next = rule
-            .schedule
-            .as_ref()
-            .and_then(|s| s.next_after(now, rule.timezone))
-            .map_or_else(
-                || "-".to_owned(),
-                |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
-            );
-        let fix = match (&rule.fix, rule.mode, rule.batch.is_some()) {
-            (None, _, _) => "report only".to_owned(),
-            (Some(_), mode, batch) => format!(
-                "{}{}",
-                serde_json::to_value(mode)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
-                if batch { ", batch" } else { "" }
-            ),
-        };
-        rules.add_row(vec![
-            rule.name.clone(),
-            rule.databases.join(","),
-            rule.schedule
-                .as_ref()
-                .map_or_else(|| "-".to_owned(), |s| s.text().to_owned()),
-            rule.timezone.name().to_owned(),
-            next,
-            fix,
-            if rule.enabled { "yes" } else { "no" }.to_owned(),
-        ]);
-    }
-    let mut databases = report::plain_table(&["DATABASE", "DIALECT", "URL"]);
-    for db in config.databases.values() {
-        databases.add_row(vec![
-            db.name.clone(),
-            db.dialect.to_string(),
-            db.url.redacted().to_owned(),
-        ]);
-    }
-    print_stdout(&format!("{rules}\n\n{databases}\n"))?;
-    Ok(exit::SUCCESS)
 }

@@ -91,3 +91,25 @@ async fn prepare_on<S: Session>(session: Result<S, DbError>, target: &Target) ->
 
 /// How long closing a checked connection may take before it is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The pairs `check --connect` prepares: the rules named (every rule when
+/// none is, disabled ones included: a rule about to be enabled is exactly
+/// the one to check), on `database` if given. Unknown names are the same
+/// usage errors as for `run`.
+pub fn select(
+    config: &crate::config::Config,
+    rules: &[String],
+    database: Option<&str>,
+) -> Result<Vec<Target>, crate::plan::SelectionError> {
+    let rules = if rules.is_empty() {
+        config.rules.iter().map(|r| r.name.clone()).collect()
+    } else {
+        rules.to_vec()
+    };
+    let selection = crate::plan::Selection {
+        rules,
+        tags: Vec::new(),
+        database: database.map(str::to_owned),
+    };
+    crate::plan::Plan::select(config, &selection).map(|plan| plan.targets)
+}

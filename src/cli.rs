@@ -44,12 +44,14 @@ pub enum Command {
     Run(RunArgs),
     /// Validate the config and rules; with --connect also prepare their SQL.
     #[command(
-        after_help = "Examples:\n  dbjanitor check\n  dbjanitor check --connect    # the servers parse every query; nothing runs"
+        after_help = "Examples:\n  dbjanitor check\n  dbjanitor check --connect    # the servers parse every query; nothing runs\n  dbjanitor check --connect myapp.stuck-jobs --database app   # one rule on one database"
     )]
     Check(CheckArgs),
     /// List rules, databases, schedules and next runs.
-    #[command(after_help = "Example:\n  dbjanitor --config /etc/dbjanitor/dbjanitor.yaml list")]
-    List,
+    #[command(
+        after_help = "Examples:\n  dbjanitor --config /etc/dbjanitor/dbjanitor.yaml list\n  dbjanitor list myapp.stuck-jobs --output json | jq '.rules[0].next_run'"
+    )]
+    List(ListArgs),
     /// Run every enabled rule on its own schedule until SIGTERM/SIGINT; serve /healthz and /metrics.
     #[command(
         after_help = "Examples:\n  dbjanitor daemon --listen 127.0.0.1:9187\n  dbjanitor daemon --listen localhost:9187"
@@ -91,6 +93,52 @@ pub enum Command {
     /// Print the version and the audit schema version this binary knows.
     #[command(after_help = "Example:\n  dbjanitor version")]
     Version,
+    /// Show the audit table, newest first: outcome, counts, duration and message of each run.
+    #[command(
+        after_help = "Examples:\n  dbjanitor history                               # the newest 50 runs of every rule\n  dbjanitor history myapp.stuck-jobs --since 24h\n  dbjanitor history --database app --output json | jq '.runs[0]'"
+    )]
+    History(HistoryArgs),
+    /// Show a rule as it will run: every setting with where it came from, and the SQL per database.
+    #[command(
+        after_help = "Example:\n  dbjanitor show myapp.stuck-jobs    # timeout 60s from defaults (dbjanitor.yaml:14), ..."
+    )]
+    Show(ShowArgs),
+}
+
+/// `dbjanitor show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The rule's name.
+    pub rule: String,
+}
+
+/// `dbjanitor history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Only this rule (its history stays readable after the rule is deleted).
+    pub rule: Option<String>,
+
+    /// Only this database (its name in the config).
+    #[arg(long, value_name = "NAME")]
+    pub database: Option<String>,
+
+    /// Only runs that started within this long (24h, 7d, 30m).
+    #[arg(long, value_name = "DURATION", value_parser = parse_since)]
+    pub since: Option<std::time::Duration>,
+
+    /// At most this many runs, the newest.
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub limit: u32,
+
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+/// `--since`: a duration in the README's words (`24h`, `7d`, `90m`).
+fn parse_since(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration such as 24h, 7d or 30m ({e})"))
 }
 
 /// `dbjanitor undo`.
@@ -226,6 +274,25 @@ pub struct CheckArgs {
     /// Also connect to every database and prepare (not run) every detect and fix.
     #[arg(long)]
     pub connect: bool,
+
+    /// Rule names to check on their databases with --connect (default: every
+    /// rule, disabled ones included). The whole config is validated either way.
+    pub rules: Vec<String>,
+
+    /// With --connect, only this database.
+    #[arg(long, value_name = "NAME")]
+    pub database: Option<String>,
+}
+
+/// `dbjanitor list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only these rules (default: every rule).
+    pub rules: Vec<String>,
+
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
 }
 
 /// `dbjanitor demo`.

@@ -51,6 +51,36 @@ pub fn decide(target: &Target, last_started: Option<DateTime<Utc>>, now: DateTim
     }
 }
 
+/// The pair that comes due first among those not due now: what `run --due`
+/// says when it ran nothing (issue 12.7), so "no rules ran" is not a puzzle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextDue {
+    /// The rule.
+    pub rule: String,
+    /// The database.
+    pub database: String,
+    /// When its schedule next ticks.
+    pub at: DateTime<Utc>,
+}
+
+impl NextDue {
+    /// `next due: R on D at 2026-12-01 14:00:00 UTC (in 12m)`.
+    #[must_use]
+    pub fn describe(&self, now: DateTime<Utc>) -> String {
+        let wait = (self.at - now)
+            .to_std()
+            .map(|d| std::time::Duration::from_secs(d.as_secs().max(1).div_ceil(60) * 60))
+            .unwrap_or_default();
+        format!(
+            "nothing is due; next due: {} on {} at {} UTC (in {})",
+            self.rule,
+            self.database,
+            self.at.format("%Y-%m-%d %H:%M:%S"),
+            humantime::format_duration(wait)
+        )
+    }
+}
+
 /// Keeps the targets that are due at `now`, reading each pair's last run from
 /// `history`. An unreadable history is an error: guessing would either skip
 /// work or run everything at once.
@@ -59,6 +89,16 @@ pub async fn filter<H: History>(
     history: &H,
     now: DateTime<Utc>,
 ) -> Result<Vec<Target>, HistoryError> {
+    Ok(select(targets, history, now).await?.0)
+}
+
+/// [`filter`], and the [`NextDue`] among the pairs left out (`None` when
+/// none of them has a schedule that ticks again).
+pub async fn select<H: History>(
+    targets: Vec<Target>,
+    history: &H,
+    now: DateTime<Utc>,
+) -> Result<(Vec<Target>, Option<NextDue>), HistoryError> {
     let scheduled: Vec<(&str, &str)> = targets
         .iter()
         .filter(|t| t.rule.schedule.is_some())
@@ -66,6 +106,7 @@ pub async fn filter<H: History>(
         .collect();
     let mut states = history.last_states(&scheduled).await?.into_iter();
     let mut due = Vec::with_capacity(targets.len());
+    let mut next: Option<NextDue> = None;
     for target in targets {
         let last = if target.rule.schedule.is_some() {
             states.next().flatten().map(|s| s.last_run_at)
@@ -74,11 +115,20 @@ pub async fn filter<H: History>(
         };
         let decision = decide(&target, last, now);
         tracing::debug!(rule = %target.rule.name, database = %target.database.name, ?decision, "due?");
+        if let Due::NotYet(Some(at)) = decision
+            && next.as_ref().is_none_or(|n: &NextDue| at < n.at)
+        {
+            next = Some(NextDue {
+                rule: target.rule.name.clone(),
+                database: target.database.name.clone(),
+                at,
+            });
+        }
         if decision.is_due() {
             due.push(target);
         }
     }
-    Ok(due)
+    Ok((due, next))
 }
 
 #[cfg(test)]

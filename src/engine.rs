@@ -623,8 +623,12 @@ impl Run<'_> {
                 record,
                 Reason::DetectOverMaxRows,
                 format!(
-                    "{found}, more than max_rows {}; the fix was not run",
-                    self.rule.max_rows
+                    "{found}, more than max_rows {}; the fix was not run. {}",
+                    self.rule.max_rows,
+                    backlog_hint(
+                        &self.rule.name,
+                        detection.complete.then_some(detection.count)
+                    )
                 ),
             );
             return Ok(false);
@@ -727,8 +731,10 @@ impl Run<'_> {
                 record,
                 Reason::FixOverMaxRows,
                 format!(
-                    "a fix statement changed {} rows, more than max_rows {}; rolled back",
-                    progress.changed, self.rule.max_rows
+                    "a fix statement changed {} rows, more than max_rows {}; rolled back. {}",
+                    progress.changed,
+                    self.rule.max_rows,
+                    backlog_hint(&self.rule.name, None)
                 ),
             );
             return Ok(false);
@@ -1156,6 +1162,18 @@ fn fail(record: &mut RunRecord, reason: Reason, error: &str) {
     record.outcome = Outcome::Failed;
     record.reason = Some(reason);
     record.error = Some(error.to_owned());
+}
+
+/// What to do next when `max_rows` stops a fix (issue 12.2): a guard message
+/// is read at 3 a.m., so it names the commands that clear a known backlog.
+/// `rows` is what detect found, when it read them all; a fix statement that
+/// changed too much is no measure of the backlog, so it gets `N`.
+fn backlog_hint(rule: &str, rows: Option<u64>) -> String {
+    let n = rows.map_or_else(|| "N".to_owned(), |rows| rows.to_string());
+    format!(
+        "If these rows are an expected backlog, review them with `dbjanitor run {rule} --dry-run --max-rows {n}`, \
+         then fix them once with `dbjanitor run {rule} --max-rows {n}`; otherwise find out why so many"
+    )
 }
 
 fn guard(record: &mut RunRecord, reason: Reason, message: String) {

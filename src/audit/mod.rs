@@ -785,6 +785,146 @@ async fn max_started(
     )
 }
 
+/// Which rows `dbjanitor history` reads: every filter is optional.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    /// Only this rule.
+    pub rule: Option<String>,
+    /// Only this database (its name in the config).
+    pub database: Option<String>,
+    /// Only runs that started at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// At most this many rows (the newest).
+    pub limit: u32,
+}
+
+/// One row of the audit table as `dbjanitor history` shows it: what an
+/// operator asks after an incident (what ran, what it found and changed,
+/// how long it took, what it said).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AuditRun {
+    /// The run id (`None` for rows written before schema version 3).
+    pub run_id: Option<String>,
+    /// The rule.
+    pub rule: String,
+    /// The database's name in the config.
+    pub database: String,
+    /// When the run started.
+    pub started_at: DateTime<Utc>,
+    /// Its wall time in milliseconds.
+    pub duration_ms: u64,
+    /// Its outcome, as stored (`fixed`, `guard_tripped`, ...).
+    pub outcome: String,
+    /// Why it ended that way, when the outcome has a reason.
+    pub reason: Option<String>,
+    /// The run's message.
+    pub message: Option<String>,
+    /// The error, for a failed run.
+    pub error: Option<String>,
+    /// Rows detect found (`None`: not known).
+    pub detected: Option<u64>,
+    /// Rows the fix changed (`None`: not known).
+    pub changed: Option<u64>,
+    /// A dry run (nothing was changed).
+    pub dry_run: bool,
+    /// The host that ran it.
+    pub host: String,
+}
+
+/// Columns of [`RUNS_POSTGRES`] and [`RUNS_OTHER`], in order.
+pub(crate) type RunRow = (
+    Option<String>,
+    String,
+    String,
+    DateTime<Utc>,
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    bool,
+    String,
+);
+
+impl AuditRun {
+    fn from_row(row: RunRow) -> Self {
+        AuditRun {
+            run_id: row.0,
+            rule: row.1,
+            database: row.2,
+            started_at: row.3,
+            duration_ms: u64::try_from(row.4).unwrap_or(0),
+            outcome: row.5,
+            reason: row.6,
+            message: row.7,
+            error: row.8,
+            detected: row.9.and_then(|v| u64::try_from(v).ok()),
+            changed: row.10.and_then(|v| u64::try_from(v).ok()),
+            dry_run: row.11,
+            host: row.12,
+        }
+    }
+}
+
+/// `dbjanitor history`: newest first; each filter NULL means "any".
+pub(crate) const RUNS_POSTGRES: &str = "SELECT run_id::text, rule::text, database_name::text, started_at, duration_ms, \
+    outcome::text, reason::text, message, error, detected, changed, dry_run, host::text FROM dbjanitor_runs \
+    WHERE ($1::text IS NULL OR rule = $1) AND ($2::text IS NULL OR database_name = $2) \
+    AND ($3::timestamptz IS NULL OR started_at >= $3) ORDER BY started_at DESC, id DESC LIMIT $4";
+const RUNS_OTHER: &str = "SELECT run_id, rule, database_name, started_at, duration_ms, outcome, reason, message, error, \
+    detected, changed, dry_run, host FROM dbjanitor_runs \
+    WHERE (? IS NULL OR rule = ?) AND (? IS NULL OR database_name = ?) AND (? IS NULL OR started_at >= ?) \
+    ORDER BY started_at DESC, id DESC LIMIT ?";
+
+impl AuditStore {
+    /// `dbjanitor history`: the rows matching `filter`, newest first. Reads
+    /// only: a database without the table yet has no runs (an empty list),
+    /// and the schema is neither created nor upgraded.
+    pub async fn runs(&self, filter: &RunFilter) -> Result<Vec<AuditRun>, AuditError> {
+        let mut conn = self.open().await?;
+        let result = tokio::time::timeout(self.timeout, async {
+            let version = migrate::version_if_any(&mut conn).await?;
+            if version == 0 {
+                return Ok(Vec::new());
+            }
+            if version > SCHEMA_VERSION {
+                return Err(AuditError::SchemaTooNew {
+                    found: version,
+                    known: SCHEMA_VERSION,
+                });
+            }
+            runs(&mut conn, filter).await
+        })
+        .await;
+        finish(conn, result, self.timeout).await
+    }
+}
+
+async fn runs(conn: &mut Conn, filter: &RunFilter) -> Result<Vec<AuditRun>, AuditError> {
+    let limit = i64::from(filter.limit);
+    let rows: Vec<RunRow> = on_each!(
+        &mut *conn,
+        RUNS_OTHER,
+        pg | c | return pg::runs(c, filter).await,
+        |c, sql, url| {
+            sqlx::query_as(sql)
+                .bind(filter.rule.clone())
+                .bind(filter.rule.clone())
+                .bind(filter.database.clone())
+                .bind(filter.database.clone())
+                .bind(filter.since)
+                .bind(filter.since)
+                .bind(limit)
+                .fetch_all(&mut *c)
+                .await
+                .map_err(|e| AuditError::sql(url, &e))?
+        }
+    );
+    Ok(rows.into_iter().map(AuditRun::from_row).collect())
+}
+
 /// The audit table as run history: the last non-dry run of a pair (a dry run
 /// changes nothing, so it neither makes a rule "not due" nor counts as a
 /// state for notifications), and the last run that sent a notification.

@@ -245,3 +245,44 @@ pub(super) async fn current_version(c: &PgConn) -> Result<u32, AuditError> {
         .map_err(sql_err)?;
     Ok(version.and_then(|v| v.parse().ok()).unwrap_or(0))
 }
+
+/// `dbjanitor history`: rows of [`super::RUNS_POSTGRES`] (`$1` rule, `$2`
+/// database, `$3` since, each NULL for "any"; `$4` limit).
+pub(super) async fn runs(
+    c: &PgConn,
+    filter: &super::RunFilter,
+) -> Result<Vec<super::AuditRun>, AuditError> {
+    let limit = i64::from(filter.limit);
+    let rows = c
+        .query_one_stmt(
+            super::RUNS_POSTGRES,
+            &[
+                (&filter.rule, Type::TEXT),
+                (&filter.database, Type::TEXT),
+                (&filter.since, Type::TIMESTAMPTZ),
+                (&limit, Type::INT8),
+            ],
+        )
+        .await
+        .map_err(sql_err)?;
+    let decode = |e: tokio_postgres::Error| AuditError::Sql(format!("dbjanitor_runs: {e}"));
+    rows.iter()
+        .map(|row| {
+            Ok(super::AuditRun::from_row((
+                row.try_get(0).map_err(decode)?,
+                row.try_get(1).map_err(decode)?,
+                row.try_get(2).map_err(decode)?,
+                row.try_get(3).map_err(decode)?,
+                row.try_get(4).map_err(decode)?,
+                row.try_get(5).map_err(decode)?,
+                row.try_get(6).map_err(decode)?,
+                row.try_get(7).map_err(decode)?,
+                row.try_get(8).map_err(decode)?,
+                row.try_get(9).map_err(decode)?,
+                row.try_get(10).map_err(decode)?,
+                row.try_get(11).map_err(decode)?,
+                row.try_get(12).map_err(decode)?,
+            )))
+        })
+        .collect()
+}

@@ -3,12 +3,13 @@
 
 use serde_json::{Value, json};
 
-use crate::app::{AppError, print_stdout};
 use crate::cli::{ChangesArgs, OutputFormat};
 use crate::commands::undo::{find, parse_run_id, with_session};
 use crate::config::Config;
 use crate::db::{ConnectSettings, Session};
+use crate::error::AppError;
 use crate::exit;
+use crate::report::print_stdout;
 
 /// `dbjanitor changes`.
 pub async fn run(config: &Config, args: &ChangesArgs) -> Result<u8, AppError> {

@@ -13,6 +13,7 @@ pub const CONFIG: &str = r#"# dbjanitor configuration (README: "Config reference
 #   3. dbjanitor check --connect     # the server parses every query; nothing runs
 #      dbjanitor run --dry-run       # runs the fixes and rolls them back
 #      dbjanitor run                 # for real
+#      dbjanitor history             # what ran, found and changed, newest first
 
 databases:
   app:
@@ -36,9 +37,11 @@ defaults:
 #   dba:
 #     email: { smtp: "smtp://mail.example.org:587", from: janitor@example.org, to: [dba@example.org] }
 
-# Run history (README "Audit history"); `run --due` and the daemon's quiet
-# repeats need it. It may be one of the databases above.
-# audit: { database: app, keep: 30d }
+# Run history (README "Audit history"): one row per run in the table
+# dbjanitor_runs, created by the first run. `dbjanitor history` reads it;
+# `run --due` and the daemon's quiet repeats need it. It may be any of the
+# databases above; remove these lines to keep no history.
+audit: { database: app, keep: 30d }
 "#;
 
 /// The example rule, written to `DIR/rules/example/stuck-jobs.yaml`.

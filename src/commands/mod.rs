@@ -1,11 +1,16 @@
 //! The small commands around the main job: `init`, `completions`, `man`,
-//! `version` and `notify-test`. Each takes what it needs from the command line
-//! (and, for `notify-test`, the loaded config) and returns an exit status; none
-//! touches a database.
+//! `version`, `notify-test`, `list`, `show`, `history`, `changes` and `undo`.
+//! Each takes what it needs from the command line (and the loaded config) and
+//! returns an exit status. `history` reads the audit table, `changes` the
+//! images table; only `undo` writes, under the rule's lock.
 
 pub mod changes;
+pub mod connect;
+pub mod history;
 pub mod init;
+pub mod list;
 pub mod notify_test;
+pub mod show;
 pub mod undo;
 
 use std::io::Write;

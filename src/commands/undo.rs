@@ -10,14 +10,15 @@ use std::sync::Arc;
 use chrono::Utc;
 use serde::Serialize;
 
-use crate::app::{AppError, print_stdout};
 use crate::backup::undo::{Located, Restored, locate, restore};
 use crate::backup::{Backup, valid_identifier};
 use crate::cli::{OutputFormat, UndoArgs};
 use crate::config::Config;
 use crate::db::{ConnectSettings, DatabaseConfig, DbError, Dialect, Session};
+use crate::error::AppError;
 use crate::exit;
 use crate::outcome::{Outcome, RunRecord};
+use crate::report::print_stdout;
 
 /// Opens a session on `$db` (`db::open`) and evaluates `$body` with it
 /// bound to `$s`; a connection error is the result.

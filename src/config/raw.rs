@@ -152,6 +152,10 @@ pub(crate) struct RawRule {
     #[serde(default)]
     pub(crate) tags: Vec<String>,
     pub(crate) detect: Spanned<RawSql>,
+    /// Absent: a report-only rule. Present but empty (`fix:`) is an error, not
+    /// report-only: serde reads a YAML null as `None` for an `Option`, which
+    /// silently dropped the fix someone meant to write.
+    #[serde(default, deserialize_with = "present_sql")]
     pub(crate) fix: Option<Spanned<RawSql>>,
     pub(crate) max_rows: Option<Spanned<i64>>,
     pub(crate) verify: Option<bool>,
@@ -239,6 +243,15 @@ impl<'de> Deserialize<'de> for Addresses {
         }
         deserializer.deserialize_any(AddressesVisitor)
     }
+}
+
+/// A key that, when written, must hold SQL: a null (`fix:` with nothing
+/// after it) reaches [`RawSql`]'s visitor and is refused there with the
+/// key's position, instead of reading as "no fix".
+fn present_sql<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Spanned<RawSql>>, D::Error> {
+    Spanned::<RawSql>::deserialize(deserializer).map(Some)
 }
 
 /// `detect:`/`fix:`: one SQL text for every dialect, or a map by dialect.

@@ -125,6 +125,11 @@ fn man_page_and_version() {
         "demo",
         "init",
         "notify-test",
+        "completions",
+        "man",
+        "version",
+        "history",
+        "show",
     ] {
         let help = dbjanitor(&[command, "--help"]);
         help.assert_code(0);

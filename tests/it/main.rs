@@ -41,6 +41,9 @@ mod lease;
 mod monitoring;
 /// Webhook and email notifications against real HTTP and SMTP servers on loopback.
 mod notify;
+/// Issue 12: the operator's commands (`history`, `show`, `check`/`list` by
+/// rule), the guard's and `run --due`'s hints, an empty `fix:` refused.
+mod operator;
 /// Through a real PgBouncer in transaction mode: every rule mode, leases,
 /// nothing left on pooled connections, audit, check --connect.
 mod pgbouncer;
