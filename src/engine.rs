@@ -77,10 +77,23 @@ pub async fn run_plan(
         .map(|group| async move {
             let mut records = Vec::with_capacity(group.len());
             let mut session = None;
+            let mut unreachable: Option<(String, String)> = None;
             for index in group {
+                let target = &plan.targets[index];
+                if let Some((rule, error)) = &unreachable {
+                    records.push((index, not_attempted(target, options, rule, error)));
+                    continue;
+                }
                 let (record, kept) =
-                    run_target_on(&plan.targets[index], options, cancel, session.take(), true)
-                        .await;
+                    run_target_on(target, options, cancel, session.take(), true).await;
+                if record.reason == Some(Reason::Connect)
+                    && let Some(error) = &record.error
+                {
+                    // One dead database is one problem: its later rules are
+                    // not tried (each would wait out its own connect timeout
+                    // and log the same error again).
+                    unreachable = Some((record.rule.clone(), error.clone()));
+                }
                 records.push((index, record));
                 session = kept;
             }
@@ -95,6 +108,25 @@ pub async fn run_plan(
         .await;
     finished.sort_by_key(|(index, _)| *index);
     finished.into_iter().map(|(_, record)| record).collect()
+}
+
+/// The record of a rule not tried because its database could not be reached
+/// by `rule`, earlier in the same run: `failed` (reason `connect`) with that
+/// observed error, and saying it was not tried.
+fn not_attempted(target: &Target, options: &RunOptions, rule: &str, error: &str) -> RunRecord {
+    let mut record = RunRecord::new(
+        &target.rule.name,
+        &target.database.name,
+        options.dry_run,
+        Utc::now(),
+    );
+    fail(
+        &mut record,
+        Reason::Connect,
+        &format!("{error} (not tried: the connection for rule {rule} failed just before)"),
+    );
+    info!(rule = %record.rule, database = %record.database, run_id = %record.run_id, "not tried: the database was unreachable for an earlier rule of this run");
+    record
 }
 
 /// Runs one rule on one database and returns what happened. Never panics and
@@ -151,6 +183,11 @@ async fn run_target_on(
             None => crate::db::open(database, &settings).await,
         };
         let kept = run.on(session, &mut record, keep).await;
+        if record.reason == Some(Reason::Connect)
+            && let Some(error) = &mut record.error
+        {
+            *error = crate::db::name_endpoint(error, database);
+        }
         record.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         log_record(&record);
         (record, kept)

@@ -18,6 +18,7 @@
 //! client, and every value arrives as text that a report can show whatever
 //! its column type.
 
+mod endpoint;
 mod lease;
 mod lease_mysql;
 mod lock;
@@ -35,6 +36,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use endpoint::{endpoint, name_endpoint};
 pub use lease::LEASE_TABLE_SQL;
 pub use lease_mysql::MYSQL_LEASE_TABLE_SQL;
 pub use lock::{LockKind, mysql_lock_name, postgres_lock_key, postgres_schema_lock_key};
