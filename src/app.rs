@@ -290,7 +290,6 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
         jobs: usize::from(args.jobs),
     };
     let mut records = run_plan(&plan, &options, &cancel).await;
-    commands::connect::name_endpoints(&mut records, &config);
     // docs/architecture.md §3 step 9. After run_plan every transaction is committed or
     // rolled back: delivery cannot change what was fixed, and its failures
     // only land in the report. Notifications decide from the history as it

@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::db::{CommitOutcome, ConnectSettings, DbError, Detection, Dialect, Session};
+use crate::db::{AnySession, CommitOutcome, ConnectSettings, DbError, Detection, Dialect, Session};
 use crate::outcome::{Outcome, Reason, RunRecord, Sample};
 use crate::plan::{Plan, Target};
 use crate::rule::{Batch, BatchSize, Mode, Rule};
@@ -49,31 +49,56 @@ impl Default for RunOptions {
     }
 }
 
-/// Runs every target of `plan`, `jobs` at a time, and returns the records in
-/// plan order. Targets sharing a (database, lock name) run one after another,
-/// so rules that share a lock do not skip each other within one process.
+/// Runs every target of `plan` and returns the records in plan order. The
+/// targets of one database run one after another, in plan order, on one
+/// connection (issue 11: a fleet of databases pays one connection set-up per
+/// database, not per rule); `jobs` databases run at once. Rules sharing a
+/// lock therefore never skip each other within one process. A connection is
+/// reused only after a rule that ended with nothing in doubt (see
+/// [`Run::on`]), and only once its backend confirmed nothing of that rule is
+/// left on it ([`AnySession::reset`]); otherwise the next rule opens its own.
 pub async fn run_plan(
     plan: &Plan,
     options: &RunOptions,
     cancel: &CancellationToken,
 ) -> Vec<RunRecord> {
     let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut group_of: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut group_of: HashMap<&str, usize> = HashMap::new();
     for (index, target) in plan.targets.iter().enumerate() {
-        let group = *group_of.entry(target.lock_key()).or_insert_with(|| {
-            groups.push(Vec::new());
-            groups.len() - 1
-        });
+        let group = *group_of
+            .entry(target.database.name.as_str())
+            .or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
         groups[group].push(index);
     }
     let mut finished: Vec<(usize, RunRecord)> = futures_util::stream::iter(groups)
         .map(|group| async move {
             let mut records = Vec::with_capacity(group.len());
+            let mut session = None;
+            let mut unreachable: Option<(String, String)> = None;
             for index in group {
-                records.push((
-                    index,
-                    run_target(&plan.targets[index], options, cancel).await,
-                ));
+                let target = &plan.targets[index];
+                if let Some((rule, error)) = &unreachable {
+                    records.push((index, not_attempted(target, options, rule, error)));
+                    continue;
+                }
+                let (record, kept) =
+                    run_target_on(target, options, cancel, session.take(), true).await;
+                if record.reason == Some(Reason::Connect)
+                    && let Some(error) = &record.error
+                {
+                    // One dead database is one problem: its later rules are
+                    // not tried (each would wait out its own connect timeout
+                    // and log the same error again).
+                    unreachable = Some((record.rule.clone(), error.clone()));
+                }
+                records.push((index, record));
+                session = kept;
+            }
+            if let Some(session) = session {
+                session.close().await;
             }
             records
         })
@@ -85,6 +110,25 @@ pub async fn run_plan(
     finished.into_iter().map(|(_, record)| record).collect()
 }
 
+/// The record of a rule not tried because its database could not be reached
+/// by `rule`, earlier in the same run: `failed` (reason `connect`) with that
+/// observed error, and saying it was not tried.
+fn not_attempted(target: &Target, options: &RunOptions, rule: &str, error: &str) -> RunRecord {
+    let mut record = RunRecord::new(
+        &target.rule.name,
+        &target.database.name,
+        options.dry_run,
+        Utc::now(),
+    );
+    fail(
+        &mut record,
+        Reason::Connect,
+        &format!("{error} (not tried: the connection for rule {rule} failed just before)"),
+    );
+    info!(rule = %record.rule, database = %record.database, run_id = %record.run_id, "not tried: the database was unreachable for an earlier rule of this run");
+    record
+}
+
 /// Runs one rule on one database and returns what happened. Never panics and
 /// never returns an error: failures are a [`Outcome::Failed`] record.
 pub async fn run_target(
@@ -92,6 +136,19 @@ pub async fn run_target(
     options: &RunOptions,
     cancel: &CancellationToken,
 ) -> RunRecord {
+    run_target_on(target, options, cancel, None, false).await.0
+}
+
+/// [`run_target`] on `reused` (a session of an earlier rule on the same
+/// database) when it can be reset, else on a new one. With `keep`, the
+/// session comes back for the next rule when this rule left it reusable.
+async fn run_target_on(
+    target: &Target,
+    options: &RunOptions,
+    cancel: &CancellationToken,
+    reused: Option<AnySession>,
+    keep: bool,
+) -> (RunRecord, Option<AnySession>) {
     let rule = &target.rule;
     let database = &target.database;
     let mut record = RunRecord::new(&rule.name, &database.name, options.dry_run, Utc::now());
@@ -111,14 +168,46 @@ pub async fn run_target(
             cancel,
             batch_size: AtomicU64::new(rule.batch.and_then(|b| b.size).map_or(0, |s| s.initial)),
         };
-        run.on(crate::db::open(database, &settings).await, &mut record)
-            .await;
+        let session = match reused {
+            Some(mut session) => match run.step(rule.timeout, session.reset(&settings)).await {
+                Ok(true) => {
+                    debug!("reusing the connection of the previous rule on this database");
+                    Ok(session)
+                }
+                Ok(false) | Err(_) => {
+                    debug!("the previous rule's connection cannot be reused; opening a new one");
+                    session.abort().await;
+                    crate::db::open(database, &settings).await
+                }
+            },
+            None => crate::db::open(database, &settings).await,
+        };
+        let kept = run.on(session, &mut record, keep).await;
+        if record.reason == Some(Reason::Connect)
+            && let Some(error) = &mut record.error
+        {
+            *error = crate::db::name_endpoint(error, database);
+        }
         record.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         log_record(&record);
-        record
+        (record, kept)
     }
     .instrument(span)
     .await
+}
+
+/// Whether a rule's SQL leaves its session fit for the next rule: none of
+/// its statements may set session state of its own.
+fn session_reusable_after(rule: &Rule, dialect: Dialect) -> bool {
+    let detect = rule.detect.for_dialect(dialect).unwrap_or_default();
+    let fix = rule
+        .fix
+        .as_ref()
+        .map(|fix| fix.statements(dialect))
+        .unwrap_or_default();
+    !std::iter::once(detect)
+        .chain(fix)
+        .any(|sql| crate::db::may_leave_session_state(sql, dialect))
 }
 
 fn log_record(record: &RunRecord) {
@@ -197,13 +286,23 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// Runs the steps on a fresh session and always disposes of it.
-    async fn on<S: Session>(&self, session: Result<S, DbError>, record: &mut RunRecord) {
+    /// Runs the steps on `session` and disposes of it, or, with `keep`,
+    /// hands it back when the rule ended with no step failing (every
+    /// transaction ended by the engine, every lock released) and its SQL
+    /// cannot have left session state of its own. After any error, timeout,
+    /// cancellation or lost COMMIT reply (the state of the session unknown)
+    /// it is dropped, never reused.
+    async fn on<S: Session>(
+        &self,
+        session: Result<S, DbError>,
+        record: &mut RunRecord,
+        keep: bool,
+    ) -> Option<S> {
         let mut session = match session {
             Ok(session) => session,
             Err(e) => {
                 fail(record, Reason::Connect, &e.to_string());
-                return;
+                return None;
             }
         };
         if self.rule.backup.is_some() && !crate::backup::supported(self.dialect) {
@@ -224,7 +323,7 @@ impl Run<'_> {
             let (reason, what) = describe_error(&e);
             session.abort().await;
             fail(record, reason, &format!("{what}; nothing was changed"));
-            return;
+            return None;
         }
         let result = match (self.rule.mode, self.rule.batch) {
             (_, Some(batch)) => self.batched(&mut session, batch, record).await,
@@ -232,6 +331,9 @@ impl Run<'_> {
             (Mode::Transactional, None) => self.transactional(&mut session, record).await,
         };
         match result {
+            Ok(()) if keep && session_reusable_after(self.rule, self.dialect) => {
+                return Some(session);
+            }
             Ok(()) => session.close().await,
             Err(StepError::Commit(cause, pending)) => {
                 let bound = session.abandon_bound();
@@ -260,6 +362,7 @@ impl Run<'_> {
                 fail(record, reason, &format!("{what}; {dropped}"));
             }
         }
+        None
     }
 
     /// What dropping the connection after a failure means, truthfully: the

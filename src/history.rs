@@ -81,9 +81,40 @@ impl LastState {
 }
 
 /// Errors of a history store (the audit database may be down).
+///
+/// It keeps whether retrying can help: an audit table migrated by a newer
+/// dbjanitor, or left half-migrated, stays so until an operator acts, and a
+/// daemon that retried it would only fill its log (issue 13.5).
 #[derive(Debug, thiserror::Error)]
-#[error("run history: {0}")]
-pub struct HistoryError(pub String);
+#[error("run history: {message}")]
+pub struct HistoryError {
+    message: String,
+    needs_operator: bool,
+}
+
+impl HistoryError {
+    /// A failure that may pass (a connection, a timeout): worth retrying.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            needs_operator: false,
+        }
+    }
+
+    /// A failure that stays until an operator acts: not worth retrying.
+    pub fn needing_operator(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            needs_operator: true,
+        }
+    }
+
+    /// Retrying cannot help; the message says what the operator must do.
+    #[must_use]
+    pub fn needs_operator(&self) -> bool {
+        self.needs_operator
+    }
+}
 
 /// A store of past runs.
 pub trait History: Send + Sync {
@@ -146,7 +177,7 @@ impl History for MemoryHistory {
         let states = self
             .states
             .lock()
-            .map_err(|_| HistoryError("in-memory history poisoned".to_owned()))?;
+            .map_err(|_| HistoryError::new("in-memory history poisoned"))?;
         Ok(states.get(&(rule.to_owned(), database.to_owned())).cloned())
     }
 
@@ -154,7 +185,7 @@ impl History for MemoryHistory {
         let mut states = self
             .states
             .lock()
-            .map_err(|_| HistoryError("in-memory history poisoned".to_owned()))?;
+            .map_err(|_| HistoryError::new("in-memory history poisoned"))?;
         for (i, record) in records.iter().enumerate() {
             let key = (record.rule.clone(), record.database.clone());
             let was_notified = notified.get(i).copied().unwrap_or(false);

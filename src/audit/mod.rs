@@ -164,7 +164,11 @@ impl AuditError {
 
 impl From<AuditError> for HistoryError {
     fn from(e: AuditError) -> Self {
-        HistoryError(e.to_string())
+        if e.needs_operator() {
+            HistoryError::needing_operator(e.to_string())
+        } else {
+            HistoryError::new(e.to_string())
+        }
     }
 }
 
@@ -525,13 +529,6 @@ impl AuditStore {
         finish(conn, result, bound).await
     }
 
-    /// The schema version in the database (0: none yet); changes nothing.
-    pub async fn schema_version(&self) -> Result<u32, AuditError> {
-        let mut conn = self.open().await?;
-        let result = tokio::time::timeout(self.timeout, migrate::current_version(&mut conn)).await;
-        finish(conn, result, self.timeout).await
-    }
-
     /// `check --connect`: connects within `audit.timeout` and reads the
     /// schema version (0 when there is no schema yet); changes nothing.
     pub async fn probe(&self) -> Result<u32, AuditError> {
@@ -603,18 +600,9 @@ impl AuditStore {
         Ok(deleted)
     }
 
-    /// The last non-dry run of `rule` on `database`, with its last success.
-    pub async fn last_run(
-        &self,
-        rule: &str,
-        database: &str,
-    ) -> Result<Option<LastRun>, AuditError> {
-        let pair = [(rule.to_owned(), database.to_owned())];
-        Ok(self.last_runs(&pair).await?.pop().flatten())
-    }
-
-    /// [`AuditStore::last_run`] for many pairs, on one connection (a
-    /// `--metrics-file` run reads every pair of the config).
+    /// The last non-dry run of each (rule, database) pair, with its last
+    /// success, on one connection (a `--metrics-file` run reads every pair of
+    /// the config).
     pub async fn last_runs(
         &self,
         pairs: &[(String, String)],
@@ -1086,6 +1074,19 @@ pub async fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn history_errors_keep_whether_an_operator_must_act() {
+        let too_new = AuditError::SchemaTooNew {
+            found: SCHEMA_VERSION + 1,
+            known: SCHEMA_VERSION,
+        };
+        let history = HistoryError::from(too_new);
+        assert!(history.needs_operator(), "{history}");
+        assert!(history.to_string().contains("run history: "), "{history}");
+        let passing = HistoryError::from(AuditError::Sql("connection refused".to_owned()));
+        assert!(!passing.needs_operator(), "{passing}");
+    }
 
     #[test]
     fn long_texts_are_clipped_on_a_character_boundary() {

@@ -395,6 +395,12 @@ impl Shared {
                 history.record(batch, notified).await
             };
             let Err(e) = result else { return };
+            if e.needs_operator() {
+                // A newer dbjanitor migrated the audit table, or a migration
+                // was left half done: retrying cannot help.
+                tracing::error!(error = %e, runs = batch.len(), "the runs could not be recorded in the run history, and retrying cannot help until an operator acts");
+                return;
+            }
             if self.stop.is_cancelled() || std::time::Instant::now() + wait > give_up {
                 tracing::error!(error = %e, runs = batch.len(), "the runs could not be recorded in the run history (retried for up to {}s)", RECORD_RETRY_FOR.as_secs());
                 return;
@@ -434,9 +440,8 @@ struct Unreadable;
 
 impl History for Unreadable {
     async fn last_state(&self, _: &str, _: &str) -> Result<Option<LastState>, HistoryError> {
-        Err(HistoryError(
-            "the run history could not be read and this process has not seen the pair yet"
-                .to_owned(),
+        Err(HistoryError::new(
+            "the run history could not be read and this process has not seen the pair yet",
         ))
     }
 

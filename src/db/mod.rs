@@ -1,10 +1,15 @@
-//! Database backends behind one small trait.
+//! Database backends behind one small trait, opened in one place ([`open`]).
 //!
-//! Each (rule, database) run opens its **own** connection and closes it at the
-//! end; nothing is pooled. That is deliberate: session locks, session
-//! variables and open transactions can then never leak into another run, and a
-//! killed process leaves nothing behind but a closed socket, on which the
-//! server rolls back and releases every lock.
+//! Nothing is pooled across runs. Within one `run`, the rules of one database
+//! run in order on one connection (a fleet pays one connection set-up per
+//! database, not per rule): the engine hands a connection on only after a
+//! rule that ended with no failure and whose SQL cannot set session state of
+//! its own ([`may_leave_session_state`]), and only after the backend checked
+//! that nothing of that rule is left (no open transaction, no lock) and reset
+//! what dbjanitor itself set ([`AnySession::reset`]). After any error,
+//! timeout, cancellation or lost COMMIT reply the connection is dropped,
+//! never reused: the server then rolls back and releases every lock, and a
+//! killed process leaves nothing behind but a closed socket.
 //!
 //! [`Session`] is the whole surface the engine needs; `postgres`, `mysql` and
 //! `sqlite` implement it, each knowing its own lock, timeout and transaction
@@ -13,6 +18,7 @@
 //! client, and every value arrives as text that a report can show whatever
 //! its column type.
 
+mod endpoint;
 mod lease;
 mod lease_mysql;
 mod lock;
@@ -30,11 +36,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use endpoint::{endpoint, name_endpoint};
 pub use lease::LEASE_TABLE_SQL;
 pub use lease_mysql::MYSQL_LEASE_TABLE_SQL;
 pub use lock::{LockKind, mysql_lock_name, postgres_lock_key, postgres_schema_lock_key};
 pub use mysql::MySqlSession;
-pub use open::{AnySession, open};
+pub use open::{AnySession, may_leave_session_state, open};
 pub use postgres::PgSession;
 pub use sqlite::SqliteSession;
 

@@ -81,6 +81,8 @@ enum Txn {
 pub struct MySqlSession {
     text: TextConn<MySql>,
     mariadb: bool,
+    /// `VERSION()`, for the limits set again when the session is reused.
+    version: String,
     schema: String,
     txn: Txn,
     timeout: Duration,
@@ -149,6 +151,7 @@ impl MySqlSession {
         };
         let mut session = Self {
             mariadb: version.contains("MariaDB"),
+            version: version.clone(),
             schema: MySql::cell(&row, 1).unwrap_or_default(),
             text,
             txn: Txn::None,
@@ -160,6 +163,29 @@ impl MySqlSession {
         };
         session.set_limits(&version).await?;
         Ok(session)
+    }
+
+    /// Readies the session for the next rule of the same run on this
+    /// database; `Ok(false)` when it must not be reused. The engine reuses a
+    /// session only after a rule whose SQL cannot leave session state of its
+    /// own (`db::may_leave_session_state`); what dbjanitor itself leaves is
+    /// undone here: no transaction may be open (asked of the server), no
+    /// lease held (released by the engine; checked here), every
+    /// `GET_LOCK` is released (`RELEASE_ALL_LOCKS`, MariaDB 10.5+/MySQL 5.7+;
+    /// older servers answer with an error and the session is not reused),
+    /// and the idle limits follow the next rule's timeout. sqlx cannot send
+    /// `COM_RESET_CONNECTION`, which would be the complete reset.
+    pub(crate) async fn reset(&mut self, settings: &ConnectSettings) -> Result<bool, DbError> {
+        if self.txn != Txn::None || self.lease.is_some() || self.transaction_open().await? {
+            return Ok(false);
+        }
+        self.text.run("DO RELEASE_ALL_LOCKS()").await?;
+        self.commit_sent = false;
+        self.timeout = settings.timeout;
+        self.idle_limit = idle_limit(settings.timeout);
+        let version = self.version.clone();
+        self.set_limits(&version).await?;
+        Ok(true)
     }
 
     /// `wait_timeout` (idle), `net_*_timeout` (blocked on the socket) and on

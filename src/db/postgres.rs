@@ -140,6 +140,28 @@ impl PgSession {
         })
     }
 
+    /// Readies the session for the next rule of the same run on this
+    /// database; `Ok(false)` when it must not be reused. What a run leaves on
+    /// the session by design: nothing in a transaction (the engine ended it;
+    /// checked here), no lock (released; checked here), and, only after a
+    /// session advisory lock, the limits set with `SET`. On a direct
+    /// connection (lock kind `advisory`) `DISCARD ALL` returns the session to
+    /// how it started (settings, temporary tables, advisory locks, cursors,
+    /// prepared statements); through a pooler (kind `lease`) nothing is
+    /// session-scoped: limits are `SET LOCAL` and the lease is a row.
+    pub(crate) async fn reset(&mut self, settings: &ConnectSettings) -> Result<bool, DbError> {
+        if self.in_transaction || !matches!(self.held, Held::None) {
+            return Ok(false);
+        }
+        if self.kind == LockKind::Advisory {
+            self.conn.batch("DISCARD ALL").await?;
+        }
+        self.timeout = settings.timeout;
+        self.xid = None;
+        self.commit_sent = false;
+        Ok(true)
+    }
+
     /// The lock kind in use (after `auto` was resolved).
     #[must_use]
     pub fn lock_kind(&self) -> LockKind {
@@ -236,12 +258,19 @@ impl PgSession {
     }
 
     /// Opens the cursor and reads it: the body of [`Session::detect`].
+    /// Without a limit (a report-only rule counts every row) and for a single
+    /// statement, the server counts: see [`Self::count_on_server`].
     async fn read_cursor(
         &self,
         sql: &str,
         keep: usize,
         limit: Option<u64>,
     ) -> Result<Detection, DbError> {
+        if limit.is_none()
+            && let [single] = crate::sql::split_statements(sql, Dialect::Postgres).as_slice()
+        {
+            return self.count_on_server(single, keep).await;
+        }
         self.conn
             .execute_one(
                 &format!("DECLARE dbjanitor_detect NO SCROLL CURSOR FOR {sql}"),
@@ -279,6 +308,69 @@ impl PgSession {
                 return Ok(detection);
             }
         }
+    }
+
+    /// Detect of a report-only rule: ONE statement that counts the query's
+    /// rows on the server and returns only the sample, so a million rows do
+    /// not cross the wire to be counted (issue 11). The count and the sample
+    /// are the same query's rows from the same snapshot (one statement has
+    /// one snapshot at every isolation level); the count comes as the first
+    /// column of every sample row (and no row at all means 0). The statement
+    /// is a cursor in the same read-only (sub)transaction as any detect, so
+    /// a write is refused as before; a data-modifying CTE nested in the
+    /// wrapper is refused by the parser.
+    async fn count_on_server(&self, sql: &str, keep: usize) -> Result<Detection, DbError> {
+        let keep = keep.min(Sample::MAX_ROWS);
+        let wrapped = format!(
+            "DECLARE dbjanitor_detect NO SCROLL CURSOR FOR \
+             SELECT (SELECT count(*) FROM ({sql}\n) AS dbjanitor_all) AS dbjanitor_count, dbjanitor_sample.* \
+             FROM ({sql}\n) AS dbjanitor_sample LIMIT {}",
+            keep.max(1)
+        );
+        self.conn
+            .execute_one(&wrapped, &[])
+            .await
+            .map_err(|e| unsafe_detect(sql, e))?;
+        let mut fetched = Detection::default();
+        self.fetch(
+            &format!("FETCH FORWARD {} FROM dbjanitor_detect", keep.max(1)),
+            keep.max(1),
+            &mut fetched,
+        )
+        .await
+        .map_err(|e| unsafe_detect(sql, e))?;
+        let count = fetched
+            .sample
+            .rows
+            .first()
+            .map(|row| {
+                row.first()
+                    .cloned()
+                    .flatten()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        DbError::Sql(format!("the server's count was not a number: {row:?}"))
+                    })
+            })
+            .transpose()?
+            .unwrap_or(0);
+        // Everything but the count column.
+        let sample = Sample {
+            columns: fetched.sample.columns.into_iter().skip(1).collect(),
+            rows: fetched
+                .sample
+                .rows
+                .into_iter()
+                .take(keep)
+                .map(|row| row.into_iter().skip(1).collect())
+                .collect(),
+            after_fix: false,
+        };
+        Ok(Detection {
+            count,
+            sample,
+            complete: true,
+        })
     }
 
     /// One FETCH: counts rows and keeps the first `keep`; returns the rows fetched.
@@ -364,7 +456,8 @@ fn unsafe_detect(sql: &str, error: DbError) -> DbError {
     match error {
         DbError::Sql(text)
             if (!reads && text.contains("(code 42601)"))
-                || text.contains("data-modifying statements in WITH") =>
+                || text.contains("data-modifying statements in WITH")
+                || text.contains("data-modifying statement must be at the top level") =>
         {
             DbError::Unsafe(format!(
                 "detect must be one read-only query (SELECT, WITH ... SELECT, VALUES, TABLE): {text}"

@@ -95,6 +95,26 @@ impl SqliteSession {
         })
     }
 
+    /// Readies the connection for the next rule of the same run on this
+    /// database; `Ok(false)` when it must not be reused. No transaction may
+    /// be open (a `BEGIN` would fail inside one), `query_only` is off again
+    /// (detect turns it off on success; a failed detect ends the connection)
+    /// and the busy timeout follows the next rule's `lock.wait`.
+    pub(crate) async fn reset(&mut self, settings: &ConnectSettings) -> Result<bool, DbError> {
+        if self.in_transaction {
+            return Ok(false);
+        }
+        self.text.run("BEGIN").await?;
+        self.text.run("ROLLBACK").await?;
+        self.text
+            .run(&format!(
+                "PRAGMA busy_timeout = {}",
+                settings.lock_wait.as_millis()
+            ))
+            .await?;
+        Ok(true)
+    }
+
     /// `BEGIN IMMEDIATE` (the write lock) and the marker savepoint.
     async fn begin_immediate(&mut self) -> Result<bool, DbError> {
         match self.text.run_raw("BEGIN IMMEDIATE").await {

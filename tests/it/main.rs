@@ -25,6 +25,8 @@ mod config_errors;
 /// The daemon: a rule every second with audit rows as proof, SIGTERM during
 /// a slow fix, /healthz, /livez and /metrics parsed by a Prometheus parser.
 mod daemon;
+/// Issue 11: a report-only detect on PostgreSQL counts on the server.
+mod detect_count;
 /// Every outcome on every engine, with the rows checked afterwards.
 mod engine;
 /// Test harness: a fault-injection TCP proxy (stall, lost replies, cuts) in front of the real servers.
@@ -50,6 +52,9 @@ mod pgbouncer;
 mod postgres;
 /// The README's first rule, taken from README.md, on PostgreSQL and MariaDB.
 mod readme;
+/// Issue 11: one connection per database for the rules of a run; a failed
+/// rule's connection is not reused.
+mod reuse;
 /// Every rule of the pack on every engine it claims, against faithful fixtures.
 mod rulepack;
 /// Issue 8: read-only detect, transactions a fix cannot end, counts, a lock

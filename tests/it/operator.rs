@@ -493,6 +493,16 @@ async fn connection_errors_name_the_server_once_per_database() {
     );
     assert!(!out.stdout.contains("s3cret") && !out.stdout.contains("janitor:"));
     assert!(!out.stderr.contains("s3cret"));
+    // The log says it once too, with the address: the second rule of the
+    // unreachable database is not tried (it would wait out its own connect
+    // timeout and log the same error again).
+    let warned: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("rule failed"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{}", out.stderr);
+    assert!(warned[0].contains(&named), "{}", out.stderr);
     // JSON keeps each run's own full error, with the address.
     let json = case.run(&["run", "--output", "json"]);
     json.assert_code(1);
@@ -502,6 +512,11 @@ async fn connection_errors_name_the_server_once_per_database() {
             .expect("error")
             .to_owned();
         assert!(error.starts_with(&named), "{error}");
+        assert_eq!(
+            error.contains("not tried: the connection for rule down.one failed just before"),
+            rule == "down.two",
+            "{error}"
+        );
     }
     assert_eq!(
         app.scalar("SELECT count(*) FROM job WHERE state = 'failed'")

@@ -289,6 +289,15 @@ impl TestDb {
         }
     }
 
+    /// The first column of every row of `sql`, NULL as "".
+    pub async fn strings(&self, sql: &str) -> Vec<String> {
+        self.rows(sql)
+            .await
+            .into_iter()
+            .map(|r| r[0].clone().unwrap_or_default())
+            .collect()
+    }
+
     /// The first column of the first row, as an integer.
     pub async fn scalar(&self, sql: &str) -> i64 {
         let rows = self.rows(sql).await;
