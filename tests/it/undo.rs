@@ -494,3 +494,37 @@ async fn backup_is_refused_at_load_for_autocommit_and_bad_names() {
     out.assert_code(2);
     assert!(out.stderr.contains("rule01.yaml:7:10:"), "{}", out.stderr);
 }
+
+/// MariaDB's images pin the session's `time_zone` for their statements only:
+/// the next rule on the same (reused) connection sees the zone it had.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reused_mariadb_session_keeps_its_time_zone_after_images() {
+    let db = awkward(Engine::MySql).await;
+    let first = "name: w.fix\ndatabase: main\n\
+                 detect: SELECT id, CONNECTION_ID() AS session FROM ha_work WHERE state = 'stale'\n\
+                 fix: \"UPDATE ha_work SET state = 'done' WHERE state = 'stale'\"\n\
+                 max_rows: 10\nbackup:\n  table: ha_work\n  key: [id]\n";
+    let second = "name: w.zone\ndatabase: main\n\
+                  detect: SELECT CONNECTION_ID() AS session, @@session.time_zone AS zone\n";
+    let out = Case::new()
+        .database("main", db.url())
+        .rule(first)
+        .rule(second)
+        .run(&["run", "--output", "json"]);
+    out.assert_code(0);
+    let fixed = out.record("w.fix", "main");
+    assert_eq!(fixed["outcome"], "fixed", "{}", out.stdout);
+    assert_eq!(fixed["kept"], 4, "{}", out.stdout);
+    let zone = out.record("w.zone", "main");
+    // Sample columns: w.fix (id, session), w.zone (session, zone).
+    let first_session = &fixed["sample"]["rows"][0][1];
+    let row = &zone["sample"]["rows"][0];
+    assert!(first_session.is_string(), "{}", out.stdout);
+    assert_eq!(
+        &row[0], first_session,
+        "the second rule reused the first one's connection: {}",
+        out.stdout
+    );
+    assert_eq!(row[1], "SYSTEM", "{}", out.stdout);
+    assert_eq!(images(&db).await, 4);
+}
