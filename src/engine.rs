@@ -305,14 +305,7 @@ impl Run<'_> {
                 return None;
             }
         };
-        if self.rule.backup.is_some() && !crate::backup::supported(self.dialect) {
-            warn!(
-                "backup: no images are kept on {} yet (PostgreSQL and SQLite only): this run cannot be undone",
-                self.dialect
-            );
-        }
         if let Some(backup) = &self.rule.backup
-            && crate::backup::supported(self.dialect)
             && let Err(e) = self
                 .step(
                     self.rule.timeout,
@@ -566,7 +559,6 @@ impl Run<'_> {
         self.rule
             .backup
             .as_ref()
-            .filter(|_| crate::backup::supported(self.dialect))
             .map(|backup| crate::backup::Capture {
                 backup,
                 dialect: self.dialect,

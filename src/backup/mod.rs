@@ -84,15 +84,6 @@ pub fn valid_identifier(name: &str, qualified: bool) -> bool {
     }
 }
 
-/// The engines where backup is implemented (all three).
-#[must_use]
-pub fn supported(dialect: Dialect) -> bool {
-    matches!(
-        dialect,
-        Dialect::Postgres | Dialect::Sqlite | Dialect::MySql
-    )
-}
-
 /// What one capture kept.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Kept {

@@ -55,9 +55,6 @@ pub(crate) async fn find(
     };
     let mut unreachable = Vec::new();
     for db in config.databases.values() {
-        if !crate::backup::supported(db.dialect) {
-            continue;
-        }
         let images = &config.images;
         let found: Result<Option<Located>, DbError> = with_session!(&**db, &settings, |s| {
             let found = locate(&mut s, images, run).await;

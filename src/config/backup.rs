@@ -8,7 +8,6 @@ use serde_saphyr::Spanned;
 use super::Loader;
 use super::raw::{RawBackup, RawImages};
 use crate::backup::{Backup, Images, valid_identifier};
-use crate::db::Dialect;
 use crate::rule::Mode;
 
 /// `images.keep`: a hundred years, like `audit.keep`.
@@ -54,7 +53,6 @@ impl Loader<'_> {
         file: &Path,
         raw: Option<&Spanned<RawBackup>>,
         mode: Mode,
-        _dialects: &[Dialect],
     ) -> Option<Backup> {
         let raw = raw?;
         let before = self.errors.len();

@@ -73,7 +73,7 @@ impl Loader<'_> {
         );
         let lock = self.lock_spec(file, raw.lock.as_ref(), &name);
         let notify = self.notify_settings(file, &raw, notifiers, defaults);
-        let backup = self.backup(file, raw.backup.as_ref(), mode, &dialects);
+        let backup = self.backup(file, raw.backup.as_ref(), mode);
         if self.errors.len() > errors_before {
             return None;
         }
