@@ -1,6 +1,10 @@
-//! Issue 14 (undo), step 1: every run has one id, the same in the text and
-//! JSON reports, the log lines, the audit row, the webhook JSON, the Slack message and the
-//! mail, on every engine.
+//! Issue 14 (undo): every run has one id, the same in the text and JSON
+//! reports, the log lines, the audit row, the webhook JSON, the Slack message
+//! and the mail; a rule with `backup:` keeps before/after images of the rows
+//! its fix changed, `changes` shows them and `undo` restores them byte for
+//! byte, on every engine.
+
+use std::path::PathBuf;
 
 use serde_json::Value;
 
@@ -424,6 +428,39 @@ async fn sigkill_during_the_fix_leaves_neither_change_nor_images() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_during_the_fix_leaves_neither_change_nor_images_on_mariadb() {
     sigkill_during_the_fix(Engine::MySql).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_during_the_fix_leaves_neither_change_nor_images_on_sqlite() {
+    let db = awkward(Engine::Sqlite).await;
+    let original = dump(&db).await;
+    let path = db.sqlite_path().expect("a SQLite file");
+    let journal = PathBuf::from(format!("{}-journal", path.display()));
+    // After its UPDATE (images and change written, uncommitted) the fix
+    // counts to 10^10 in a scalar subquery every row's comparison needs:
+    // SQLite has no sleep, and the statement would change no row. The rollback journal exists from the first
+    // written page until the transaction ends: that is "inside the fix".
+    let busy = "UPDATE ha_work SET id = id WHERE id = (WITH RECURSIVE c(x) AS \
+        (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10000000000) SELECT count(*) FROM c)";
+    let fix = format!("{UPDATE_FIX}; {busy}");
+    let case = case(&db, &rule("w.slow", &fix, "timeout: 120s\n"));
+    let mut child = case.spawn(&["run"]);
+    let started = std::time::Instant::now();
+    while !journal.exists() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the fix never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Let it reach the counting statement, then kill it mid-transaction.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(journal.exists(), "the fix ended before the kill");
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    // The next connection finds the hot journal and rolls the file back.
+    assert_eq!(dump(&db).await, original, "no change survived the kill");
+    assert_eq!(images(&db).await, 0, "no orphaned image");
 }
 
 async fn sigkill_during_the_fix(engine: Engine) {
