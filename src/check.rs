@@ -14,7 +14,7 @@ use crate::rule::BatchSize;
 
 /// What preparing one target found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CheckResult {
+pub(crate) enum CheckResult {
     /// Every statement prepared.
     Ok {
         /// Statements prepared.
@@ -32,7 +32,7 @@ pub enum CheckResult {
 }
 
 /// Prepares the SQL of one target.
-pub async fn prepare_target(target: &Target) -> CheckResult {
+pub(crate) async fn prepare_target(target: &Target) -> CheckResult {
     let settings = ConnectSettings {
         timeout: target.rule.timeout,
         lock_wait: Duration::ZERO,
@@ -96,7 +96,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// none is, disabled ones included: a rule about to be enabled is exactly
 /// the one to check), on `database` if given. Unknown names are the same
 /// usage errors as for `run`.
-pub fn select(
+pub(crate) fn select(
     config: &crate::config::Config,
     rules: &[String],
     database: Option<&str>,

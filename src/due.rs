@@ -16,7 +16,7 @@ use crate::plan::Target;
 
 /// Why a pair is or is not due; logged for each pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Due {
+pub(crate) enum Due {
     /// Never run before.
     FirstRun,
     /// The schedule ticked at this time, after the last run started.
@@ -30,14 +30,18 @@ pub enum Due {
 impl Due {
     /// Whether the pair runs now.
     #[must_use]
-    pub fn is_due(self) -> bool {
+    pub(crate) fn is_due(self) -> bool {
         matches!(self, Due::FirstRun | Due::Ticked(_))
     }
 }
 
 /// Decides one pair from its last run's start.
 #[must_use]
-pub fn decide(target: &Target, last_started: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Due {
+pub(crate) fn decide(
+    target: &Target,
+    last_started: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Due {
     let Some(schedule) = &target.rule.schedule else {
         return Due::Unscheduled;
     };
@@ -54,7 +58,7 @@ pub fn decide(target: &Target, last_started: Option<DateTime<Utc>>, now: DateTim
 /// The pair that comes due first among those not due now: what `run --due`
 /// says when it ran nothing (issue 12.7), so "no rules ran" is not a puzzle.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NextDue {
+pub(crate) struct NextDue {
     /// The rule.
     pub rule: String,
     /// The database.
@@ -66,7 +70,7 @@ pub struct NextDue {
 impl NextDue {
     /// `next due: R on D at 2026-12-01 14:00:00 UTC (in 12m)`.
     #[must_use]
-    pub fn describe(&self, now: DateTime<Utc>) -> String {
+    pub(crate) fn describe(&self, now: DateTime<Utc>) -> String {
         let wait = (self.at - now)
             .to_std()
             .map(|d| std::time::Duration::from_secs(d.as_secs().max(1).div_ceil(60) * 60))
@@ -81,10 +85,9 @@ impl NextDue {
     }
 }
 
-/// Keeps the targets that are due at `now`, reading each pair's last run from
-/// `history`. An unreadable history is an error: guessing would either skip
-/// work or run everything at once.
-pub async fn filter<H: History>(
+/// The due targets only: the unit tests' short form of [`select`].
+#[cfg(test)]
+async fn filter<H: History>(
     targets: Vec<Target>,
     history: &H,
     now: DateTime<Utc>,
@@ -92,9 +95,11 @@ pub async fn filter<H: History>(
     Ok(select(targets, history, now).await?.0)
 }
 
-/// [`filter`], and the [`NextDue`] among the pairs left out (`None` when
-/// none of them has a schedule that ticks again).
-pub async fn select<H: History>(
+/// Keeps the targets that are due at `now`, reading each pair's last run from
+/// `history`, and finds the [`NextDue`] among the pairs left out (`None` when
+/// none of them has a schedule that ticks again). An unreadable history is an
+/// error: guessing would either skip work or run everything at once.
+pub(crate) async fn select<H: History>(
     targets: Vec<Target>,
     history: &H,
     now: DateTime<Utc>,

@@ -11,7 +11,7 @@ use crate::exit;
 
 /// Why a command stopped early.
 #[derive(Debug, thiserror::Error)]
-pub enum AppError {
+pub(crate) enum AppError {
     /// The config or a rule file is wrong: every problem with file, line and
     /// column, then how many (exit 2, nothing ran).
     #[error("{0}\n{count} in the configuration; nothing was run", count = problems(.0))]
@@ -29,7 +29,7 @@ pub enum AppError {
 impl AppError {
     /// The process exit status for this error (see [`crate::exit`]).
     #[must_use]
-    pub fn status(&self) -> u8 {
+    pub(crate) fn status(&self) -> u8 {
         match self {
             AppError::Config(_) | AppError::Usage(_) => exit::USAGE,
             AppError::Other(_) => exit::RULE_FAILED,

@@ -7,16 +7,18 @@
 use std::process::ExitCode;
 
 /// Every rule ended clean, found, fixed, would_fix or skipped.
-pub const SUCCESS: u8 = 0;
+pub(crate) const SUCCESS: u8 = 0;
 /// At least one rule failed (SQL or connection error, timeout, cancellation).
-pub const RULE_FAILED: u8 = 1;
+pub(crate) const RULE_FAILED: u8 = 1;
 /// Configuration or usage error: nothing ran and no database was changed.
-pub const USAGE: u8 = 2;
+pub(crate) const USAGE: u8 = 2;
 /// A guard tripped (and nothing failed): the fix was rolled back or not run.
-pub const GUARD_TRIPPED: u8 = 3;
+pub(crate) const GUARD_TRIPPED: u8 = 3;
 
-/// The statuses with their meaning, in the order the README lists them.
-pub const TABLE: [(u8, &str); 4] = [
+/// The statuses with their meaning, in the order the README lists them (a
+/// unit test keeps the README's table in step with it).
+#[cfg(test)]
+const TABLE: [(u8, &str); 4] = [
     (
         SUCCESS,
         "every rule was clean, found, fixed, would_fix or skipped",
@@ -31,7 +33,7 @@ pub const TABLE: [(u8, &str); 4] = [
 
 /// Converts one of the constants above into a process exit code.
 #[must_use]
-pub fn code(status: u8) -> ExitCode {
+pub(crate) fn code(status: u8) -> ExitCode {
     ExitCode::from(status)
 }
 

@@ -26,30 +26,34 @@
 //!    `notify-test`, `completions`, `man`, `version`).
 //!
 //! The binary (`src/main.rs`) only parses arguments and hands off to [`app`].
+//!
+//! Only what the binary and the integration tests use is `pub`; every other
+//! module is `pub(crate)`, so the compiler reports code nothing uses (issue
+//! 13.6; `unreachable_pub` in Cargo.toml keeps items inside them honest).
 
 pub mod app;
 pub mod audit;
-pub mod backup;
-pub mod check;
+pub(crate) mod backup;
+pub(crate) mod check;
 pub mod cli;
-pub mod commands;
+pub(crate) mod commands;
 pub mod config;
-pub mod daemon;
+pub(crate) mod daemon;
 pub mod db;
-pub mod demo;
-pub mod due;
+pub(crate) mod demo;
+pub(crate) mod due;
 pub mod engine;
-pub mod error;
-pub mod exit;
+pub(crate) mod error;
+pub(crate) mod exit;
 pub mod history;
-pub mod logging;
-pub mod metrics;
+pub(crate) mod logging;
+pub(crate) mod metrics;
 pub mod notify;
 pub mod outcome;
 pub mod plan;
-pub mod report;
-pub mod rule;
-pub mod schedule;
+pub(crate) mod report;
+pub(crate) mod rule;
+pub(crate) mod schedule;
 pub mod secret;
 pub(crate) mod signals;
-pub mod sql;
+pub(crate) mod sql;

@@ -28,28 +28,28 @@ use tracing_subscriber::fmt::writer::MakeWriterExt;
 use crate::cli::LogFormat;
 
 /// File name prefix of the rolling files: `dbjanitor.log.2026-11-22`.
-pub const LOG_FILE_PREFIX: &str = "dbjanitor.log";
+pub(crate) const LOG_FILE_PREFIX: &str = "dbjanitor.log";
 
 /// Daily files kept in `--log-dir`; older ones are deleted as days roll over.
-pub const LOG_FILES_KEPT: usize = 31;
+pub(crate) const LOG_FILES_KEPT: usize = 31;
 
 /// Flushes the log files when dropped: keep it alive until the process exits.
 #[must_use = "dropping the guard stops writing the log files"]
-pub struct LogGuard {
+pub(crate) struct LogGuard {
     _file: Option<WorkerGuard>,
 }
 
 /// The log directory could not be used.
 #[derive(Debug, thiserror::Error)]
 #[error("--log-dir {dir}: {reason}")]
-pub struct LogDirError {
+pub(crate) struct LogDirError {
     dir: String,
     reason: String,
 }
 
 /// Installs the global subscriber: stderr, plus daily files in `dir` if given.
 /// Safe to call once per process (a second call leaves the first in place).
-pub fn init(
+pub(crate) fn init(
     format: LogFormat,
     dir: Option<&Path>,
     default_filter: &str,
@@ -91,7 +91,7 @@ static FILE_WRITE_FAILED: AtomicBool = AtomicBool::new(false);
 /// the README promises that lines are never lost, so losing some must not
 /// pass as success.
 #[must_use]
-pub fn file_write_failed() -> bool {
+pub(crate) fn file_write_failed() -> bool {
     FILE_WRITE_FAILED.load(Ordering::SeqCst)
 }
 

@@ -29,7 +29,7 @@ use crate::audit::LastRun;
 use crate::outcome::{Outcome, RunRecord};
 
 /// The content type of [`DaemonMetrics::encode`].
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Run durations, in seconds: from a quick clean detect to an hour of batches.
 const DURATION_BUCKETS: [f64; 12] = [
@@ -38,7 +38,7 @@ const DURATION_BUCKETS: [f64; 12] = [
 
 /// Labels of a (rule, database) pair.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
-pub struct PairLabels {
+pub(crate) struct PairLabels {
     /// Rule name.
     pub rule: String,
     /// Database name from the config.
@@ -48,7 +48,7 @@ pub struct PairLabels {
 impl PairLabels {
     /// The labels of a record's pair.
     #[must_use]
-    pub fn of(rule: &str, database: &str) -> Self {
+    pub(crate) fn of(rule: &str, database: &str) -> Self {
         Self {
             rule: rule.to_owned(),
             database: database.to_owned(),
@@ -58,7 +58,7 @@ impl PairLabels {
 
 /// Labels of a pair and an outcome.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
+pub(crate) struct OutcomeLabels {
     /// Rule name.
     pub rule: String,
     /// Database name from the config.
@@ -69,7 +69,7 @@ pub struct OutcomeLabels {
 
 /// Labels of a database.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DatabaseLabels {
+pub(crate) struct DatabaseLabels {
     /// Database name from the config.
     pub database: String,
 }
@@ -129,7 +129,7 @@ macro_rules! metric_table {
 
 metric_table! {
     /// The daemon's live metrics.
-    pub struct DaemonMetrics {
+    pub(crate) struct DaemonMetrics {
         runs: Family<OutcomeLabels, Counter> => "runs", "Finished runs of a rule on a database, by outcome";
         detected: Family<PairLabels, Counter> => "rows_detected", "Rows found by detect queries (before any fix)";
         changed: Family<PairLabels, Counter> => "rows_changed", "Rows changed by committed fixes";
@@ -171,7 +171,7 @@ impl std::fmt::Debug for DaemonMetrics {
 impl DaemonMetrics {
     /// Registers every metric, with series at 0 for each pair in `pairs`.
     #[must_use]
-    pub fn new(pairs: &[PairLabels], databases: &[String]) -> Self {
+    pub(crate) fn new(pairs: &[PairLabels], databases: &[String]) -> Self {
         let metrics = Self::registered();
         metrics.start_at_zero(pairs, databases);
         metrics
@@ -204,7 +204,7 @@ impl DaemonMetrics {
     }
 
     /// Counts a finished run.
-    pub fn observe(&self, record: &RunRecord) {
+    pub(crate) fn observe(&self, record: &RunRecord) {
         let pair = PairLabels::of(&record.rule, &record.database);
         self.runs
             .get_or_create(&OutcomeLabels {
@@ -238,27 +238,27 @@ impl DaemonMetrics {
     }
 
     /// Counts a tick skipped because the previous run was still going.
-    pub fn overlap_skip(&self, pair: &PairLabels) {
+    pub(crate) fn overlap_skip(&self, pair: &PairLabels) {
         self.overlap_skips.get_or_create(pair).inc();
     }
 
     /// Marks a run of `pair` as started (`true`) or finished.
-    pub fn set_running(&self, pair: &PairLabels, running: bool) {
+    pub(crate) fn set_running(&self, pair: &PairLabels, running: bool) {
         self.running.get_or_create(pair).set(i64::from(running));
     }
 
     /// Marks a run of `pair` as waiting for a free slot (`true`) or not.
-    pub fn set_waiting(&self, pair: &PairLabels, waiting: bool) {
+    pub(crate) fn set_waiting(&self, pair: &PairLabels, waiting: bool) {
         self.waiting.get_or_create(pair).set(i64::from(waiting));
     }
 
     /// Publishes the next tick of `pair`.
-    pub fn set_next_run(&self, pair: &PairLabels, at: DateTime<Utc>) {
+    pub(crate) fn set_next_run(&self, pair: &PairLabels, at: DateTime<Utc>) {
         self.next_run.get_or_create(pair).set(seconds(at));
     }
 
     /// Publishes a database health check result.
-    pub fn set_database_up(&self, database: &str, up: bool) {
+    pub(crate) fn set_database_up(&self, database: &str, up: bool) {
         self.database_up
             .get_or_create(&DatabaseLabels {
                 database: database.to_owned(),
@@ -267,12 +267,12 @@ impl DaemonMetrics {
     }
 
     /// Counts failed audit reads or writes.
-    pub fn audit_error(&self, operations: u64) {
+    pub(crate) fn audit_error(&self, operations: u64) {
         self.audit_errors.inc_by(operations);
     }
 
     /// The OpenMetrics text of every metric.
-    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+    pub(crate) fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
         encode(&mut out, &self.registry)?;
         Ok(out)
@@ -281,7 +281,7 @@ impl DaemonMetrics {
 
 /// What `--metrics-file` says about one pair: this run's record, or the last
 /// run recorded in the audit table for pairs that did not run this time.
-pub type PairState = LastRun;
+pub(crate) type PairState = LastRun;
 
 impl From<&RunRecord> for LastRun {
     fn from(record: &RunRecord) -> Self {
@@ -301,7 +301,7 @@ impl From<&RunRecord> for LastRun {
 /// one), the last success; and the invocation's own time, exit status and
 /// number of pairs run.
 #[must_use]
-pub fn textfile(
+pub(crate) fn textfile(
     pairs: &BTreeMap<PairLabels, PairState>,
     ran: usize,
     exit_code: u8,
@@ -357,7 +357,7 @@ pub fn textfile(
 /// flushed to disk, readable by others (node_exporter runs as its own user),
 /// then renamed over `path`. A reader sees the old file or the new one, never
 /// half of one.
-pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),

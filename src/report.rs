@@ -14,7 +14,7 @@ use crate::outcome::{Outcome, RunRecord, Sample};
 
 /// The JSON report.
 #[derive(Debug, Serialize)]
-pub struct JsonReport<'a> {
+pub(crate) struct JsonReport<'a> {
     /// Schema version of this document.
     pub version: u32,
     /// Whether the run was a dry run.
@@ -30,7 +30,7 @@ pub struct JsonReport<'a> {
 
 /// Renders the JSON report with the exit status the process will return and
 /// the audit failure, if any (an audit failure raises the status to 1).
-pub fn json_with(
+pub(crate) fn json_with(
     records: &[RunRecord],
     dry_run: bool,
     exit_code: u8,
@@ -47,7 +47,7 @@ pub fn json_with(
 
 /// A plain table: no borders, a rule under the header; fits logs and terminals.
 #[must_use]
-pub fn plain_table(header: &[&str]) -> Table {
+pub(crate) fn plain_table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table
         .load_style(presets::NOTHING)
@@ -62,7 +62,7 @@ fn count(value: Option<u64>) -> String {
 
 /// Renders the text report.
 #[must_use]
-pub fn text(records: &[RunRecord], dry_run: bool) -> String {
+pub(crate) fn text(records: &[RunRecord], dry_run: bool) -> String {
     let mut out = String::new();
     if records.is_empty() {
         out.push_str("no rules ran\n");
@@ -124,7 +124,7 @@ fn details(r: &RunRecord) -> String {
 /// 12.7: reports said `1 rules, 1 databases`). Every noun counted in
 /// dbjanitor's output takes a plain `s`.
 #[must_use]
-pub fn counted(n: u64, noun: &str) -> String {
+pub(crate) fn counted(n: u64, noun: &str) -> String {
     if n == 1 {
         format!("1 {noun}")
     } else {
@@ -134,7 +134,7 @@ pub fn counted(n: u64, noun: &str) -> String {
 
 /// `sample (3 of 12 rows)`: how much of what detect found the sample shows.
 #[must_use]
-pub fn sample_heading(sample: &Sample, detected: Option<u64>) -> String {
+pub(crate) fn sample_heading(sample: &Sample, detected: Option<u64>) -> String {
     let shown = sample.rows.len();
     if sample.after_fix {
         return format!("rows left after the fix ({shown} shown)");
@@ -147,7 +147,7 @@ pub fn sample_heading(sample: &Sample, detected: Option<u64>) -> String {
 /// NULL), one string per line without trailing blanks: the report and the
 /// notifications show samples the same way.
 #[must_use]
-pub fn sample_lines(sample: &Sample) -> Vec<String> {
+pub(crate) fn sample_lines(sample: &Sample) -> Vec<String> {
     let mut table = plain_table(
         &sample
             .columns
@@ -170,7 +170,7 @@ pub fn sample_lines(sample: &Sample) -> Vec<String> {
 
 /// One line: how many pairs ended in each outcome.
 #[must_use]
-pub fn summary(records: &[RunRecord], dry_run: bool) -> String {
+pub(crate) fn summary(records: &[RunRecord], dry_run: bool) -> String {
     let parts: Vec<String> = Outcome::ALL
         .iter()
         .filter_map(|o| {

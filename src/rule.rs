@@ -80,7 +80,7 @@ pub struct Batch {
 /// appear in PostgreSQL, MySQL or SQLite code outside a string literal, so the
 /// token cannot be mistaken for SQL; the loader checks that a fix uses it if
 /// and only if `batch.size` is set.
-pub const BATCH_SIZE_PLACEHOLDER: &str = "{batch_size}";
+pub(crate) const BATCH_SIZE_PLACEHOLDER: &str = "{batch_size}";
 
 /// `batch.size` (with `min_size`, `max_size`, `target`): how many rows one
 /// batch may change, and how the engine adapts it.

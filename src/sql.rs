@@ -32,7 +32,7 @@ enum Token {
 /// Splits `sql` into its statements, trimmed, without the separating `;`.
 /// Empty statements (`;;`, a trailing `;`, comments only) are dropped.
 #[must_use]
-pub fn split_statements(sql: &str, dialect: Dialect) -> Vec<&str> {
+pub(crate) fn split_statements(sql: &str, dialect: Dialect) -> Vec<&str> {
     let mut statements = Vec::new();
     let mut start = 0;
     for token in tokens(sql, dialect) {
@@ -158,7 +158,7 @@ fn words(statement: &str, dialect: Dialect) -> Vec<(String, u32)> {
 
 /// The first keyword of a statement, upper-cased, after comments and `(`.
 #[must_use]
-pub fn first_keyword(statement: &str, dialect: Dialect) -> String {
+pub(crate) fn first_keyword(statement: &str, dialect: Dialect) -> String {
     words(statement, dialect)
         .into_iter()
         .next()
@@ -172,7 +172,7 @@ const DML: [&str; 6] = ["INSERT", "UPDATE", "DELETE", "MERGE", "REPLACE", "UPSER
 /// The keyword of the statement proper: the first word, or for `WITH ...`
 /// the first top-level word after the common table expressions.
 #[must_use]
-pub fn main_keyword(statement: &str, dialect: Dialect) -> String {
+pub(crate) fn main_keyword(statement: &str, dialect: Dialect) -> String {
     let words = words(statement, dialect);
     let Some((first, _)) = words.first() else {
         return String::new();
@@ -195,7 +195,7 @@ pub fn main_keyword(statement: &str, dialect: Dialect) -> String {
 /// SET or DDL's "rows affected" (MariaDB reports the rows an `ALTER TABLE`
 /// copies) are not rows the fix changed.
 #[must_use]
-pub fn modifies_data(statement: &str, dialect: Dialect) -> bool {
+pub(crate) fn modifies_data(statement: &str, dialect: Dialect) -> bool {
     DML.contains(&main_keyword(statement, dialect).as_str())
 }
 
@@ -203,7 +203,7 @@ pub fn modifies_data(statement: &str, dialect: Dialect) -> bool {
 /// (`WITH d AS (DELETE ... RETURNING *) SELECT ...`, PostgreSQL): its rows
 /// affected would not count the rows it changed.
 #[must_use]
-pub fn hides_dml(statement: &str, dialect: Dialect) -> bool {
+pub(crate) fn hides_dml(statement: &str, dialect: Dialect) -> bool {
     let words = words(statement, dialect);
     if words.first().is_none_or(|(w, _)| w != "WITH") || modifies_data(statement, dialect) {
         return false;
@@ -217,15 +217,6 @@ pub fn hides_dml(statement: &str, dialect: Dialect) -> bool {
     })
 }
 
-/// Whether a statement changes the schema rather than rows.
-#[must_use]
-pub fn is_ddl(statement: &str, dialect: Dialect) -> bool {
-    matches!(
-        first_keyword(statement, dialect).as_str(),
-        "ALTER" | "CREATE" | "DROP" | "RENAME" | "TRUNCATE" | "COMMENT" | "GRANT" | "REVOKE"
-    )
-}
-
 /// If `statement` controls transactions (and so could end or split the
 /// transaction dbjanitor runs the fix in), the words that say so, e.g.
 /// `"COMMIT"`. Refused in every fix: dbjanitor owns the transactions.
@@ -233,7 +224,7 @@ pub fn is_ddl(statement: &str, dialect: Dialect) -> bool {
 /// transaction, but a fix has no use for them and they would make `changed`
 /// count rows that were undone.
 #[must_use]
-pub fn transaction_control(statement: &str, dialect: Dialect) -> Option<String> {
+pub(crate) fn transaction_control(statement: &str, dialect: Dialect) -> Option<String> {
     let words = words(statement, dialect);
     let first = words.first().map(|(w, _)| w.as_str())?;
     let second = words.get(1).map_or("", |(w, _)| w.as_str());
@@ -259,7 +250,7 @@ pub fn transaction_control(statement: &str, dialect: Dialect) -> Option<String> 
 /// FLUSH, LOAD INDEX, CACHE INDEX, replication control; CALL is refused too,
 /// since a procedure may commit inside.
 #[must_use]
-pub fn implicit_commit(statement: &str) -> Option<String> {
+pub(crate) fn implicit_commit(statement: &str) -> Option<String> {
     let words = words(statement, Dialect::MySql);
     let first = words.first().map(|(w, _)| w.as_str())?;
     let second = words.get(1).map_or("", |(w, _)| w.as_str());
@@ -287,7 +278,7 @@ pub fn implicit_commit(statement: &str) -> Option<String> {
 /// Whether a detect statement is a query: SELECT, WITH ... SELECT, VALUES,
 /// TABLE (and SHOW/EXPLAIN-like reads are not allowed: a detect lists rows).
 #[must_use]
-pub fn is_query(statement: &str, dialect: Dialect) -> bool {
+pub(crate) fn is_query(statement: &str, dialect: Dialect) -> bool {
     matches!(
         main_keyword(statement, dialect).as_str(),
         "SELECT" | "VALUES" | "TABLE"
@@ -460,11 +451,6 @@ SELECT 1";
         );
         assert!(implicit_commit("  alter table t drop primary key").is_some());
         assert!(implicit_commit("UPDATE t SET created = 1").is_none());
-        assert!(is_ddl(
-            "ALTER TABLE t DROP CONSTRAINT t_pkey",
-            Dialect::Postgres
-        ));
-        assert!(!is_ddl("DELETE FROM t", Dialect::Postgres));
     }
 
     #[test]

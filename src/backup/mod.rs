@@ -23,8 +23,8 @@
 //! which already ran once in this transaction, so the keys never leave the
 //! server either.
 
-pub mod sql;
-pub mod undo;
+pub(crate) mod sql;
+pub(crate) mod undo;
 
 use std::time::Duration;
 
@@ -41,10 +41,10 @@ pub struct Images {
 }
 
 /// The default name of the images table.
-pub const DEFAULT_TABLE: &str = "dbjanitor_images";
+pub(crate) const DEFAULT_TABLE: &str = "dbjanitor_images";
 
 /// The default retention of images.
-pub const DEFAULT_KEEP: Duration = Duration::from_secs(90 * 24 * 3600);
+pub(crate) const DEFAULT_KEEP: Duration = Duration::from_secs(90 * 24 * 3600);
 
 impl Default for Images {
     fn default() -> Self {
@@ -70,7 +70,7 @@ pub struct Backup {
 /// unquoted, so it means what it means in `psql`/`mariadb`/`sqlite3`
 /// (optionally one `schema.` prefix when `qualified`).
 #[must_use]
-pub fn valid_identifier(name: &str, qualified: bool) -> bool {
+pub(crate) fn valid_identifier(name: &str, qualified: bool) -> bool {
     let part = |p: &str| {
         let mut chars = p.chars();
         matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
@@ -86,7 +86,7 @@ pub fn valid_identifier(name: &str, qualified: bool) -> bool {
 
 /// What one capture kept.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Kept {
+pub(crate) struct Kept {
     /// Rows of `table` whose key detect returned (images taken).
     pub captured: u64,
     /// Of those, rows the fix changed (kept; the others are dropped).
@@ -95,7 +95,7 @@ pub struct Kept {
 
 /// One capture: the run, the batch and the rule's SQL.
 #[derive(Debug, Clone, Copy)]
-pub struct Capture<'a> {
+pub(crate) struct Capture<'a> {
     /// The rule's backup declaration.
     pub backup: &'a Backup,
     /// The engine.
@@ -112,7 +112,7 @@ pub struct Capture<'a> {
 
 /// Creates the images table if it is missing and deletes images older than
 /// `keep`, in a transaction of its own, before the fix's transaction.
-pub async fn prepare<S: Session>(
+pub(crate) async fn prepare<S: Session>(
     session: &mut S,
     dialect: Dialect,
     images: &Images,
@@ -130,7 +130,10 @@ pub async fn prepare<S: Session>(
 }
 
 /// Before the fix: the current rows of the detected keys, locked.
-pub async fn before<S: Session>(session: &mut S, capture: &Capture<'_>) -> Result<u64, DbError> {
+pub(crate) async fn before<S: Session>(
+    session: &mut S,
+    capture: &Capture<'_>,
+) -> Result<u64, DbError> {
     let own = async {
         if capture.dialect == Dialect::MySql {
             // A MySQL/MariaDB session runs detect in a READ ONLY transaction
@@ -157,7 +160,10 @@ pub async fn before<S: Session>(session: &mut S, capture: &Capture<'_>) -> Resul
 
 /// After the fix: the after-images of the same keys; drops the images of
 /// rows the fix left as they were.
-pub async fn after<S: Session>(session: &mut S, capture: &Capture<'_>) -> Result<Kept, DbError> {
+pub(crate) async fn after<S: Session>(
+    session: &mut S,
+    capture: &Capture<'_>,
+) -> Result<Kept, DbError> {
     async {
         let cols = image_columns(session, capture).await?;
         settle(

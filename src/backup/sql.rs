@@ -44,7 +44,7 @@ use super::{Backup, Capture, Images};
 
 /// Which images a statement works on.
 #[derive(Debug, Clone)]
-pub enum Filter<'a> {
+pub(crate) enum Filter<'a> {
     /// One batch of one run.
     Batch(&'a str, u64),
     /// The images of a run that are to be restored (all but `except`, ids).
@@ -77,7 +77,7 @@ impl Filter<'_> {
 
 /// A string literal.
 #[must_use]
-pub fn lit(text: &str) -> String {
+pub(crate) fn lit(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
@@ -127,7 +127,7 @@ fn base(name: &str) -> &str {
 
 /// Creates the images table and its indexes if missing; deletes expired images.
 #[must_use]
-pub fn prepare(dialect: Dialect, images: &Images) -> String {
+pub(crate) fn prepare(dialect: Dialect, images: &Images) -> String {
     let t = &images.table;
     let b = base(t);
     let secs = images.keep.as_secs();
@@ -164,7 +164,7 @@ pub fn prepare(dialect: Dialect, images: &Images) -> String {
 
 /// Runs `statement` with PostgreSQL's output settings pinned (see the module
 /// header) and restores them after; other engines run it as it is.
-pub async fn pinned<S: Session>(
+pub(crate) async fn pinned<S: Session>(
     session: &mut S,
     dialect: Dialect,
     statement: &str,
@@ -234,7 +234,7 @@ async fn pinned_mysql<S: Session>(session: &mut S, statement: &str) -> Result<Ow
 
 /// A column of the backed-up table.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Col {
+pub(crate) struct Col {
     /// Its name.
     pub name: String,
     /// PostgreSQL `json`/`jsonb` (the type's name): in `to_json(row)` its
@@ -248,7 +248,7 @@ pub struct Col {
 
 /// The columns of `table`, in order (generated columns left out: they are
 /// computed again on restore).
-pub async fn columns<S: Session>(
+pub(crate) async fn columns<S: Session>(
     session: &mut S,
     dialect: Dialect,
     table: &str,
@@ -496,7 +496,7 @@ fn text(dialect: Dialect, expr: &str) -> String {
 
 /// Before the fix: images of the rows detect returns, locked where the engine can.
 #[must_use]
-pub fn before(capture: &Capture<'_>, cols: &[Col]) -> String {
+pub(crate) fn before(capture: &Capture<'_>, cols: &[Col]) -> String {
     let d = capture.dialect;
     let b = capture.backup;
     let detect = crate::sql::split_statements(capture.detect, d)
@@ -530,7 +530,12 @@ pub fn before(capture: &Capture<'_>, cols: &[Col]) -> String {
 
 /// After the fix (or a restore): the after-images of the filtered images' keys.
 #[must_use]
-pub fn after(dialect: Dialect, backup: &Backup, cols: &[Col], filter: &Filter<'_>) -> String {
+pub(crate) fn after(
+    dialect: Dialect,
+    backup: &Backup,
+    cols: &[Col],
+    filter: &Filter<'_>,
+) -> String {
     format!(
         "UPDATE {img} AS dbj_i SET {after} = (SELECT {image} FROM {table} dbj_t WHERE {matching}) WHERE {filter}",
         after = if dialect == Dialect::MySql {
@@ -548,7 +553,7 @@ pub fn after(dialect: Dialect, backup: &Backup, cols: &[Col], filter: &Filter<'_
 
 /// Images taken and images that differ, of one batch.
 #[must_use]
-pub fn counts(dialect: Dialect, backup: &Backup, run: &str, batch: u64) -> String {
+pub(crate) fn counts(dialect: Dialect, backup: &Backup, run: &str, batch: u64) -> String {
     let differ = differ(dialect, "dbj_i.before", "dbj_i.after");
     format!(
         "SELECT CAST(count(*) AS {ty}), CAST(coalesce(sum(CASE WHEN {differ} THEN 1 ELSE 0 END), 0) AS {ty}) \
@@ -561,7 +566,7 @@ pub fn counts(dialect: Dialect, backup: &Backup, run: &str, batch: u64) -> Strin
 
 /// Deletes the images of rows the fix did not change.
 #[must_use]
-pub fn drop_unchanged(dialect: Dialect, backup: &Backup, run: &str, batch: u64) -> String {
+pub(crate) fn drop_unchanged(dialect: Dialect, backup: &Backup, run: &str, batch: u64) -> String {
     let same = format!("NOT ({})", differ(dialect, "dbj_i.before", "dbj_i.after"));
     let delete = match dialect {
         // MariaDB has no `DELETE FROM t AS alias`; the multi-table form has.
@@ -579,7 +584,7 @@ pub fn drop_unchanged(dialect: Dialect, backup: &Backup, run: &str, batch: u64) 
 /// `list` run before the engine is known to them, so they are written in SQL
 /// all three engines take: `concat`, which is text in each.)
 #[must_use]
-pub fn locate(images: &Images, run: &str) -> String {
+pub(crate) fn locate(images: &Images, run: &str) -> String {
     format!(
         "SELECT rule, table_name, concat(count(*), '') FROM {} WHERE run_id = {} GROUP BY rule, table_name",
         images.table,
@@ -589,7 +594,7 @@ pub fn locate(images: &Images, run: &str) -> String {
 
 /// Every image of a run: id, key, before, after (as text), in order.
 #[must_use]
-pub fn list(images: &Images, run: &str) -> String {
+pub(crate) fn list(images: &Images, run: &str) -> String {
     format!(
         "SELECT concat(dbj_i.id, ''), concat(dbj_i.key, ''), \
          CASE WHEN dbj_i.before IS NULL THEN NULL ELSE concat(dbj_i.before, '') END, \
@@ -602,7 +607,7 @@ pub fn list(images: &Images, run: &str) -> String {
 
 /// Locks the rows of a run's keys (PostgreSQL, MySQL; SQLite holds the write lock).
 #[must_use]
-pub fn lock_rows(dialect: Dialect, backup: &Backup, run: &str) -> Option<String> {
+pub(crate) fn lock_rows(dialect: Dialect, backup: &Backup, run: &str) -> Option<String> {
     let keys: Vec<String> = backup.key.iter().map(|k| format!("dbj_t.{k}")).collect();
     match dialect {
         Dialect::Postgres => {
@@ -633,7 +638,7 @@ pub fn lock_rows(dialect: Dialect, backup: &Backup, run: &str) -> Option<String>
 
 /// Images of a run whose row is no longer its after-image: id and key.
 #[must_use]
-pub fn conflicts(dialect: Dialect, backup: &Backup, cols: &[Col], run: &str) -> String {
+pub(crate) fn conflicts(dialect: Dialect, backup: &Backup, cols: &[Col], run: &str) -> String {
     let differ = differ(dialect, &current(dialect, backup, cols), "dbj_i.after");
     format!(
         "SELECT CAST(dbj_i.id AS {ty}), CAST(dbj_i.key AS {ty}) FROM {img} dbj_i \
@@ -646,7 +651,7 @@ pub fn conflicts(dialect: Dialect, backup: &Backup, cols: &[Col], run: &str) -> 
 
 /// The undo run's before-images: the current rows of the images to restore.
 #[must_use]
-pub fn undo_before(
+pub(crate) fn undo_before(
     dialect: Dialect,
     backup: &Backup,
     cols: &[Col],
@@ -672,7 +677,7 @@ pub fn undo_before(
 
 /// Restore, step 1: rows the run inserted (an undo that re-inserted) are deleted.
 #[must_use]
-pub fn restore_delete(dialect: Dialect, backup: &Backup, filter: &Filter<'_>) -> String {
+pub(crate) fn restore_delete(dialect: Dialect, backup: &Backup, filter: &Filter<'_>) -> String {
     format!(
         "{delete} {table} AS dbj_t WHERE EXISTS (SELECT 1 FROM {img} dbj_i WHERE {filter} \
          AND dbj_i.before IS NULL AND dbj_i.after IS NOT NULL AND {matching})",
@@ -709,7 +714,7 @@ fn restore_source(dialect: Dialect, backup: &Backup, cols: &[Col]) -> (String, S
 
 /// Restore, step 2: rows the run updated get their before-image back.
 #[must_use]
-pub fn restore_update(
+pub(crate) fn restore_update(
     dialect: Dialect,
     backup: &Backup,
     cols: &[Col],
@@ -749,7 +754,7 @@ pub fn restore_update(
 /// Restore, step 3: rows the run deleted are inserted again (PostgreSQL:
 /// `OVERRIDING SYSTEM VALUE`, so identity columns get their old values).
 #[must_use]
-pub fn restore_insert(
+pub(crate) fn restore_insert(
     dialect: Dialect,
     backup: &Backup,
     cols: &[Col],

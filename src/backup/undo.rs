@@ -13,7 +13,7 @@ use super::{Backup, Images};
 
 /// Where a run's images are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Located {
+pub(crate) struct Located {
     /// The rule that made them.
     pub rule: String,
     /// The table they are of.
@@ -24,7 +24,7 @@ pub struct Located {
 
 /// Finds a run's images in one database; `Ok(None)` when it has none (or no
 /// images table).
-pub async fn locate<S: Session>(
+pub(crate) async fn locate<S: Session>(
     session: &mut S,
     images: &Images,
     run: &str,
@@ -53,7 +53,7 @@ pub async fn locate<S: Session>(
 
 /// One row of `dbjanitor changes`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
+pub(crate) struct Change {
     /// The key, as JSON text.
     pub key: String,
     /// The row before the run, as JSON text; `None`: absent (inserted by the run).
@@ -63,7 +63,7 @@ pub struct Change {
 }
 
 /// Every image of a run, in the order they were taken.
-pub async fn changes<S: Session>(
+pub(crate) async fn changes<S: Session>(
     session: &mut S,
     images: &Images,
     run: &str,
@@ -85,7 +85,7 @@ pub async fn changes<S: Session>(
 
 /// What an undo did (or, refused, would not do).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Restored {
+pub(crate) struct Restored {
     /// Rows updated back to their before-image.
     pub updated: u64,
     /// Rows the run deleted, inserted again.
@@ -103,14 +103,14 @@ pub struct Restored {
 impl Restored {
     /// Rows restored in all.
     #[must_use]
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.updated + self.inserted + self.deleted
     }
 }
 
 /// Restores run `run` in the open transaction; the undo's images are kept
 /// under `undo_run`. With conflicts and not `only_unchanged`, restores nothing.
-pub async fn restore<S: Session>(
+pub(crate) async fn restore<S: Session>(
     session: &mut S,
     dialect: Dialect,
     backup: &Backup,

@@ -12,7 +12,7 @@ use crate::exit;
 use crate::report::print_stdout;
 
 /// `dbjanitor changes`.
-pub async fn run(config: &Config, args: &ChangesArgs) -> Result<u8, AppError> {
+pub(crate) async fn run(config: &Config, args: &ChangesArgs) -> Result<u8, AppError> {
     let run = parse_run_id(&args.run_id)?;
     let (db, located) = find(config, &run).await?;
     let settings = ConnectSettings {

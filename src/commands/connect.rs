@@ -11,7 +11,7 @@ use crate::outcome::{Reason, RunRecord};
 /// For the text report: the first connection failure on each database keeps
 /// its error; the later ones on the same database point back to it.
 #[must_use]
-pub fn grouped(records: &[RunRecord]) -> Vec<RunRecord> {
+pub(crate) fn grouped(records: &[RunRecord]) -> Vec<RunRecord> {
     let mut first: BTreeMap<String, String> = BTreeMap::new();
     records
         .iter()

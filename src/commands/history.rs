@@ -21,7 +21,7 @@ const MESSAGE_CHARS: usize = 80;
 /// Runs `dbjanitor history`: exit 2 when the config has no audit table
 /// (there is nothing to read, and a retry cannot help), exit 1 when the audit
 /// database cannot be read.
-pub async fn run(config_path: &Path, args: &HistoryArgs) -> Result<u8, AppError> {
+pub(crate) async fn run(config_path: &Path, args: &HistoryArgs) -> Result<u8, AppError> {
     let config = crate::config::load(config_path)?;
     let Some(store) = AuditStore::from_config(&config) else {
         return Err(AppError::Usage(format!(
@@ -76,7 +76,7 @@ pub async fn run(config_path: &Path, args: &HistoryArgs) -> Result<u8, AppError>
 
 /// The text table: one line per run, newest first, and a count.
 #[must_use]
-pub fn text(runs: &[AuditRun], limit: u32) -> String {
+pub(crate) fn text(runs: &[AuditRun], limit: u32) -> String {
     if runs.is_empty() {
         return "no runs recorded that match\n".to_owned();
     }
@@ -120,7 +120,7 @@ pub fn text(runs: &[AuditRun], limit: u32) -> String {
 }
 
 /// The JSON document: `{"runs": [...]}`, newest first.
-pub fn json(runs: &[AuditRun]) -> Result<String, serde_json::Error> {
+pub(crate) fn json(runs: &[AuditRun]) -> Result<String, serde_json::Error> {
     let mut text = serde_json::to_string_pretty(&serde_json::json!({ "runs": runs }))?;
     text.push('\n');
     Ok(text)

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 /// The starter config, written to `DIR/dbjanitor.yaml`.
-pub const CONFIG: &str = r#"# dbjanitor configuration (README: "Config reference").
+pub(crate) const CONFIG: &str = r#"# dbjanitor configuration (README: "Config reference").
 #
 # Next steps:
 #   1. Point `databases.app.url` at your database (or export APP_DB_URL).
@@ -45,7 +45,7 @@ audit: { database: app, keep: 30d }
 "#;
 
 /// The example rule, written to `DIR/rules/example/stuck-jobs.yaml`.
-pub const RULE: &str = r#"# An example rule (README "Your first rule, end to end"): jobs left
+pub(crate) const RULE: &str = r#"# An example rule (README "Your first rule, end to end"): jobs left
 # "running" by a worker that died. Adapt the table and columns to yours.
 name: example.stuck-jobs
 description: |
@@ -79,7 +79,7 @@ max_rows: 50            # more than this is not "a few dead workers": stop and t
 
 /// Why `init` wrote nothing.
 #[derive(Debug, thiserror::Error)]
-pub enum InitError {
+pub(crate) enum InitError {
     /// A file it would write is already there.
     #[error(
         "{0} already exists; `dbjanitor init` never overwrites a file (choose another folder, or move it away); nothing was written"
@@ -97,7 +97,7 @@ pub enum InitError {
 
 /// Writes the starter files into `dir` (created if missing) and returns their
 /// paths. Checks every path first, so it writes all or nothing.
-pub fn write(dir: &Path) -> Result<Vec<PathBuf>, InitError> {
+pub(crate) fn write(dir: &Path) -> Result<Vec<PathBuf>, InitError> {
     let files = [
         (dir.join("dbjanitor.yaml"), CONFIG),
         (dir.join("rules/example/stuck-jobs.yaml"), RULE),

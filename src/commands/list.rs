@@ -40,7 +40,7 @@ struct ListedDatabase {
 }
 
 /// Runs `dbjanitor list`; an unknown rule name is a usage error (exit 2).
-pub fn run(config_path: &Path, args: &ListArgs) -> Result<u8, AppError> {
+pub(crate) fn run(config_path: &Path, args: &ListArgs) -> Result<u8, AppError> {
     let config = crate::config::load(config_path)?;
     if let Some(unknown) = args
         .rules

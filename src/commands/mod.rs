@@ -4,14 +4,14 @@
 //! returns an exit status. `history` reads the audit table, `changes` the
 //! images table; only `undo` writes, under the rule's lock.
 
-pub mod changes;
-pub mod connect;
-pub mod history;
-pub mod init;
-pub mod list;
-pub mod notify_test;
-pub mod show;
-pub mod undo;
+pub(crate) mod changes;
+pub(crate) mod connect;
+pub(crate) mod history;
+pub(crate) mod init;
+pub(crate) mod list;
+pub(crate) mod notify_test;
+pub(crate) mod show;
+pub(crate) mod undo;
 
 use std::io::Write;
 
@@ -20,7 +20,7 @@ use clap::CommandFactory;
 use crate::cli::{Cli, Shell};
 
 /// `dbjanitor completions SHELL`: the completion script on stdout.
-pub fn completions(shell: Shell, out: &mut impl Write) {
+pub(crate) fn completions(shell: Shell, out: &mut impl Write) {
     let mut command = Cli::command();
     let shell = match shell {
         Shell::Bash => clap_complete::Shell::Bash,
@@ -33,14 +33,14 @@ pub fn completions(shell: Shell, out: &mut impl Write) {
 }
 
 /// `dbjanitor man`: the man page (roff) on stdout.
-pub fn man(out: &mut impl Write) -> std::io::Result<()> {
+pub(crate) fn man(out: &mut impl Write) -> std::io::Result<()> {
     clap_mangen::Man::new(Cli::command()).render(out)
 }
 
 /// `dbjanitor version`: the version, and what it can read and write, for bug
 /// reports and for checking a rollout (the audit schema it knows).
 #[must_use]
-pub fn version() -> String {
+pub(crate) fn version() -> String {
     format!(
         "dbjanitor {}\naudit schema: up to version {}\nengines: postgres, mysql (MySQL and MariaDB), sqlite\n",
         env!("CARGO_PKG_VERSION"),

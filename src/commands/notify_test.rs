@@ -11,11 +11,11 @@ use crate::notify::{self, Change, Digest, Entry, Outgoing};
 use crate::outcome::{Outcome, RunRecord};
 
 /// The rule name the test message carries, so receivers can filter it.
-pub const TEST_RULE: &str = "dbjanitor.notify-test";
+pub(crate) const TEST_RULE: &str = "dbjanitor.notify-test";
 
 /// How one notifier fared.
 #[derive(Debug)]
-pub struct Delivery {
+pub(crate) struct Delivery {
     /// The notifier's name.
     pub notifier: String,
     /// `Ok(attempts)` or the delivery error (already scrubbed of secrets).
@@ -24,7 +24,7 @@ pub struct Delivery {
 
 /// Names in `wanted` that the config does not define.
 #[must_use]
-pub fn unknown<'a>(config: &Config, wanted: &'a [String]) -> Vec<&'a str> {
+pub(crate) fn unknown<'a>(config: &Config, wanted: &'a [String]) -> Vec<&'a str> {
     wanted
         .iter()
         .filter(|name| !config.notifiers.contains_key(name.as_str()))
@@ -34,7 +34,7 @@ pub fn unknown<'a>(config: &Config, wanted: &'a [String]) -> Vec<&'a str> {
 
 /// Sends the test message through the notifiers named in `wanted` (every
 /// notifier when empty), all at once, each with its own retries and deadline.
-pub async fn send(config: &Config, wanted: &[String]) -> Vec<Delivery> {
+pub(crate) async fn send(config: &Config, wanted: &[String]) -> Vec<Delivery> {
     let host = notify::host_name();
     let now = Utc::now();
     let mut record = RunRecord::new(TEST_RULE, "-", false, now);

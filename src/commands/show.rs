@@ -77,7 +77,7 @@ fn defaults_line(text: &str, key: &str) -> Option<usize> {
 }
 
 /// Runs `dbjanitor show RULE`; an unknown rule is a usage error (exit 2).
-pub fn run(config_path: &Path, args: &ShowArgs) -> Result<u8, AppError> {
+pub(crate) fn run(config_path: &Path, args: &ShowArgs) -> Result<u8, AppError> {
     let config = crate::config::load(config_path)?;
     let Some(rule) = config.rules.iter().find(|r| r.name == args.rule) else {
         return Err(AppError::Usage(format!(

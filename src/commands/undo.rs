@@ -139,7 +139,7 @@ struct Report<'a> {
 }
 
 /// `dbjanitor undo`.
-pub async fn run(config: &Config, args: &UndoArgs) -> Result<u8, AppError> {
+pub(crate) async fn run(config: &Config, args: &UndoArgs) -> Result<u8, AppError> {
     let run = parse_run_id(&args.run_id)?;
     let (db, located) = find(config, &run).await?;
     let backup = backup_of(config, &db, &run, &located).await?;

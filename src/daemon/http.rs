@@ -26,14 +26,14 @@ use crate::db::{ConnectSettings, DatabaseConfig, Session};
 use crate::metrics::{CONTENT_TYPE, DaemonMetrics};
 
 /// How often every database is checked.
-pub const HEALTH_INTERVAL: Duration = Duration::from_secs(15);
+pub(crate) const HEALTH_INTERVAL: Duration = Duration::from_secs(15);
 
 /// How long one database may take to answer a health check.
-pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What `/healthz` reports.
 #[derive(Debug, Default)]
-pub struct Health {
+pub(crate) struct Health {
     /// Per database: `None` when it answered, else why not. Empty until the
     /// first round of checks has finished.
     databases: Mutex<BTreeMap<String, Option<String>>>,
@@ -42,7 +42,7 @@ pub struct Health {
 
 impl Health {
     /// Marks the daemon as shutting down: not ready any more.
-    pub fn set_stopping(&self) {
+    pub(crate) fn set_stopping(&self) {
         self.stopping.store(true, Ordering::SeqCst);
     }
 

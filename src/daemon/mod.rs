@@ -62,7 +62,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-pub use http::{HEALTH_INTERVAL, HEALTH_TIMEOUT, Health};
+pub(crate) use http::Health;
 
 use crate::audit::{AuditStore, RunHistory};
 use crate::config::Config;
@@ -74,7 +74,7 @@ use crate::outcome::{Outcome, RunRecord};
 use crate::plan::{Plan, Selection, Target};
 
 /// Longest single sleep before the wall clock is read again.
-pub const MAX_SLEEP: Duration = Duration::from_secs(30);
+pub(crate) const MAX_SLEEP: Duration = Duration::from_secs(30);
 
 /// The least time open HTTP requests get to finish at shutdown.
 const SERVER_CLOSE_MIN: Duration = Duration::from_secs(1);
@@ -620,7 +620,7 @@ async fn close_server(
 }
 
 /// Runs the daemon until SIGTERM/SIGINT; returns after the drain.
-pub async fn run(
+pub(crate) async fn run(
     config: &Config,
     history: RunHistory,
     listen: Option<SocketAddr>,

@@ -40,7 +40,7 @@ const SEEDS: [(&str, &str); 2] = [
 ];
 
 /// Runs the demo in `path` (or a new temporary folder) and returns the exit status.
-pub async fn run(path: Option<&Path>) -> Result<u8, AppError> {
+pub(crate) async fn run(path: Option<&Path>) -> Result<u8, AppError> {
     let dir = prepare_folder(path)?;
     let config_path = write_files(&dir).await?;
     print_stdout(&format!("dbjanitor demo in {}\n\n", dir.display()))?;
