@@ -621,28 +621,41 @@ impl AuditStore {
     }
 }
 
+/// The runs' rows in a transaction of their own: [`insert_rows`] between
+/// BEGIN and COMMIT (PostgreSQL's at READ COMMITTED, in [`pg::insert`]). On
+/// an error the caller drops the connection, so the server rolls back.
 async fn insert(
     conn: &mut Conn,
     records: &[RunRecord],
     notified: &[bool],
     host: &str,
 ) -> Result<(), AuditError> {
+    match conn {
+        Conn::Postgres(c) => pg::insert(c, records, notified, host).await,
+        Conn::MySql(..) | Conn::Sqlite(..) => {
+            statement(conn, "BEGIN").await?;
+            insert_rows(conn, records, notified, host).await?;
+            statement(conn, "COMMIT").await
+        }
+    }
+}
+
+/// One statement without parameters or rows (BEGIN, COMMIT), sent as text:
+/// the server does not prepare it.
+async fn statement(conn: &mut Conn, sql: &'static str) -> Result<(), AuditError> {
+    use sqlx::Executor as _;
     on_each!(
         conn,
-        INSERT_OTHER,
-        pg | c | pg::insert(c, records, notified, host).await,
-        |c, sql, url| {
-            let err = |e: sqlx::Error| AuditError::sql(url, &e);
-            let mut tx = c.begin().await.map_err(err)?;
-            for (i, record) in records.iter().enumerate() {
-                let was_notified = notified.get(i).copied().unwrap_or(false);
-                bind_run!(sqlx::query(sql), record, was_notified, host)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(err)?;
-            }
-            tx.commit().await.map_err(err)
-        }
+        sql,
+        pg | c
+            | c.batch(sql)
+                .await
+                .map_err(|e| AuditError::Sql(e.to_string())),
+        |c, sql, url| c
+            .execute(sql)
+            .await
+            .map(drop)
+            .map_err(|e| AuditError::sql(url, &e))
     )
 }
 
