@@ -51,7 +51,7 @@ pub(crate) fn body(response: &str) -> &str {
 }
 
 /// Polls `check` until it returns `Some`, panicking with `what` after the deadline.
-async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+pub(crate) async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + DEADLINE;
     loop {
         if let Some(value) = check().await {
@@ -62,7 +62,7 @@ async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) ->
     }
 }
 
-fn sigterm(child: &Child) {
+pub(crate) fn sigterm(child: &Child) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -71,7 +71,7 @@ fn sigterm(child: &Child) {
 }
 
 /// Waits for the daemon to exit on its own (it must, after SIGTERM).
-async fn exited(mut child: Child) -> RunOutput {
+pub(crate) async fn exited(mut child: Child) -> RunOutput {
     let deadline = Instant::now() + DEADLINE;
     while child.try_wait().expect("try_wait").is_none() {
         if Instant::now() > deadline {

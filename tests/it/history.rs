@@ -9,7 +9,7 @@
 //! server (wiremock) for webhooks, two real daemon processes, and the fault
 //! proxy (`faults`) in front of the audit database.
 
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use dbjanitor::audit::SCHEMA_VERSION;
@@ -19,7 +19,7 @@ use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::audit::{STUCK, audited, jobs, parse_metrics, store, truthy};
-use crate::daemon::free_port;
+use crate::daemon::{eventually, exited, free_port, sigterm};
 use crate::faults::FaultProxy;
 use crate::util::{Case, Engine, RunOutput, TestDb};
 
@@ -27,8 +27,6 @@ on_every_engine!(
     alert_fatigue_follows_delivered_notifications,
     retention_keeps_the_rows_due_and_notifications_read,
 );
-
-const DEADLINE: Duration = Duration::from_secs(90);
 
 // ---------------------------------------------------------------- helpers
 
@@ -39,35 +37,10 @@ fn http_get(port: u16, path: &str) -> Option<String> {
         .map(|(_, response)| crate::daemon::body(&response).to_owned())
 }
 
-/// Polls `check` until it returns `Some`, panicking with `what` after [`DEADLINE`].
-async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// SIGTERM, then waits (bounded) for the exit.
-async fn stop(mut child: Child) -> RunOutput {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let deadline = Instant::now() + DEADLINE;
-    while child.try_wait().expect("try_wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = RunOutput::from(child.wait_with_output().expect("wait"));
-            panic!("the daemon did not exit after SIGTERM\n{}", out.stderr);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    RunOutput::from(child.wait_with_output().expect("wait"))
+async fn stop(child: Child) -> RunOutput {
+    sigterm(&child);
+    exited(child).await
 }
 
 /// A webhook notifier `ops` at `url`: no retries, so a 500 is simply not delivered.
