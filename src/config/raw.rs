@@ -180,6 +180,8 @@ pub(crate) struct RawBatch {
     pub(crate) min_size: Option<Spanned<i64>>,
     pub(crate) max_size: Option<Spanned<i64>>,
     pub(crate) target: Option<Spanned<String>>,
+    // Keyset batches (issue 11): the column each batch walks.
+    pub(crate) key: Option<Spanned<String>>,
 }
 
 /// `lock:` of a rule.
