@@ -57,6 +57,12 @@ const PG_13: u32 = 130_000;
 /// Rows fetched per FETCH when detect reads everything.
 const FETCH_CHUNK: u64 = 10_000;
 
+/// A detect that may read more rows than this (a fix rule's `max_rows` + 1)
+/// is counted by the server instead of streamed (issue 11, third round: a
+/// purge of 500 k rows sent its 500 k keys to be counted before the first
+/// batch); below it, reading the rows costs less than a second pass.
+const SERVER_COUNT_ABOVE: u64 = FETCH_CHUNK;
+
 /// The shortest idle limits, so a slow network is not mistaken for a dead client.
 const MIN_IDLE: Duration = Duration::from_secs(10);
 
@@ -258,18 +264,20 @@ impl PgSession {
     }
 
     /// Opens the cursor and reads it: the body of [`Session::detect`].
-    /// Without a limit (a report-only rule counts every row) and for a single
-    /// statement, the server counts: see [`Self::count_on_server`].
+    /// For a single statement without a limit (a report-only rule counts
+    /// every row) or with one above [`SERVER_COUNT_ABOVE`] (a fix rule with a
+    /// large `max_rows`, e.g. a purge), the server counts: see
+    /// [`Self::count_on_server`]. A few rows are cheaper read than counted.
     async fn read_cursor(
         &self,
         sql: &str,
         keep: usize,
         limit: Option<u64>,
     ) -> Result<Detection, DbError> {
-        if limit.is_none()
+        if limit.is_none_or(|limit| limit > SERVER_COUNT_ABOVE)
             && let [single] = crate::sql::split_statements(sql, Dialect::Postgres).as_slice()
         {
-            return self.count_on_server(single, keep).await;
+            return self.count_on_server(single, keep, limit).await;
         }
         self.conn
             .execute_one(
@@ -310,9 +318,10 @@ impl PgSession {
         }
     }
 
-    /// Detect of a report-only rule: ONE statement that counts the query's
-    /// rows on the server and returns only the sample, so a million rows do
-    /// not cross the wire to be counted (issue 11). The count and the sample
+    /// Detect of a report-only rule (or of a fix rule whose `max_rows` is
+    /// large: `limit`): ONE statement that counts the query's rows on the
+    /// server (with a limit, up to one row past it) and returns only the
+    /// sample, so a million rows do not cross the wire to be counted (issue 11). The count and the sample
     /// are the same query's rows from the same snapshot (one statement has
     /// one snapshot at every isolation level); the count comes as the first
     /// column of every sample row (and no row at all means 0), each sample
@@ -327,13 +336,26 @@ impl PgSession {
     /// data-modifying CTE, and the read-only (sub)transaction of every
     /// detect refuses functions that write. The column names come from a
     /// cursor of no rows, only when there is a sample.
-    async fn count_on_server(&self, sql: &str, keep: usize) -> Result<Detection, DbError> {
+    async fn count_on_server(
+        &self,
+        sql: &str,
+        keep: usize,
+        limit: Option<u64>,
+    ) -> Result<Detection, DbError> {
         let keep = keep.min(Sample::MAX_ROWS);
+        // With a limit, counting stops one row past it: that says "more".
+        let all = match limit {
+            Some(limit) => format!(
+                "(SELECT 1 FROM ({sql}\n) AS dbjanitor_all LIMIT {}) AS dbjanitor_limited",
+                limit.saturating_add(1)
+            ),
+            None => format!("({sql}\n) AS dbjanitor_all"),
+        };
         let counted = self
             .conn
             .query_one_stmt(
                 &format!(
-                    "SELECT (SELECT count(*) FROM ({sql}\n) AS dbjanitor_all) AS dbjanitor_count, \
+                    "SELECT (SELECT count(*) FROM {all}) AS dbjanitor_count, \
                      ROW(dbjanitor_sample.*)::text AS dbjanitor_row \
                      FROM ({sql}\n) AS dbjanitor_sample LIMIT {}",
                     keep.max(1)
@@ -350,6 +372,10 @@ impl PgSession {
                 .and_then(|n| u64::try_from(n).ok())
                 .ok_or_else(not_counted)?,
             None => 0,
+        };
+        let (count, complete) = match limit {
+            Some(limit) if count > limit => (limit, false),
+            _ => (count, true),
         };
         let mut sample = Sample::default();
         if count > 0 && keep > 0 {
@@ -384,7 +410,7 @@ impl PgSession {
         Ok(Detection {
             count,
             sample,
-            complete: true,
+            complete,
         })
     }
 
