@@ -121,8 +121,12 @@ fn render(config: &Config, rule: &Rule, origins: &Origins) -> String {
                         .map_or_else(String::new, |t| format!(", target {}", duration(t)))
                 )
             });
+            let key = b
+                .key
+                .as_ref()
+                .map_or_else(String::new, |k| format!(", key {}", k.column));
             format!(
-                "pause {}, max_batches {}{size}",
+                "pause {}, max_batches {}{size}{key}",
                 duration(b.pause),
                 b.max_batches
             )
