@@ -134,9 +134,9 @@ impl LagGate {
 
     /// Returns [`Verdict::Go`] once every replica is within the limit, or
     /// [`Verdict::Stop`] when the run's total wait reached `max_lag_wait`
-    /// first. While waiting, a cheap statement on `session` every poll keeps
-    /// it within the server's idle limit; every statement is bounded by
-    /// `timeout` and the wait by `cancel`.
+    /// first. While waiting, an empty transaction on `session` every poll
+    /// keeps it within the server's idle limit and renews a lease lock;
+    /// every statement is bounded by `timeout` and the wait by `cancel`.
     pub async fn wait<S: Session>(
         &mut self,
         session: &mut S,
@@ -146,6 +146,7 @@ impl LagGate {
         let before = self.waited;
         let mut started: Option<Instant> = None;
         let mut logged = Instant::now();
+        let mut kept = Instant::now();
         loop {
             let observed = guarded(cancel, timeout, self.read(session, timeout)).await?;
             if let Some(started) = started {
@@ -181,15 +182,19 @@ impl LagGate {
                 }
                 () = tokio::time::sleep(nap) => {}
             }
-            if self.dialect != Dialect::Postgres {
-                // PostgreSQL's reading is a statement on the session itself.
+            // An empty transaction every half timeout: it keeps the session
+            // within the server's idle limit (twice the timeout at least),
+            // and renews a lease lock (`Session::begin` does; its length is
+            // three timeouts), which would otherwise expire during a long
+            // wait and fail the next batch. Not every poll: each renewal is
+            // a write the replicas must apply too.
+            if kept.elapsed() >= timeout / 2 {
                 guarded(cancel, timeout, async {
-                    session
-                        .set_statement_timeout(timeout, false)
-                        .await
-                        .map_err(GateError::Db)
+                    session.begin().await.map_err(GateError::Db)?;
+                    session.rollback().await.map_err(GateError::Db)
                 })
                 .await?;
+                kept = Instant::now();
             }
         }
     }

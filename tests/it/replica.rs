@@ -93,7 +93,7 @@ fn purge_rule(batch: &str) -> String {
     format!(
         "name: purge\ndatabase: main\ndetect: SELECT id FROM job\n\
          fix: DELETE FROM job WHERE id IN (SELECT id FROM (SELECT id FROM job ORDER BY id LIMIT 10) AS b)\n\
-         max_rows: 1000\nverify: false\nbatch: {{ {batch} }}\n"
+         max_rows: 1000\nverify: false\ntimeout: 1s\nbatch: {{ {batch} }}\n"
     )
 }
 
@@ -198,22 +198,30 @@ fn assert_stopped_by_lag(record: &Value, left: i64, max_wait_ms: u64, replica: &
 
 /// Starts `kind` (`pg`, `mariadb`) with its replica `delay` seconds behind,
 /// fills `job` on the primary and purges it with `batch`: the run's output,
-/// the rows left and how reports name the replica.
-async fn purge_behind(kind: &str, delay: u64, batch: &str) -> (RunOutput, i64, String) {
+/// the rows left and how reports name the replica. With `stall`, the
+/// replica stops applying changes from before the run until `stall` into
+/// it, and the rule takes a lease lock (see [`LEASE`]).
+async fn purge_behind(
+    kind: &'static str,
+    delay: u64,
+    batch: &str,
+    stall: Option<Duration>,
+) -> (RunOutput, i64, String) {
     let servers = Replicated::start(kind, delay);
+    let lock = if stall.is_some() { LEASE } else { "" };
     let (table, url, extra, replica) = if kind == "pg" {
-        let url = servers.pg_url();
-        (
-            "job",
-            url,
-            String::new(),
-            "walreceiver from 127.0.0.1".to_owned(),
-        )
+        let replica = "walreceiver from 127.0.0.1".to_owned();
+        ("job", servers.pg_url(), lock.to_owned(), replica)
     } else {
-        let extra = format!("replicas: [\"{}\"]", servers.mysql_replica_url());
+        let replicas = format!("replicas: [\"{}\"]", servers.mysql_replica_url());
         let replica = format!("replica 127.0.0.1:{}", servers.port + 1);
         primary_sql(kind, servers.port, "CREATE DATABASE lagtest");
-        ("lagtest.job", servers.mysql_url(), extra, replica)
+        (
+            "lagtest.job",
+            servers.mysql_url(),
+            format!("{lock}\n    {replicas}"),
+            replica,
+        )
     };
     primary_sql(
         kind,
@@ -225,20 +233,40 @@ async fn purge_behind(kind: &str, delay: u64, batch: &str) -> (RunOutput, i64, S
         servers.port,
         &format!("INSERT INTO {table} VALUES {}", values()),
     );
-    let out = Case::new()
+    let (pause, resume) = match kind {
+        "pg" => (
+            "SELECT pg_wal_replay_pause()",
+            "SELECT pg_wal_replay_resume()",
+        ),
+        _ => ("STOP SLAVE SQL_THREAD", "START SLAVE SQL_THREAD"),
+    };
+    if stall.is_some() {
+        primary_sql(kind, servers.port + 1, pause);
+    }
+    let case = Case::new()
         .rule(&purge_rule(batch))
-        .database_with("main", &url, &extra)
-        .run(&["run", "--output", "json"]);
+        .database_with("main", &url, &extra);
+    let run = tokio::task::spawn_blocking(move || case.run(&["run", "--output", "json"]));
+    if let Some(stall) = stall {
+        tokio::time::sleep(stall).await;
+        primary_sql(kind, servers.port + 1, resume);
+    }
+    let out = run.await.expect("the run");
     let left = primary_sql(kind, servers.port, &format!("SELECT count(*) FROM {table}"));
     (out, left.parse().expect("a count"), replica)
 }
+
+/// A lease lock: with the rules' 1 s timeout it lasts 3 s, less than a
+/// stall, so a wait that did not renew it would lose it (the next batch then
+/// fails with "the lease … expired").
+const LEASE: &str = "lock: { kind: lease }";
 
 const RESUMES: &str = "pause: 500ms, max_replica_lag: 1s, max_lag_wait: 60s";
 const NEVER_CATCHES_UP: &str = "pause: 500ms, max_replica_lag: 1s, max_lag_wait: 3s";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_batches_pause_while_the_standby_lags_and_resume() {
-    let (out, left, _) = purge_behind("pg", 2, RESUMES).await;
+    let (out, left, _) = purge_behind("pg", 2, RESUMES, None).await;
     out.assert_code(0);
     assert_paused_and_resumed(&out.record("purge", "main"), left);
     assert!(
@@ -251,7 +279,7 @@ async fn postgres_batches_pause_while_the_standby_lags_and_resume() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_stops_after_max_lag_wait_when_the_standby_never_catches_up() {
-    let (out, left, replica) = purge_behind("pg", 3600, NEVER_CATCHES_UP).await;
+    let (out, left, replica) = purge_behind("pg", 3600, NEVER_CATCHES_UP, None).await;
     out.assert_code(0);
     assert_stopped_by_lag(&out.record("purge", "main"), left, 3_000, &replica);
 }
@@ -292,16 +320,38 @@ async fn postgres_without_a_standby_waits_then_stops_and_says_why() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mariadb_batches_pause_while_the_replica_lags_and_resume() {
-    let (out, left, _) = purge_behind("mariadb", 3, RESUMES).await;
+    let (out, left, _) = purge_behind("mariadb", 3, RESUMES, None).await;
     out.assert_code(0);
     assert_paused_and_resumed(&out.record("purge", "main"), left);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mariadb_stops_after_max_lag_wait_when_the_replica_never_catches_up() {
-    let (out, left, replica) = purge_behind("mariadb", 3600, NEVER_CATCHES_UP).await;
+    let (out, left, replica) = purge_behind("mariadb", 3600, NEVER_CATCHES_UP, None).await;
     out.assert_code(0);
     assert_stopped_by_lag(&out.record("purge", "main"), left, 3_000, &replica);
+}
+
+/// A replica that stops applying (PostgreSQL `pg_wal_replay_pause()`,
+/// MariaDB `STOP SLAVE SQL_THREAD`) holds the batches until it applies
+/// again, 6 s later; the rule's 3 s lease is renewed while it waits.
+async fn a_stalled_replica_holds_the_batches_and_the_lease(kind: &'static str) {
+    let stall = Duration::from_secs(6);
+    let (out, left, _) = purge_behind(kind, 0, RESUMES, Some(stall)).await;
+    out.assert_code(0);
+    let record = out.record("purge", "main");
+    assert_paused_and_resumed(&record, left);
+    assert!(num(&record, "lag_waited_ms") >= 4_000, "{record}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_a_stalled_standby_holds_the_batches_and_the_lease() {
+    a_stalled_replica_holds_the_batches_and_the_lease("pg").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mariadb_a_stalled_replica_holds_the_batches_and_the_lease() {
+    a_stalled_replica_holds_the_batches_and_the_lease("mariadb").await;
 }
 
 /// A replica URL nobody answers counts as over the limit: the run waits
