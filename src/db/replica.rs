@@ -340,13 +340,14 @@ impl MySqlReplica {
     }
 }
 
-/// MySQL's "You have an error in your SQL syntax" (1064): a server that
-/// predates `SHOW REPLICA STATUS`.
+/// MySQL's "You have an error in your SQL syntax" (1064, SQLSTATE 42000):
+/// a server that predates `SHOW REPLICA STATUS`. Not any 42000: a missing
+/// privilege (1227) shares the SQLSTATE, and MySQL 8.4 no longer knows
+/// `SHOW SLAVE STATUS`, so that must not switch the syntax for good.
 fn is_syntax_error(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .and_then(|e| e.code())
-        .is_some_and(|code| code == "42000" || code == "1064")
+    error.as_database_error().is_some_and(|e| {
+        e.code().is_some_and(|code| code == "42000") && e.message().contains("SQL syntax")
+    })
 }
 
 /// A replica as reports name it: `replica host:port`, never its URL.

@@ -365,6 +365,15 @@ async fn an_unreachable_replica_is_waited_for_then_named() {
     assert!(!out.stdout.contains("s3cret-pw") && !out.stderr.contains("s3cret-pw"));
 }
 
+/// A replica URL that names a server which is no replica (here the shared
+/// MariaDB itself) is unreadable too, and the message says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_url_that_is_no_replica_is_named() {
+    let extra = "replicas: [\"mysql://root@127.0.0.1:3306/\"]";
+    let why = "replica 127.0.0.1:3306: lag unreadable: it is not a replica";
+    stops_unreadable(Engine::MySql, extra, why).await;
+}
+
 /// SIGTERM during the wait ends it at once: `failed`/`cancelled`, and the
 /// batch committed before the wait stays committed.
 #[tokio::test(flavor = "multi_thread")]
