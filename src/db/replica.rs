@@ -384,6 +384,48 @@ async fn guarded<T>(
 mod tests {
     use super::*;
 
+    fn gate(max_lag: Duration) -> LagGate {
+        LagGate {
+            limits: ReplicaLag {
+                max_lag,
+                max_wait: Duration::from_secs(60),
+            },
+            dialect: Dialect::MySql,
+            replicas: Vec::new(),
+            waited: Duration::ZERO,
+        }
+    }
+
+    fn observed(name: &str, lag: Result<Duration, &str>) -> Observed {
+        Observed {
+            name: name.to_owned(),
+            lag: lag.map_err(str::to_owned),
+        }
+    }
+
+    /// At the limit is within it; any replica over it or unreadable holds
+    /// the batches, and is named; no replica at all is not "no lag".
+    #[test]
+    fn which_readings_hold_the_next_batch() {
+        let gate = gate(Duration::from_secs(5));
+        let five = observed("a", Ok(Duration::from_secs(5)));
+        assert_eq!(gate.over_limit(std::slice::from_ref(&five)), None);
+        let late = observed("b", Ok(Duration::from_millis(5_010)));
+        assert_eq!(
+            gate.over_limit(&[five.clone(), late]).as_deref(),
+            Some("b is 5.01 s behind")
+        );
+        let gone = observed("c", Err("cannot connect"));
+        assert_eq!(
+            gate.over_limit(&[five, gone]).as_deref(),
+            Some("c: lag unreadable: cannot connect")
+        );
+        assert!(
+            gate.over_limit(&[])
+                .is_some_and(|why| why.contains("no standby"))
+        );
+    }
+
     #[test]
     fn a_replica_is_named_by_host_and_port_only() {
         let url = SecretUrl::new("mysql://u:hunter2@db-replica:3307/x".to_owned());
