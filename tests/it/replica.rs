@@ -334,14 +334,17 @@ async fn mariadb_stops_after_max_lag_wait_when_the_replica_never_catches_up() {
 
 /// A replica that stops applying (PostgreSQL `pg_wal_replay_pause()`,
 /// MariaDB `STOP SLAVE SQL_THREAD`) holds the batches until it applies
-/// again, 6 s later; the rule's 3 s lease is renewed while it waits.
+/// again, 8 s after the run started; the rule's 3 s lease is renewed while it waits.
 async fn a_stalled_replica_holds_the_batches_and_the_lease(kind: &'static str) {
-    let stall = Duration::from_secs(6);
+    let stall = Duration::from_secs(8);
     let (out, left, _) = purge_behind(kind, 0, RESUMES, Some(stall)).await;
     out.assert_code(0);
     let record = out.record("purge", "main");
     assert_paused_and_resumed(&record, left);
-    assert!(num(&record, "lag_waited_ms") >= 4_000, "{record}");
+    assert!(
+        num(&record, "lag_waited_ms") >= 3_500,
+        "longer than the lease: {record}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -383,7 +386,7 @@ async fn sigterm_ends_the_wait_at_once() {
         "pause: 10ms, max_replica_lag: 5s, max_lag_wait: 10m",
     ));
     let child = case.spawn(&["run", "--output", "json"]);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let signalled = Instant::now();
     sigterm(&child);
     let out = exited(child).await;
