@@ -29,23 +29,33 @@ struct Replicated {
 }
 
 impl Replicated {
-    /// Starts `kind` (`pg` or `mariadb`) with the replica `delay` seconds behind.
+    /// Starts `kind` (`pg` or `mariadb`) with the replica `delay` seconds
+    /// behind. Tried twice, on new ports: another test (or process) may take
+    /// a port between the choice and the server's bind.
     fn start(kind: &str, delay: u64) -> Replicated {
-        let port = free_port_pair();
-        let dir = std::env::temp_dir().join(format!("dbj-replica-{}-{port}", std::process::id()));
-        let out = Command::new("bash")
-            .arg(repo("tests/replica/start.sh"))
-            .args([kind, &port.to_string(), &delay.to_string()])
-            .arg(&dir)
-            .output()
-            .expect("run tests/replica/start.sh");
-        let replicated = Replicated { dir, port };
-        assert!(
-            out.status.success(),
-            "tests/replica/start.sh {kind} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        replicated
+        let mut failures = Vec::new();
+        for _ in 0..2 {
+            let port = free_port_pair();
+            let dir =
+                std::env::temp_dir().join(format!("dbj-replica-{}-{port}", std::process::id()));
+            let out = Command::new("bash")
+                .arg(repo("tests/replica/start.sh"))
+                .args([kind, &port.to_string(), &delay.to_string()])
+                .arg(&dir)
+                .output()
+                .expect("run tests/replica/start.sh");
+            // Dropped (stopped and deleted) on failure too.
+            let replicated = Replicated { dir, port };
+            if out.status.success() {
+                return replicated;
+            }
+            failures.push(format!(
+                "{:?}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        panic!("tests/replica/start.sh {kind} failed: {failures:#?}");
     }
 
     fn pg_url(&self) -> String {

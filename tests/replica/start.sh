@@ -17,7 +17,8 @@
 # primary's pg_stat_replication.replay_lag follows it closely. Everything
 # listens on 127.0.0.1 and on sockets in DIR, runs as the service user
 # (the servers refuse root), and lives under DIR.
-set -euo pipefail
+set -Eeuo pipefail
+trap 'echo "tests/replica/start.sh: line $LINENO failed (exit $?)" >&2' ERR
 
 as_user() {
   local user="$1"
@@ -77,8 +78,12 @@ start_mariadb_instance() {
   local dir="$1" name="$2" port="$3" id="$4"
   mkdir -p "$dir/$name"
   chown mysql "$dir" "$dir/$name" 2>/dev/null || true
-  mariadb-install-db --no-defaults --user=mysql --datadir="$dir/$name" \
-    --auth-root-authentication-method=normal --skip-test-db >"$dir/$name-install.log" 2>&1
+  if ! mariadb-install-db --no-defaults --user=mysql --datadir="$dir/$name" \
+    --auth-root-authentication-method=normal --skip-test-db >"$dir/$name-install.log" 2>&1; then
+    echo "mariadb-install-db $name failed:" >&2
+    tail -20 "$dir/$name-install.log" >&2
+    return 1
+  fi
   mariadbd --no-defaults --user=mysql --datadir="$dir/$name" --port="$port" \
     --bind-address=127.0.0.1 --socket="$dir/$name.sock" --pid-file="$dir/$name.pid" \
     --server-id="$id" --log-bin="$dir/$name/binlog" --skip-name-resolve \
