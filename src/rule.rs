@@ -78,6 +78,9 @@ pub struct Batch {
     /// each batch walks in ascending order, so no batch rescans what the
     /// batches before it already changed.
     pub key: Option<BatchKey>,
+    /// `batch.max_replica_lag` (with `max_lag_wait`): pause between batches
+    /// while a replica lags, so a purge does not leave replicas behind.
+    pub lag: Option<ReplicaLag>,
 }
 
 /// The placeholders of a keyset batch fix: the first and the last value of
@@ -92,7 +95,7 @@ pub(crate) const LAST_KEY_PLACEHOLDER: &str = "{batch_last_key}";
 /// rows in ascending key order after the previous window, and fills the
 /// fix's `{batch_first_key}`/`{batch_last_key}` with its first and last key.
 /// A batch then touches one key range through the key's index instead of
-/// rescanning the rows earlier batches deleted (issue 11: 14–16× one raw
+/// rescanning the rows earlier batches deleted (issue 11: 13–20× one raw
 /// DELETE with `LIMIT` shapes). The same SQL works on every engine, MySQL 8
 /// included (no `RETURNING` needed).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +165,17 @@ impl KeyWindow {
         sql.replace(FIRST_KEY_PLACEHOLDER, &self.first)
             .replace(LAST_KEY_PLACEHOLDER, &self.last)
     }
+}
+
+/// `batch.max_replica_lag` and `batch.max_lag_wait`: how far behind replicas
+/// may fall before the next batch waits, and for how long in all a run may
+/// wait before it stops between batches (reason `replica_lag_wait_exceeded`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaLag {
+    /// The next batch waits while any replica's lag exceeds this.
+    pub max_lag: Duration,
+    /// The most a run waits for lag in all, over all batches.
+    pub max_wait: Duration,
 }
 
 /// The placeholder a batch fix writes where its `LIMIT` goes. Braces cannot

@@ -125,8 +125,15 @@ fn render(config: &Config, rule: &Rule, origins: &Origins) -> String {
                 .key
                 .as_ref()
                 .map_or_else(String::new, |k| format!(", key {}", k.column));
+            let lag = b.lag.map_or_else(String::new, |l| {
+                format!(
+                    ", max_replica_lag {} (max_lag_wait {})",
+                    duration(l.max_lag),
+                    duration(l.max_wait)
+                )
+            });
             format!(
-                "pause {}, max_batches {}{size}{key}",
+                "pause {}, max_batches {}{size}{key}{lag}",
                 duration(b.pause),
                 b.max_batches
             )
