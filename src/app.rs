@@ -293,15 +293,24 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
     // docs/architecture.md §3 step 9. After run_plan every transaction is committed or
     // rolled back: delivery cannot change what was fixed, and its failures
     // only land in the report. Notifications decide from the history as it
-    // was *before* these runs (state changes, renotify_after) and say which
-    // records they notified; the audit rows then store that flag.
-    let notified = if args.no_notify {
+    // was *before* these runs (state changes, renotify_after); with an audit
+    // table that decision is recorded under the pair's claim before anything
+    // is sent, and the flag of a message no notifier delivered is cleared.
+    if args.no_notify {
         info!("--no-notify: no notification is sent for this run");
-        vec![false; records.len()]
-    } else {
-        notify::deliver(&config, &mut records, audit.as_ref()).await
+    }
+    let (_, audit_error) = match &audit {
+        // Judged and recorded under each pair's claim, then notified, as
+        // the daemon does: a daemon and a timer tell one change once.
+        Some(store) => {
+            notify::claimed::notify_and_record(&config, store, &mut records, args.no_notify).await
+        }
+        None if args.no_notify => (vec![false; records.len()], None),
+        None => (
+            notify::deliver::<audit::AuditStore>(&config, &mut records, None).await,
+            None,
+        ),
     };
-    let audit_error = audit::record(audit.as_ref(), &records, &notified).await;
     let mut status = exit_status(&records);
     if audit_error.is_some() {
         status = exit::RULE_FAILED;

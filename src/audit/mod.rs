@@ -31,7 +31,7 @@ use sqlx::Connection;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 
-pub use claim::Claim;
+pub use claim::{Claim, Settled, Unsettled};
 pub use migrate::{MIGRATION_LOCK, MIGRATIONS, Migrated, Migration, SCHEMA_VERSION};
 
 use crate::config::Config;
@@ -594,6 +594,10 @@ impl AuditStore {
         let bound = self.timeout.max(TIMEOUT);
         let result = tokio::time::timeout(bound, prune(&mut conn, cutoff)).await;
         let deleted = finish(conn, result, bound).await?;
+        let pairs = self.prune_pairs(cutoff).await?;
+        if pairs > 0 {
+            tracing::info!(pairs, database = %self.database.name, "audit retention: claim rows of pairs unclaimed for longer than audit.keep deleted");
+        }
         if deleted > 0 {
             tracing::info!(deleted, database = %self.database.name, "audit retention: old runs deleted");
         }
