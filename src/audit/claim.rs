@@ -35,7 +35,8 @@ use chrono::{DateTime, Utc};
 use sqlx::Executor;
 use tokio_postgres::types::Type;
 
-use super::{AuditError, AuditStore, Conn, finish, insert_rows, last_state_since, pg};
+use super::conn::finish;
+use super::{AuditError, AuditStore, Conn, insert_rows, last_state_since, pg};
 use crate::history::LastState;
 use crate::outcome::RunRecord;
 

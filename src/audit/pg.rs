@@ -10,12 +10,12 @@
 use chrono::{DateTime, Utc};
 use tokio_postgres::types::{ToSql, Type};
 
-use super::migrate::{Migrated, VERSION_TABLE_PG, applied, check, pending};
-use super::{AuditError, LastRow, VERSION, clip, count};
+use super::read::{AuditRun, LastRow, RunFilter};
+use super::record::{clip, count};
+use super::{AuditError, VERSION, sql};
+use crate::db::DbError;
 use crate::db::pgconn::PgConn;
-use crate::db::{DbError, Dialect, postgres_lock_key};
 use crate::outcome::RunRecord;
-use crate::sql::split_statements;
 
 fn sql_err(e: DbError) -> AuditError {
     AuditError::Sql(e.to_string())
@@ -43,10 +43,6 @@ async fn in_transaction<T>(
     }
 }
 
-pub(super) const INSERT: &str = "INSERT INTO dbjanitor_runs (rule, database_name, started_at, finished_at, duration_ms, \
-    outcome, reason, message, error, detected, changed, remaining, batches, dry_run, notified, host, dbjanitor_version, run_id) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
-
 /// Inserts one row per record, in one transaction.
 pub(super) async fn insert(
     c: &PgConn,
@@ -65,6 +61,7 @@ pub(super) async fn insert_rows(
     notified: &[bool],
     host: &str,
 ) -> Result<(), AuditError> {
+    let insert = sql::numbered(sql::INSERT);
     for (i, r) in records.iter().enumerate() {
         let was_notified = notified.get(i).copied().unwrap_or(false);
         let duration_ms = i64::try_from(r.duration_ms).unwrap_or(i64::MAX);
@@ -101,7 +98,7 @@ pub(super) async fn insert_rows(
             (&VERSION, Type::TEXT),
             (&run_id, Type::TEXT),
         ];
-        c.execute_one(INSERT, &params).await.map_err(sql_err)?;
+        c.execute_one(&insert, &params).await.map_err(sql_err)?;
     }
     Ok(())
 }
@@ -156,17 +153,15 @@ pub(super) async fn prune_batch(
         .map_err(sql_err)
 }
 
-const LAST: &str = "SELECT outcome::text, started_at, duration_ms, detected, changed FROM dbjanitor_runs \
-    WHERE rule = $1 AND database_name = $2 AND NOT dry_run ORDER BY started_at DESC, id DESC LIMIT 1";
-
-/// The last non-dry run of a pair.
+/// The last non-dry run of a pair (`sql`: [`sql::LAST`], numbered).
 pub(super) async fn last_row(
     c: &PgConn,
+    sql: &str,
     rule: &str,
     database: &str,
 ) -> Result<Option<LastRow>, AuditError> {
     let rows = c
-        .query_one_stmt(LAST, &[(&rule, Type::TEXT), (&database, Type::TEXT)])
+        .query_one_stmt(sql, &[(&rule, Type::TEXT), (&database, Type::TEXT)])
         .await
         .map_err(sql_err)?;
     let Some(row) = rows.first() else {
@@ -221,86 +216,13 @@ pub(super) async fn max_started(
         .flatten())
 }
 
-/// Brings the schema up to `target` in one transaction under
-/// `pg_advisory_xact_lock` (transaction-scoped: safe behind a pooler).
-pub(super) async fn migrate(
-    c: &PgConn,
-    lock_name: &str,
-    lock_wait_ms: u128,
-    target: u32,
-) -> Result<Migrated, AuditError> {
-    in_transaction(c, async {
-        c.batch(&format!(
-            "SET LOCAL lock_timeout = {lock_wait_ms}; SELECT pg_advisory_xact_lock({}); {VERSION_TABLE_PG}",
-            postgres_lock_key(lock_name)
-        ))
-        .await
-        .map_err(sql_err)?;
-        let rows = c
-            .query_one_stmt("SELECT version, name::text, dirty FROM dbjanitor_schema_version", &[])
-            .await
-            .map_err(sql_err)?;
-        let mut found_rows = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let decode = |e: tokio_postgres::Error| AuditError::Sql(e.to_string());
-            let version: i32 = row.try_get(0).map_err(decode)?;
-            let name: String = row.try_get(1).map_err(decode)?;
-            let dirty: bool = row.try_get(2).map_err(decode)?;
-            found_rows.push((i64::from(version), name, dirty));
-        }
-        let found = applied(found_rows);
-        check(&found, Dialect::Postgres)?;
-        for migration in pending(found.0, target) {
-            for statement in split_statements(migration.postgres, Dialect::Postgres) {
-                c.execute_one(statement, &[])
-                    .await
-                    .map_err(|e| AuditError::Migration {
-                        version: migration.version,
-                        name: migration.name,
-                        error: e.to_string(),
-                    })?;
-            }
-            let version = i32::try_from(migration.version).unwrap_or(i32::MAX);
-            let now = Utc::now();
-            c.execute_one(
-                "INSERT INTO dbjanitor_schema_version (version, name, applied_at, dirty, applied_by) VALUES ($1, $2, $3, false, $4)",
-                &[
-                    (&version, Type::INT4),
-                    (&migration.name, Type::TEXT),
-                    (&now, Type::TIMESTAMPTZ),
-                    (&VERSION, Type::TEXT),
-                ],
-            )
-            .await
-            .map_err(sql_err)?;
-        }
-        Ok(Migrated {
-            from: found.0,
-            to: found.0.max(target),
-        })
-    })
-    .await
-}
-
-/// The schema version (0: none yet); changes nothing.
-pub(super) async fn current_version(c: &PgConn) -> Result<u32, AuditError> {
-    let version = c
-        .text("SELECT COALESCE(MAX(version), 0) FROM dbjanitor_schema_version")
-        .await
-        .map_err(sql_err)?;
-    Ok(version.and_then(|v| v.parse().ok()).unwrap_or(0))
-}
-
-/// `dbjanitor history`: rows of [`super::RUNS_POSTGRES`] (`$1` rule, `$2`
+/// `dbjanitor history`: rows of [`sql::RUNS_POSTGRES`] (`$1` rule, `$2`
 /// database, `$3` since, each NULL for "any"; `$4` limit).
-pub(super) async fn runs(
-    c: &PgConn,
-    filter: &super::RunFilter,
-) -> Result<Vec<super::AuditRun>, AuditError> {
+pub(super) async fn runs(c: &PgConn, filter: &RunFilter) -> Result<Vec<AuditRun>, AuditError> {
     let limit = i64::from(filter.limit);
     let rows = c
         .query_one_stmt(
-            super::RUNS_POSTGRES,
+            sql::RUNS_POSTGRES,
             &[
                 (&filter.rule, Type::TEXT),
                 (&filter.database, Type::TEXT),
@@ -313,7 +235,7 @@ pub(super) async fn runs(
     let decode = |e: tokio_postgres::Error| AuditError::Sql(format!("dbjanitor_runs: {e}"));
     rows.iter()
         .map(|row| {
-            Ok(super::AuditRun::from_row((
+            Ok(AuditRun::from_row((
                 row.try_get(0).map_err(decode)?,
                 row.try_get(1).map_err(decode)?,
                 row.try_get(2).map_err(decode)?,

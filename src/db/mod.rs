@@ -25,6 +25,7 @@ mod lock;
 mod mysql;
 mod open;
 pub(crate) mod pgconn;
+mod pgurl;
 mod postgres;
 mod sample;
 mod sqlite;
@@ -40,7 +41,9 @@ pub use endpoint::{endpoint, name_endpoint};
 pub use lease::LEASE_TABLE_SQL;
 pub use lease_mysql::MYSQL_LEASE_TABLE_SQL;
 pub use lock::{LockKind, mysql_lock_name, postgres_lock_key, postgres_schema_lock_key};
-pub use mysql::MySqlSession;
+pub use mysql::{
+    MySqlSession, row_text as mysql_row_text, session_options as mysql_session_options,
+};
 pub use open::{AnySession, may_leave_session_state, open};
 pub use postgres::PgSession;
 pub use sqlite::SqliteSession;

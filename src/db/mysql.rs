@@ -17,6 +17,8 @@
 //! `max_execution_time` on MySQL (SELECT only); `innodb_lock_wait_timeout` and
 //! `lock_wait_timeout` so a blocked row or metadata lock cannot outlast it.
 
+mod lock;
+
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -29,8 +31,9 @@ use super::lock::LockKind;
 use super::text::{TextConn, TextDatabase};
 use super::{
     CommitOutcome, ConnectSettings, DatabaseConfig, DbError, Detection, Dialect, Executed, Session,
-    connect_error, millis, mysql_lock_name, refuse_transaction_end, sample,
+    connect_error, millis, refuse_transaction_end, sample,
 };
+use lock::galera_node;
 
 impl TextDatabase for MySql {
     fn cell(row: &MySqlRow, index: usize) -> Option<String> {
@@ -66,6 +69,25 @@ impl TextDatabase for MySql {
     }
 }
 
+/// The connect options of a session on `url`: sqlx's own session defaults
+/// (`PIPES_AS_CONCAT`, `NO_ENGINE_SUBSTITUTION` added to `sql_mode`,
+/// `time_zone='+00:00'`) turned off, so SQL means what it means in the
+/// `mariadb` client. Public so the integration tests connect the same way.
+pub fn session_options(url: &str) -> Result<MySqlConnectOptions, sqlx::Error> {
+    Ok(MySqlConnectOptions::from_str(url)?
+        .pipes_as_concat(false)
+        .no_engine_substitution(false)
+        .timezone(None))
+}
+
+/// Every cell of a row as whole text (`None` for NULL), never clipped: how
+/// dbjanitor reads its own SQL's results. Public so the integration tests
+/// read tables the same way.
+#[must_use]
+pub fn row_text(row: &MySqlRow) -> Vec<Option<String>> {
+    (0..row.len()).map(|i| MySql::full_text(row, i)).collect()
+}
+
 /// Where the connection's transaction stands, as far as dbjanitor opened it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Txn {
@@ -95,9 +117,6 @@ pub struct MySqlSession {
     /// at the lease's fencing check, and nothing can have committed).
     commit_sent: bool,
 }
-
-/// The shortest lease.
-const MIN_LEASE: Duration = Duration::from_secs(3);
 
 /// The most `wait_timeout` accepts (one year), so any rule timeout maps to a valid value.
 const MAX_WAIT_TIMEOUT_SECS: u64 = 31_536_000;
@@ -129,11 +148,7 @@ impl MySqlSession {
     /// setting the server-side limits that end the session soon after
     /// dbjanitor vanished (see [`Session::abandon_bound`]).
     pub async fn connect(db: &DatabaseConfig, settings: &ConnectSettings) -> Result<Self, DbError> {
-        let options = MySqlConnectOptions::from_str(db.url.expose())
-            .map_err(|e| connect_error(&db.url, &e))?
-            .pipes_as_concat(false)
-            .no_engine_substitution(false)
-            .timezone(None);
+        let options = session_options(db.url.expose()).map_err(|e| connect_error(&db.url, &e))?;
         let mut text = TextConn::connect(&db.url, &options, settings.timeout).await?;
         let row = text
             .fetch_one("SELECT VERSION(), COALESCE(DATABASE(), '')")
@@ -280,102 +295,6 @@ impl MySqlSession {
         }
         Ok(detection)
     }
-
-    async fn get_lock(&mut self, lock_name: &str, wait: Duration) -> Result<bool, DbError> {
-        let name = quote(&mysql_lock_name(&self.schema, lock_name));
-        // GET_LOCK takes whole seconds on every server version; a negative value would
-        // wait forever on MySQL, so the wait is never negative.
-        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        match self
-            .text
-            .fetch_text(&format!("SELECT GET_LOCK({name}, {seconds})"))
-            .await?
-            .as_deref()
-        {
-            Some("1") => Ok(true),
-            Some("0") => Ok(false),
-            other => Err(DbError::Sql(format!(
-                "GET_LOCK returned {other:?} (an error, or a Galera cluster where GET_LOCK is unsupported)"
-            ))),
-        }
-    }
-
-    async fn release_lock(&mut self, lock_name: &str) -> Result<(), DbError> {
-        if let Some(held) = self.lease.take() {
-            return lease::release(&mut MySqlLeases(&mut self.text), &held).await;
-        }
-        let name = quote(&mysql_lock_name(&self.schema, lock_name));
-        self.text.run(&format!("DO RELEASE_LOCK({name})")).await
-    }
-
-    /// The lock kind in use (after `auto` was resolved).
-    #[must_use]
-    pub fn lock_kind(&self) -> LockKind {
-        self.kind
-    }
-
-    /// The lease length: renewed before every batch, so three statement
-    /// timeouts leave room for a batch and its pause.
-    fn lease_ttl(&self) -> Duration {
-        (self.timeout * 3).max(MIN_LEASE)
-    }
-
-    /// `GET_LOCK`, or the lease with kind `lease`.
-    async fn take_lock(&mut self, lock_name: &str, wait: Duration) -> Result<bool, DbError> {
-        if self.kind != LockKind::Lease {
-            return self.get_lock(lock_name, wait).await;
-        }
-        let ttl = self.lease_ttl();
-        match lease::acquire(&mut MySqlLeases(&mut self.text), lock_name, ttl, wait).await? {
-            Some(held) => {
-                self.lease = Some(held);
-                Ok(true)
-            }
-            None => Ok(false),
-        }
-    }
-
-    /// Fencing (a lease must still be ours, checked and extended inside the
-    /// transaction that is about to commit), then COMMIT.
-    async fn fenced_commit(&mut self) -> Result<(), DbError> {
-        self.commit_sent = false;
-        if self.txn == Txn::ReadWrite
-            && let Some(held) = &self.lease
-            && let Err(lost) = lease::fence(&mut MySqlLeases(&mut self.text), held).await
-        {
-            // COMMIT is never sent; the acknowledged ROLLBACK makes the
-            // rollback observed, not assumed (else the connection's close
-            // rolls it back: it cannot commit without COMMIT).
-            if self.text.run("ROLLBACK").await.is_ok() {
-                self.txn = Txn::None;
-            }
-            return Err(lost);
-        }
-        self.commit_sent = true;
-        self.text.run("COMMIT").await?;
-        self.txn = Txn::None;
-        Ok(())
-    }
-}
-
-/// Whether the server is a Galera node with replication on (`wsrep_on`),
-/// where `GET_LOCK` holds on that node only. A server without the variable
-/// (MySQL, MariaDB without Galera support) is not.
-async fn galera_node(text: &mut TextConn<MySql>) -> Result<bool, DbError> {
-    let rows = text
-        .detect("SHOW SESSION VARIABLES LIKE 'wsrep_on'", 1, None)
-        .await?;
-    Ok(rows
-        .sample
-        .rows
-        .first()
-        .and_then(|row| row.get(1).cloned().flatten())
-        .is_some_and(|value| value.eq_ignore_ascii_case("ON")))
-}
-
-/// Quotes a string literal for MySQL (our own lock names only).
-fn quote(text: &str) -> String {
-    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 impl Session for MySqlSession {

@@ -13,12 +13,13 @@ use std::process::{Child, Command, Output, Stdio};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use dbjanitor::db::{mysql_row_text, mysql_session_options};
 use futures_util::TryStreamExt;
 use serde_json::Value;
-use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlConnection};
-use sqlx::postgres::PgConnection;
-use sqlx::sqlite::{Sqlite, SqliteConnectOptions, SqliteConnection};
-use sqlx::{AssertSqlSafe, Connection, Decode, Executor, Row, TypeInfo, ValueRef};
+use sqlx::mysql::MySqlConnection;
+use sqlx::postgres::{PgConnection, PgRow};
+use sqlx::sqlite::{Sqlite, SqliteConnectOptions, SqliteConnection, SqliteRow};
+use sqlx::{AssertSqlSafe, Connection, Database, Decode, Executor, Row, TypeInfo, ValueRef};
 
 /// Declares a module per test function with one `#[tokio::test]` per engine
 /// (`name::postgres`, `name::mysql`, `name::sqlite`), each calling `name(engine)`.
@@ -175,28 +176,12 @@ impl TestDb {
 
     /// Runs SQL and returns the error text, if any.
     pub async fn try_exec(&self, sql: &str) -> Result<(), String> {
-        let sql = AssertSqlSafe(sql.to_owned());
         let result = match self.engine {
-            Engine::Postgres => {
-                let mut c = self.pg().await;
-                let r = c.execute(sqlx::raw_sql(sql)).await.map(|_| ());
-                let _ = c.close().await;
-                r
-            }
-            Engine::MySql => {
-                let mut c = self.mysql().await;
-                let r = c.execute(sqlx::raw_sql(sql)).await.map(|_| ());
-                let _ = c.close().await;
-                r
-            }
-            Engine::Sqlite => {
-                let mut c = self.sqlite().await;
-                let r = c.execute(sqlx::raw_sql(sql)).await.map(|_| ());
-                let _ = c.close().await;
-                r
-            }
+            Engine::Postgres => fetch_text(self.pg().await, sql, |_| Vec::new()).await,
+            Engine::MySql => fetch_text(self.mysql().await, sql, |_| Vec::new()).await,
+            Engine::Sqlite => fetch_text(self.sqlite().await, sql, |_| Vec::new()).await,
         };
-        result.map_err(|e| e.to_string())
+        result.map(drop).map_err(|e| e.to_string())
     }
 
     /// Loads a fixture file from `tests/fixtures/`.
@@ -207,86 +192,15 @@ impl TestDb {
         self.exec(&sql).await;
     }
 
-    /// Every row of a query, each value as text (`None` for NULL).
+    /// Every row of a query, each value as text (`None` for NULL); MariaDB's
+    /// values read as dbjanitor reads its own SQL's results ([`mysql_row_text`]).
     pub async fn rows(&self, sql: &str) -> Vec<Vec<Option<String>>> {
-        let sql = AssertSqlSafe(sql.to_owned());
-        match self.engine {
-            Engine::Postgres => {
-                let mut c = self.pg().await;
-                let rows: Vec<_> = c
-                    .fetch(sqlx::raw_sql(sql))
-                    .map_ok(|row| {
-                        (0..row.len())
-                            .map(|i| {
-                                let v = row.try_get_raw(i).expect("value");
-                                (!v.is_null()).then(|| v.as_str().expect("text value").to_owned())
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                    .try_collect()
-                    .await
-                    .unwrap_or_else(|e| panic!("query failed: {e}"));
-                let _ = c.close().await;
-                rows
-            }
-            Engine::MySql => {
-                let mut c = self.mysql().await;
-                let rows: Vec<_> = c
-                    .fetch(sqlx::raw_sql(sql))
-                    .map_ok(|row| {
-                        (0..row.len())
-                            .map(|i| {
-                                let v = row.try_get_raw(i).expect("value");
-                                if v.is_null() {
-                                    return None;
-                                }
-                                let bytes = <&[u8] as Decode<MySql>>::decode(v).expect("bytes");
-                                Some(String::from_utf8_lossy(bytes).into_owned())
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                    .try_collect()
-                    .await
-                    .unwrap_or_else(|e| panic!("query failed: {e}"));
-                let _ = c.close().await;
-                rows
-            }
-            Engine::Sqlite => {
-                let mut c = self.sqlite().await;
-                let rows: Vec<_> = c
-                    .fetch(sqlx::raw_sql(sql))
-                    .map_ok(|row| {
-                        (0..row.len())
-                            .map(|i| {
-                                let v = row.try_get_raw(i).expect("value");
-                                if v.is_null() {
-                                    return None;
-                                }
-                                Some(match v.type_info().name() {
-                                    "INTEGER" => {
-                                        <i64 as Decode<Sqlite>>::decode(v).expect("int").to_string()
-                                    }
-                                    "REAL" => <f64 as Decode<Sqlite>>::decode(v)
-                                        .expect("real")
-                                        .to_string(),
-                                    "BLOB" => format!(
-                                        "{:?}",
-                                        <&[u8] as Decode<Sqlite>>::decode(v).expect("blob")
-                                    ),
-                                    _ => <&str as Decode<Sqlite>>::decode(v)
-                                        .expect("text")
-                                        .to_owned(),
-                                })
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                    .try_collect()
-                    .await
-                    .unwrap_or_else(|e| panic!("query failed: {e}"));
-                let _ = c.close().await;
-                rows
-            }
-        }
+        let rows = match self.engine {
+            Engine::Postgres => fetch_text(self.pg().await, sql, pg_row_text).await,
+            Engine::MySql => fetch_text(self.mysql().await, sql, mysql_row_text).await,
+            Engine::Sqlite => fetch_text(self.sqlite().await, sql, sqlite_row_text).await,
+        };
+        rows.unwrap_or_else(|e| panic!("query failed: {e}"))
     }
 
     /// The first column of every row of `sql`, NULL as "".
@@ -322,11 +236,7 @@ impl TestDb {
 
     pub async fn mysql(&self) -> MySqlConnection {
         // Same session settings as dbjanitor: the server's own sql_mode and time zone.
-        let options = MySqlConnectOptions::from_str(&self.url)
-            .expect("mysql url")
-            .pipes_as_concat(false)
-            .no_engine_substitution(false)
-            .timezone(None);
+        let options = mysql_session_options(&self.url).expect("mysql url");
         MySqlConnection::connect_with(&options)
             .await
             .expect("connect to test MariaDB database")
@@ -381,6 +291,59 @@ impl Drop for TestDb {
         })
         .join();
     }
+}
+
+/// Runs `sql` (several statements allowed) as text on `conn`, renders every
+/// row with `row_text`, and closes the connection.
+async fn fetch_text<C>(
+    mut conn: C,
+    sql: &str,
+    row_text: fn(&<C::Database as Database>::Row) -> Vec<Option<String>>,
+) -> Result<Vec<Vec<Option<String>>>, sqlx::Error>
+where
+    C: Connection,
+    for<'c> &'c mut C: Executor<'c, Database = C::Database>,
+{
+    let rows = conn
+        .fetch(sqlx::raw_sql(AssertSqlSafe(sql.to_owned())))
+        .map_ok(|row| row_text(&row))
+        .try_collect()
+        .await;
+    let _ = conn.close().await;
+    rows
+}
+
+/// A PostgreSQL row of the simple query protocol: every value arrives as text.
+fn pg_row_text(row: &PgRow) -> Vec<Option<String>> {
+    (0..row.len())
+        .map(|i| {
+            let v = row.try_get_raw(i).expect("value");
+            (!v.is_null()).then(|| v.as_str().expect("text value").to_owned())
+        })
+        .collect()
+}
+
+/// An SQLite row by storage class: integers and reals as Rust prints them,
+/// blobs as a byte list, text as is.
+fn sqlite_row_text(row: &SqliteRow) -> Vec<Option<String>> {
+    (0..row.len())
+        .map(|i| {
+            let v = row.try_get_raw(i).expect("value");
+            if v.is_null() {
+                return None;
+            }
+            Some(match v.type_info().name() {
+                "INTEGER" => <i64 as Decode<Sqlite>>::decode(v).expect("int").to_string(),
+                "REAL" => <f64 as Decode<Sqlite>>::decode(v)
+                    .expect("real")
+                    .to_string(),
+                "BLOB" => format!("{:?}", <&[u8] as Decode<Sqlite>>::decode(v).expect("blob")),
+                _ => <&str as Decode<Sqlite>>::decode(v)
+                    .expect("text")
+                    .to_owned(),
+            })
+        })
+        .collect()
 }
 
 /// Absolute path of a file under `tests/fixtures/`.
