@@ -281,8 +281,10 @@ pub enum Settled<T> {
     /// their `notified` flags: the caller now delivers what it decided.
     Decided(T),
     /// `check` was asked and the runs were already there: the earlier
-    /// decision (whose COMMIT went through though its answer was lost) stands.
-    AlreadyRecorded,
+    /// decision (whose COMMIT went through though its answer was lost)
+    /// stands. With the pair's state as the history has it now: another
+    /// process may have told a newer state meanwhile.
+    AlreadyRecorded(Option<LastState>),
 }
 
 /// Why [`AuditStore::settle`] did not settle.
@@ -322,8 +324,9 @@ impl AuditStore {
         if check {
             match claim.holds(&first.run_id).await {
                 Ok(true) => {
+                    let now = claim.state().cloned();
                     claim.release().await;
-                    return Ok(Settled::AlreadyRecorded);
+                    return Ok(Settled::AlreadyRecorded(now));
                 }
                 Ok(false) => {}
                 Err(e) => return Err(Unsettled::NotClaimed(e)),

@@ -185,13 +185,10 @@ impl Shared {
                 Ok(Settled::Decided(decision)) => {
                     return self.tell(store, &rule, &database, batch, &decision).await;
                 }
-                Ok(Settled::AlreadyRecorded) => {
+                Ok(Settled::AlreadyRecorded(now)) => {
                     if let Some(decision) = unsure.take() {
-                        info!(
-                            runs = batch.len(),
-                            "the runs were recorded though the COMMIT's answer was lost: telling them as decided"
-                        );
-                        self.tell(store, &rule, &database, batch, &decision).await;
+                        self.tell_late(store, &rule, &database, batch, &decision, now.as_ref())
+                            .await;
                     }
                     return;
                 }
@@ -263,6 +260,61 @@ impl Shared {
             .await;
     }
 
+    /// A decision whose COMMIT went through though its answer was lost,
+    /// found recorded once the audit database answered again. It is told
+    /// now, unless another process has meanwhile told a newer state of the
+    /// pair (its delivered notification is about a later run): then this
+    /// older news is out of date, is not told, and its rows are unmarked.
+    async fn tell_late(
+        &self,
+        store: &AuditStore,
+        rule: &str,
+        database: &str,
+        batch: &mut [RunRecord],
+        decision: &Decision<'_>,
+        now: Option<&LastState>,
+    ) {
+        let last_told = batch
+            .iter()
+            .zip(&decision.notified)
+            .filter(|(_, told)| **told)
+            .map(|(record, _)| record.started_at)
+            .max();
+        let newer = now
+            .and_then(|state| state.notified)
+            .is_some_and(|told| last_told.is_some_and(|ours| told.at > ours));
+        if !newer {
+            info!(
+                runs = batch.len(),
+                "the runs were recorded though the COMMIT's answer was lost: telling them as decided"
+            );
+            return self.tell(store, rule, database, batch, decision).await;
+        }
+        info!(
+            runs = batch.len(),
+            "the runs were recorded though the COMMIT's answer was lost, and a newer state of the pair was told meanwhile: not telling this older one"
+        );
+        let none = vec![false; batch.len()];
+        self.unmark(store, &decision.undelivered(batch, &none))
+            .await;
+    }
+
+    /// Clears `notified` of runs decided as told but not delivered, so the
+    /// history says what the receivers were really told.
+    async fn unmark(&self, store: &AuditStore, run_ids: &[&str]) {
+        if run_ids.is_empty() {
+            return;
+        }
+        let result = {
+            let _slot = self.bookkeeping_slot().await;
+            store.unmark_notified(run_ids).await
+        };
+        if let Err(e) = result {
+            self.metrics.audit_error(1);
+            warn!(error = %e, runs = run_ids.len(), "runs whose notification was not delivered stay marked as told in the run history: the next reminder comes after renotify_after");
+        }
+    }
+
     /// Delivers a decision recorded under the claim; the rows of runs no
     /// notifier delivered get their `notified` flag cleared, so the history
     /// says what the receivers were really told.
@@ -276,18 +328,8 @@ impl Shared {
     ) {
         self.remember(rule, database, decision.known.clone());
         let delivered = decision.deliver(batch).await;
-        let undelivered = decision.undelivered(batch, &delivered);
-        if undelivered.is_empty() {
-            return;
-        }
-        let result = {
-            let _slot = self.bookkeeping_slot().await;
-            store.unmark_notified(&undelivered).await
-        };
-        if let Err(e) = result {
-            self.metrics.audit_error(1);
-            warn!(error = %e, runs = undelivered.len(), "runs whose notification failed stay marked as told in the run history: the next reminder comes after renotify_after");
-        }
+        self.unmark(store, &decision.undelivered(batch, &delivered))
+            .await;
     }
 
     pub(super) fn counted(&self) -> Counted<'_> {

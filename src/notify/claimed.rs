@@ -192,7 +192,7 @@ async fn settle_one(
     };
     let first = match store.settle(one, wait, false, decide).await {
         Ok(Settled::Decided(judged)) => return recorded(judged),
-        Ok(Settled::AlreadyRecorded) => return recorded(Judged::Unknown),
+        Ok(Settled::AlreadyRecorded(_)) => return recorded(Judged::Unknown),
         Err(Unsettled::NotClaimed(e)) => {
             warn!(error = %e, rule = %record.rule, database = %record.database, "cannot claim the pair in the audit table: the run is told with the previous state unknown and recorded afterwards");
             return Outcome {
@@ -211,7 +211,7 @@ async fn settle_one(
     warn!(error = %e, rule = %record.rule, database = %record.database, "the audit table did not confirm the run's COMMIT: looking whether it is recorded");
     match store.settle(one, wait, true, decide).await {
         Ok(Settled::Decided(again)) => recorded(again),
-        Ok(Settled::AlreadyRecorded) => recorded(judged),
+        Ok(Settled::AlreadyRecorded(_)) => recorded(judged),
         Err(failed) => {
             let (e, judged) = match failed {
                 Unsettled::NotClaimed(e) => (e, judged),
