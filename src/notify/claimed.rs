@@ -21,7 +21,6 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures_util::future::join_all;
 use tracing::{error, warn};
 
 use super::{Past, compose, host_name, send_all};
@@ -29,9 +28,6 @@ use crate::audit::{AuditStore, Settled, Unsettled};
 use crate::config::Config;
 use crate::history::LastState;
 use crate::outcome::RunRecord;
-
-/// Pairs settled at once by one `run` (each holds one audit connection).
-const SETTLE_AT_ONCE: usize = 8;
 
 /// What a run was judged against, owned (a [`Past`] borrows its state).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,12 +100,10 @@ pub async fn notify_and_record(
     let now = Utc::now();
     let host = host_name();
     let wait = claim_wait(config);
+    // One pair after the other: the rows' ids keep the report's order.
     let mut fates = Vec::with_capacity(records.len());
-    for chunk in records.chunks(SETTLE_AT_ONCE) {
-        let settling = chunk
-            .iter()
-            .map(|record| settle_one(config, store, record, no_notify, wait, (&host, now)));
-        fates.extend(join_all(settling).await);
+    for record in records.iter() {
+        fates.push(settle_one(config, store, record, no_notify, wait, (&host, now)).await);
     }
     let pasts: Vec<Past<'_>> = fates.iter().map(|f| f.judged.as_past()).collect();
     let notified = if no_notify {
