@@ -85,6 +85,24 @@ struct Outcome {
     recorded: bool,
     /// The audit error to report, if any.
     error: Option<String>,
+    /// The audit database did not answer (no claim, or no answer to a
+    /// COMMIT): the pairs after it do not try it again in this run.
+    audit_down: bool,
+}
+
+/// A record judged without the history (its claim could not be had): told
+/// with the previous state unknown, recorded afterwards without the claim.
+fn unclaimed(record: &RunRecord) -> Outcome {
+    Outcome {
+        judged: if record.dry_run {
+            Judged::Untracked
+        } else {
+            Judged::Unknown
+        },
+        recorded: false,
+        error: None,
+        audit_down: true,
+    }
 }
 
 /// Judges, records and notifies the records of one `run` (one record per
@@ -100,10 +118,17 @@ pub async fn notify_and_record(
     let now = Utc::now();
     let host = host_name();
     let wait = claim_wait(config);
-    // One pair after the other: the rows' ids keep the report's order.
-    let mut fates = Vec::with_capacity(records.len());
+    // One pair after the other: the rows' ids keep the report's order. Once
+    // a claim could not be had, the audit database is taken as down for
+    // this run: the other pairs do not each wait `audit.timeout` for it.
+    let mut fates: Vec<Outcome> = Vec::with_capacity(records.len());
     for record in records.iter() {
-        fates.push(settle_one(config, store, record, no_notify, wait, (&host, now)).await);
+        let fate = if fates.iter().any(|f| f.audit_down) {
+            unclaimed(record)
+        } else {
+            settle_one(config, store, record, no_notify, wait, (&host, now)).await
+        };
+        fates.push(fate);
     }
     let pasts: Vec<Past<'_>> = fates.iter().map(|f| f.judged.as_past()).collect();
     let notified = if no_notify {
@@ -188,16 +213,8 @@ async fn settle_one(
         Ok(Settled::Decided(judged)) => return recorded(judged),
         Ok(Settled::AlreadyRecorded(_)) => return recorded(Judged::Unknown),
         Err(Unsettled::NotClaimed(e)) => {
-            warn!(error = %e, rule = %record.rule, database = %record.database, "cannot claim the pair in the audit table: the run is told with the previous state unknown and recorded afterwards");
-            return Outcome {
-                judged: if record.dry_run {
-                    Judged::Untracked
-                } else {
-                    Judged::Unknown
-                },
-                recorded: false,
-                error: None,
-            };
+            warn!(error = %e, rule = %record.rule, database = %record.database, "cannot claim the pair in the audit table: the runs are told with the previous state unknown and recorded afterwards");
+            return unclaimed(record);
         }
         Err(Unsettled::Unsure(e, judged)) => (e, judged),
     };
@@ -216,6 +233,7 @@ async fn settle_one(
                 judged,
                 recorded: true,
                 error: Some(format!("whether the run was recorded is unknown: {e}")),
+                audit_down: true,
             }
         }
     }
@@ -227,5 +245,6 @@ fn recorded(judged: Judged) -> Outcome {
         judged,
         recorded: true,
         error: None,
+        audit_down: false,
     }
 }
