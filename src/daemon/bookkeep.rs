@@ -183,6 +183,12 @@ impl Shared {
             };
             let e = match attempt {
                 Ok(Settled::Decided(decision)) => {
+                    if unsure.is_some() {
+                        info!(
+                            runs = batch.len(),
+                            "the runs were not recorded (their COMMIT was lost): judged again against the history as it is now"
+                        );
+                    }
                     return self.tell(store, &rule, &database, batch, &decision).await;
                 }
                 Ok(Settled::AlreadyRecorded(now)) => {

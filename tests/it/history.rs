@@ -406,7 +406,7 @@ async fn a_failure_at_the_claims_commit_tells_the_change_once(at: AtCommit) {
         first.stderr
     );
     let expected = match at {
-        AtCommit::Lost => "did not confirm the claim's COMMIT",
+        AtCommit::Lost => "judged again against the history as it is now",
         AtCommit::AnswerLost => "recorded though the COMMIT's answer was lost",
     };
     assert!(first.stderr.contains(expected), "A:\n{}", first.stderr);
