@@ -257,32 +257,10 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
         Some((store, None)) => Some(store),
         None => None,
     };
-    let mut next_due = None;
-    if args.due
-        && let Some(store) = &audit
-    {
-        let all = plan.targets.len();
-        let now = chrono::Utc::now();
-        let (due, next) = crate::due::select(plan.targets, store, now)
-            .await
-            .map_err(|e| {
-                AppError::Other(
-                    anyhow::Error::new(e)
-                        .context("`run --due` cannot read the last runs; nothing was run"),
-                )
-            })?;
-        plan.targets = due;
-        info!(due = plan.targets.len(), of = all, "rules due now");
-        if plan.targets.is_empty() {
-            next_due = Some(next.map_or_else(
-                || {
-                    "nothing is due, and no selected rule has a schedule that ticks again"
-                        .to_owned()
-                },
-                |next| next.describe(now),
-            ));
-        }
-    }
+    let next_due = match &audit {
+        Some(store) if args.due => select_due(&mut plan, store).await?,
+        _ => None,
+    };
     let cancel = CancellationToken::new();
     cancel_on_signal(&cancel);
     let options = RunOptions {
@@ -290,27 +268,8 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
         jobs: usize::from(args.jobs),
     };
     let mut records = run_plan(&plan, &options, &cancel).await;
-    // docs/architecture.md §3 step 9. After run_plan every transaction is committed or
-    // rolled back: delivery cannot change what was fixed, and its failures
-    // only land in the report. Notifications decide from the history as it
-    // was *before* these runs (state changes, renotify_after); with an audit
-    // table that decision is recorded under the pair's claim before anything
-    // is sent, and the flag of a message no notifier delivered is cleared.
-    if args.no_notify {
-        info!("--no-notify: no notification is sent for this run");
-    }
-    let (_, audit_error) = match &audit {
-        // Judged and recorded under each pair's claim, then notified, as
-        // the daemon does: a daemon and a timer tell one change once.
-        Some(store) => {
-            notify::claimed::notify_and_record(&config, store, &mut records, args.no_notify).await
-        }
-        None if args.no_notify => (vec![false; records.len()], None),
-        None => (
-            notify::deliver::<audit::AuditStore>(&config, &mut records, None).await,
-            None,
-        ),
-    };
+    let audit_error =
+        notify::claimed::after_run(&config, audit.as_ref(), &mut records, args.no_notify).await;
     let mut status = exit_status(&records);
     if audit_error.is_some() {
         status = exit::RULE_FAILED;
@@ -329,6 +288,31 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
         next_due.as_deref(),
     )?)?;
     Ok(status)
+}
+
+/// `run --due`: keeps the plan's targets that are due now. When none is,
+/// returns the sentence saying when the next one is.
+async fn select_due(
+    plan: &mut Plan,
+    store: &audit::AuditStore,
+) -> Result<Option<String>, AppError> {
+    let all = plan.targets.len();
+    let now = chrono::Utc::now();
+    let targets = std::mem::take(&mut plan.targets);
+    let (due, next) = crate::due::select(targets, store, now).await.map_err(|e| {
+        AppError::Other(
+            anyhow::Error::new(e).context("`run --due` cannot read the last runs; nothing was run"),
+        )
+    })?;
+    plan.targets = due;
+    info!(due = plan.targets.len(), of = all, "rules due now");
+    if !plan.targets.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(next.map_or_else(
+        || "nothing is due, and no selected rule has a schedule that ticks again".to_owned(),
+        |next| next.describe(now),
+    )))
 }
 
 /// The report of `run` in the requested format, with the audit failure, if

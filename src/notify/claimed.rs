@@ -66,6 +66,33 @@ impl Judged {
     }
 }
 
+/// docs/architecture.md §3 step 9. After `run_plan` every transaction is
+/// committed or rolled back: delivery cannot change what was fixed, and its
+/// failures only land in the report. Notifications decide from the history
+/// as it was *before* these runs (state changes, `renotify_after`); with an
+/// audit table that decision is recorded under each pair's claim before
+/// anything is sent (as the daemon does: a daemon and a timer tell one
+/// change once), and the flag of a message no notifier delivered is
+/// cleared. Returns the audit error for the report, if any.
+pub async fn after_run(
+    config: &Config,
+    audit: Option<&AuditStore>,
+    records: &mut [RunRecord],
+    no_notify: bool,
+) -> Option<String> {
+    if no_notify {
+        tracing::info!("--no-notify: no notification is sent for this run");
+    }
+    match audit {
+        Some(store) => notify_and_record(config, store, records, no_notify).await.1,
+        None if no_notify => None,
+        None => {
+            super::deliver::<AuditStore>(config, records, None).await;
+            None
+        }
+    }
+}
+
 /// How long a claimer waits for another process's claim on the same pair:
 /// the holder only reads the history and inserts rows (each bounded by
 /// `audit.timeout`); nobody notifies under a claim any more.
@@ -109,7 +136,7 @@ fn unclaimed(record: &RunRecord) -> Outcome {
 /// pair) with the audit table `store`. Returns, per record, whether a
 /// message about it was delivered, and the audit error for the report
 /// (runs that could not be recorded, or whose recording is unknown).
-pub async fn notify_and_record(
+async fn notify_and_record(
     config: &Config,
     store: &AuditStore,
     records: &mut [RunRecord],
