@@ -17,6 +17,7 @@
 //! `max_execution_time` on MySQL (SELECT only); `innodb_lock_wait_timeout` and
 //! `lock_wait_timeout` so a blocked row or metadata lock cannot outlast it.
 
+mod count;
 mod lock;
 
 use std::str::FromStr;
@@ -302,8 +303,13 @@ impl Session for MySqlSession {
         if !self.take_lock(lock_name, wait).await? {
             return Ok(false);
         }
-        // Detect runs read-only; the first fix statement switches to a
-        // read-write transaction under the same lock.
+        // Detect runs read-only, at REPEATABLE READ so that a count on the
+        // server and its sample share one read view (see `count`); the first
+        // fix statement switches to a read-write transaction (at the
+        // session's isolation level) under the same lock.
+        self.text
+            .run("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .await?;
         self.text.run("START TRANSACTION READ ONLY").await?;
         self.txn = Txn::ReadOnly;
         Ok(true)
@@ -382,6 +388,14 @@ impl Session for MySqlSession {
         self.server_checks_one_statement(sql)
             .await
             .map_err(read_only_refusal)?;
+        if self.counts_on_server(limit)
+            && let Some(detection) = self
+                .counted_read_only(sql, keep, limit)
+                .await
+                .map_err(read_only_refusal)?
+        {
+            return Ok(detection);
+        }
         self.limited_read_only(sql, keep, limit)
             .await
             .map_err(read_only_refusal)
