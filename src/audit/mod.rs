@@ -73,4 +73,4 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// migration waits for another migrator and, on MySQL/MariaDB, for the
 /// metadata lock of its DDL (`lock_wait_timeout`), or on PostgreSQL for its
 /// table locks (`lock_timeout`).
-pub const DEFAULT_MIGRATE_LOCK_WAIT: Duration = Duration::from_secs(60);
+pub const DEFAULT_MIGRATE_LOCK_WAIT: Duration = Duration::from_mins(1);

@@ -66,7 +66,7 @@ pub(super) async fn insert_rows(
         let was_notified = notified.get(i).copied().unwrap_or(false);
         let duration_ms = i64::try_from(r.duration_ms).unwrap_or(i64::MAX);
         let finished = r.started_at + chrono::Duration::milliseconds(duration_ms);
-        let reason = r.reason.map(|x| x.as_str());
+        let reason = r.reason.map(crate::outcome::Reason::as_str);
         let message = r.message.as_deref().map(clip);
         let error = r.error.as_deref().map(clip);
         let counts = [
