@@ -120,6 +120,27 @@ mod tests {
         }
     }
 
+    /// The PostgreSQL texts are the ones written out by hand before the
+    /// statements were written once (schema and plans unchanged).
+    #[test]
+    fn postgres_texts_are_the_hand_written_ones() {
+        assert_eq!(
+            numbered(LAST),
+            "SELECT outcome, started_at, duration_ms, detected, changed FROM dbjanitor_runs \
+             WHERE rule = $1 AND database_name = $2 AND NOT dry_run ORDER BY started_at DESC, id DESC LIMIT 1"
+        );
+        assert_eq!(
+            numbered(NOTIFIED),
+            "SELECT outcome, started_at FROM dbjanitor_runs WHERE rule = $1 AND database_name = $2 \
+             AND NOT dry_run AND notified ORDER BY started_at DESC, id DESC LIMIT 1"
+        );
+        assert_eq!(
+            numbered(SUCCESS),
+            "SELECT MAX(started_at) FROM dbjanitor_runs WHERE rule = $1 AND database_name = $2 \
+             AND NOT dry_run AND outcome IN ('clean', 'found', 'fixed')"
+        );
+    }
+
     /// Issue 13.3: the audit SQL's outcome lists are the ones `Outcome`'s
     /// methods decide (the statements are `concat!` constants, so they are
     /// checked here rather than built at run time).
