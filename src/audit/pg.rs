@@ -216,16 +216,19 @@ pub(super) async fn max_started(
         .flatten())
 }
 
-/// `dbjanitor history`: rows of [`sql::RUNS_POSTGRES`] (`$1` rule, `$2`
-/// database, `$3` since, each NULL for "any"; `$4` limit).
+/// `dbjanitor history`: rows of [`sql::RUNS`] (rule, database and since
+/// each twice, NULL for "any"; then the limit), every parameter typed.
 pub(super) async fn runs(c: &PgConn, filter: &RunFilter) -> Result<Vec<AuditRun>, AuditError> {
     let limit = i64::from(filter.limit);
     let rows = c
         .query_one_stmt(
-            sql::RUNS_POSTGRES,
+            &sql::numbered(sql::RUNS),
             &[
                 (&filter.rule, Type::TEXT),
+                (&filter.rule, Type::TEXT),
                 (&filter.database, Type::TEXT),
+                (&filter.database, Type::TEXT),
+                (&filter.since, Type::TIMESTAMPTZ),
                 (&filter.since, Type::TIMESTAMPTZ),
                 (&limit, Type::INT8),
             ],
