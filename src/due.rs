@@ -184,6 +184,7 @@ mod tests {
             rule: Arc::new(rule),
             database: Arc::new(DatabaseConfig {
                 pragmas: Vec::new(),
+                replicas: Vec::new(),
                 name: "d".into(),
                 dialect: Dialect::Sqlite,
                 url: SecretUrl::new("sqlite://x.db".into()),

@@ -20,6 +20,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::db::replica::{GateError, LagGate, Verdict};
 use crate::db::{AnySession, CommitOutcome, ConnectSettings, DbError, Detection, Dialect, Session};
 use crate::outcome::{Outcome, Reason, RunRecord, Sample};
 use crate::plan::{Plan, Target};
@@ -164,6 +165,7 @@ async fn run_target_on(
         let run = Run {
             rule,
             dialect: database.dialect,
+            database,
             dry_run: options.dry_run,
             cancel,
             batch_size: AtomicU64::new(rule.batch.and_then(|b| b.size).map_or(0, |s| s.initial)),
@@ -279,6 +281,8 @@ struct FixProgress {
 struct Run<'a> {
     rule: &'a Rule,
     dialect: Dialect,
+    /// The database, for what a batch run reads besides it (its replicas).
+    database: &'a crate::db::DatabaseConfig,
     dry_run: bool,
     cancel: &'a CancellationToken,
     /// The `{batch_size}` of the next batch (rules with `batch.size` only).
@@ -1037,9 +1041,19 @@ impl Run<'_> {
         let mut batches = 0u64;
         let mut last = 0u64;
         let mut progress = Progress::new();
+        let mut lag = batch.lag.map(|limits| {
+            record.lag_waited_ms = Some(0);
+            LagGate::new(self.database, limits)
+        });
         while batches < batch.max_batches {
             if batches > 0 {
                 self.pause(session, batch.pause).await?;
+                if self
+                    .replica_lag_stops(session, lag.as_mut(), record)
+                    .await?
+                {
+                    return Ok(());
+                }
             }
             let began = Instant::now();
             let Some(changed) = self.one_batch(session, record, (batches, total)).await? else {
@@ -1051,7 +1065,11 @@ impl Run<'_> {
             record.changed = Some(total);
             record.batches = Some(batches);
             self.adapt_batch_size(batch, began.elapsed(), last);
-            progress.batch_done(batches, total, self.batch_size.load(Ordering::Relaxed));
+            progress.batch_done(
+                (batches, total),
+                self.batch_size.load(Ordering::Relaxed),
+                record.lag_waited_ms,
+            );
             if last == 0 {
                 break;
             }
@@ -1072,6 +1090,41 @@ impl Run<'_> {
             record.outcome = Outcome::Fixed;
         }
         Ok(())
+    }
+
+    /// `batch.max_replica_lag`: waits before the next batch while replicas
+    /// lag (see [`LagGate`]); `true` when the run stops here because it has
+    /// waited `max_lag_wait` in all: outcome `fixed`, reason
+    /// `replica_lag_wait_exceeded`, with what the batches committed.
+    async fn replica_lag_stops<S: Session>(
+        &self,
+        session: &mut S,
+        gate: Option<&mut LagGate>,
+        record: &mut RunRecord,
+    ) -> Result<bool, StepError> {
+        let Some(gate) = gate else {
+            return Ok(false);
+        };
+        let verdict = gate.wait(session, self.cancel, self.rule.timeout).await;
+        record.lag_waited_ms = Some(u64::try_from(gate.waited().as_millis()).unwrap_or(u64::MAX));
+        let why = match verdict {
+            Ok(Verdict::Go) => return Ok(false),
+            Ok(Verdict::Stop(why)) => why,
+            Err(GateError::Cancelled) => return Err(StepError::Cancelled),
+            Err(GateError::Timeout(limit)) => return Err(StepError::Timeout(limit)),
+            Err(GateError::Db(e)) => return Err(StepError::Db(e)),
+        };
+        let limits = gate.limits();
+        record.outcome = Outcome::Fixed;
+        record.reason = Some(Reason::ReplicaLagWaitExceeded);
+        record.message = Some(format!(
+            "stopped after {} batches ({} rows committed): replica lag stayed over max_replica_lag {} until the run had waited max_lag_wait {} in all ({why}); the next run continues",
+            record.batches.unwrap_or_default(),
+            record.changed.unwrap_or_default(),
+            humantime::format_duration(limits.max_lag),
+            humantime::format_duration(limits.max_wait),
+        ));
+        Ok(true)
     }
 
     /// After a batch of `changed` rows whose transaction took `took`: the size
@@ -1169,7 +1222,12 @@ impl Progress {
         }
     }
 
-    fn batch_done(&mut self, batches: u64, rows: u64, batch_size: u64) {
+    fn batch_done(
+        &mut self,
+        (batches, rows): (u64, u64),
+        batch_size: u64,
+        lag_waited_ms: Option<u64>,
+    ) {
         if self.last_log.elapsed() < PROGRESS_EVERY {
             return;
         }
@@ -1182,6 +1240,7 @@ impl Progress {
             rows,
             rows_per_second = rate.round(),
             batch_size,
+            lag_waited_ms,
             "batch run in progress"
         );
     }

@@ -171,6 +171,10 @@ pub enum Reason {
     /// A rule with `backup:` changed more rows than the images show changed:
     /// the fix touched rows detect did not return (issue 14); rolled back.
     FixChangedUndetectedRows,
+    /// Batch mode with `max_replica_lag`: replicas stayed behind (or
+    /// unreadable) until the run had waited `max_lag_wait`; it stopped
+    /// between batches with what it had committed (outcome `fixed`).
+    ReplicaLagWaitExceeded,
 }
 
 impl Reason {
@@ -192,6 +196,7 @@ impl Reason {
             Reason::TransactionEnded => "transaction_ended",
             Reason::CommitUnknown => "commit_unknown",
             Reason::FixChangedUndetectedRows => "fix_changed_undetected_rows",
+            Reason::ReplicaLagWaitExceeded => "replica_lag_wait_exceeded",
         }
     }
 }
@@ -270,6 +275,10 @@ pub struct RunRecord {
     /// Number of batches run (batch mode only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batches: Option<u64>,
+    /// How long the run waited between batches for replica lag, in all
+    /// (rules with `batch.max_replica_lag` only; 0 when it never waited).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub lag_waited_ms: Option<u64>,
     /// Whether this was a dry run.
     pub dry_run: bool,
     /// Wall time of the whole run, lock included.
@@ -303,6 +312,7 @@ impl RunRecord {
             remaining: None,
             kept: None,
             batches: None,
+            lag_waited_ms: None,
             dry_run,
             duration_ms: 0,
             started_at,

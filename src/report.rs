@@ -108,6 +108,12 @@ fn details(r: &RunRecord) -> String {
     if let Some(error) = &r.error {
         let _ = writeln!(out, "  error: {error}");
     }
+    if let Some(waited) = r.lag_waited_ms.filter(|ms| *ms > 0) {
+        let _ = writeln!(
+            out,
+            "  waited {waited} ms in all for replica lag between batches"
+        );
+    }
     if !r.sample.is_empty() && r.outcome != Outcome::Clean {
         let _ = writeln!(out, "  {}:", sample_heading(&r.sample, r.detected));
         for line in sample_lines(&r.sample) {

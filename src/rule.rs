@@ -74,6 +74,20 @@ pub struct Batch {
     /// The `{batch_size}` the fix uses for its `LIMIT`, when the rule sets
     /// `batch.size`: the engine then chooses each batch's size itself.
     pub size: Option<BatchSize>,
+    /// `batch.max_replica_lag` (with `max_lag_wait`): pause between batches
+    /// while a replica lags, so a purge does not leave replicas behind.
+    pub lag: Option<ReplicaLag>,
+}
+
+/// `batch.max_replica_lag` and `batch.max_lag_wait`: how far behind replicas
+/// may fall before the next batch waits, and for how long in all a run may
+/// wait before it stops between batches (reason `replica_lag_wait_exceeded`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaLag {
+    /// The next batch waits while any replica's lag exceeds this.
+    pub max_lag: Duration,
+    /// The most a run waits for lag in all, over all batches.
+    pub max_wait: Duration,
 }
 
 /// The placeholder a batch fix writes where its `LIMIT` goes. Braces cannot

@@ -121,8 +121,15 @@ fn render(config: &Config, rule: &Rule, origins: &Origins) -> String {
                         .map_or_else(String::new, |t| format!(", target {}", duration(t)))
                 )
             });
+            let lag = b.lag.map_or_else(String::new, |l| {
+                format!(
+                    ", max_replica_lag {} (max_lag_wait {})",
+                    duration(l.max_lag),
+                    duration(l.max_wait)
+                )
+            });
             format!(
-                "pause {}, max_batches {}{size}",
+                "pause {}, max_batches {}{size}{lag}",
                 duration(b.pause),
                 b.max_batches
             )

@@ -14,6 +14,7 @@ mod keys;
 mod notifier;
 mod plain;
 mod raw;
+mod replica;
 mod rule_file;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -433,6 +434,8 @@ impl Loader<'_> {
         None
     }
 
+    /// One entry of `databases:`: its URL (with `${VAR}` expanded, or read
+    /// from `url_file`), dialect, lock kind, pragmas and replicas.
     fn database(
         &mut self,
         file: &Path,
@@ -448,23 +451,55 @@ impl Loader<'_> {
             );
             return None;
         }
-        let url = match (&db.value.url, &db.value.url_file) {
-            (Some(url), None) => {
-                let text = self.expand(file, url)?;
-                (text, url.referenced)
-            }
+        let (text, at) = self.database_url_text(file, base, name, db)?;
+        let (dialect, url) = self.database_url(file, at, &format!("database {name:?}"), text)?;
+        if dialect == Dialect::MySql && names_no_database(&url) {
+            // Issue 12.7: else it surfaced as "No database selected" at prepare time.
+            self.err(
+                file,
+                at,
+                format!(
+                    "database {name:?}: the MySQL URL {} names no database: add /DBNAME, e.g. mysql://user@host:3306/shop",
+                    url.redacted()
+                ),
+            );
+            return None;
+        }
+        let lock = self.database_lock(file, name, dialect, db)?;
+        let pragmas = self.pragmas(file, name, dialect, db.value.pragmas.as_ref());
+        let replicas = self.replicas(file, name, dialect, db.value.replicas.as_ref())?;
+        Some(DatabaseConfig {
+            name: name.to_owned(),
+            dialect,
+            url,
+            lock,
+            pragmas,
+            replicas,
+        })
+    }
+
+    /// The URL text of a database, from exactly one of `url` and `url_file`,
+    /// and where it was given.
+    fn database_url_text(
+        &mut self,
+        file: &Path,
+        base: &Path,
+        name: &str,
+        db: &Spanned<RawDatabase>,
+    ) -> Option<(String, Location)> {
+        match (&db.value.url, &db.value.url_file) {
+            (Some(url), None) => Some((self.expand(file, url)?, url.referenced)),
             (None, Some(url_file)) => {
-                let path_text = self.expand(file, url_file)?;
-                let path = base.join(path_text);
+                let path = base.join(self.expand(file, url_file)?);
                 match std::fs::read_to_string(&path) {
-                    Ok(text) => (text.trim().to_owned(), url_file.referenced),
+                    Ok(text) => Some((text.trim().to_owned(), url_file.referenced)),
                     Err(e) => {
                         self.err(
                             file,
                             url_file.referenced,
                             format!("cannot read url_file {}: {e}", path.display()),
                         );
-                        return None;
+                        None
                     }
                 }
             }
@@ -474,10 +509,22 @@ impl Loader<'_> {
                     db.referenced,
                     format!("database {name:?}: give exactly one of url or url_file"),
                 );
-                return None;
+                None
             }
-        };
-        let (text, at) = url;
+        }
+    }
+
+    /// A database (or replica) URL: its dialect from the scheme, `mariadb://`
+    /// rewritten to `mysql://`, and checked by the driver's own parser.
+    /// `subject` names it in errors (`database "shop"`); the URL itself is
+    /// only ever shown redacted.
+    fn database_url(
+        &mut self,
+        file: &Path,
+        at: Location,
+        subject: &str,
+        text: String,
+    ) -> Option<(Dialect, SecretUrl)> {
         let secret = SecretUrl::new(text);
         let scheme = secret.expose().split_once("://").map(|(s, _)| s.to_owned());
         let Some(dialect) = scheme.as_deref().and_then(Dialect::from_scheme) else {
@@ -485,7 +532,7 @@ impl Loader<'_> {
                 file,
                 at,
                 format!(
-                    "database {name:?}: unsupported URL {}: expected postgres://, postgresql://, mysql://, mariadb:// or sqlite://",
+                    "{subject}: unsupported URL {}: expected postgres://, postgresql://, mysql://, mariadb:// or sqlite://",
                     secret.redacted()
                 ),
             );
@@ -497,63 +544,49 @@ impl Loader<'_> {
         } else {
             secret
         };
-        if dialect == Dialect::MySql && names_no_database(&secret) {
-            // Issue 12.7: else it surfaced as "No database selected" at prepare time.
-            self.err(
-                file,
-                at,
-                format!(
-                    "database {name:?}: the MySQL URL {} names no database: add /DBNAME, e.g. mysql://user@host:3306/shop",
-                    secret.redacted()
-                ),
-            );
-            return None;
-        }
         if let Err(e) = check_url(dialect, &secret) {
             self.err(
                 file,
                 at,
-                format!("database {name:?}: invalid URL {}: {e}", secret.redacted()),
+                format!("{subject}: invalid URL {}: {e}", secret.redacted()),
             );
             return None;
         }
-        let lock = match &db.value.lock {
-            None => crate::db::LockKind::Auto,
-            Some(lock) => match crate::db::LockKind::parse(&lock.value.kind.value) {
-                Some(kind) => kind,
-                None => {
-                    self.err(
-                        file,
-                        lock.value.kind.referenced,
-                        format!(
-                            "database {name:?}: unknown lock kind {:?}: expected advisory, lease or auto",
-                            lock.value.kind.value
-                        ),
-                    );
-                    return None;
-                }
-            },
+        Some((dialect, secret))
+    }
+
+    /// `lock:` of a database: `auto` unless it says; `lease` not on SQLite.
+    fn database_lock(
+        &mut self,
+        file: &Path,
+        name: &str,
+        dialect: Dialect,
+        db: &Spanned<RawDatabase>,
+    ) -> Option<crate::db::LockKind> {
+        let Some(lock) = &db.value.lock else {
+            return Some(crate::db::LockKind::Auto);
         };
-        if lock == crate::db::LockKind::Lease
-            && dialect == Dialect::Sqlite
-            && let Some(raw) = &db.value.lock
-        {
+        let Some(kind) = crate::db::LockKind::parse(&lock.value.kind.value) else {
+            self.err(
+                file,
+                lock.value.kind.referenced,
+                format!(
+                    "database {name:?}: unknown lock kind {:?}: expected advisory, lease or auto",
+                    lock.value.kind.value
+                ),
+            );
+            return None;
+        };
+        if kind == crate::db::LockKind::Lease && dialect == Dialect::Sqlite {
             // SQLite's lock is the file's (BEGIN IMMEDIATE); a lease adds nothing.
             self.err(
                 file,
-                raw.value.kind.referenced,
+                lock.value.kind.referenced,
                 format!("database {name:?}: lock kind lease is for PostgreSQL and MySQL/MariaDB; SQLite locks its file"),
             );
             return None;
         }
-        let pragmas = self.pragmas(file, name, dialect, db.value.pragmas.as_ref());
-        Some(DatabaseConfig {
-            name: name.to_owned(),
-            dialect,
-            url: secret,
-            lock,
-            pragmas,
-        })
+        Some(kind)
     }
 
     /// `pragmas:` of a SQLite database: known names that change how SQL

@@ -57,6 +57,8 @@ pub(crate) struct RawDatabase {
     /// SQLite pragmas the application sets on its connections.
     pub(crate) pragmas: Option<Spanned<std::collections::BTreeMap<String, String>>>,
     pub(crate) lock: Option<Spanned<RawDatabaseLock>>,
+    /// MySQL/MariaDB replicas whose lag `batch.max_replica_lag` reads.
+    pub(crate) replicas: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `lock:` of a database: which kind of lock its rules take.
@@ -180,6 +182,8 @@ pub(crate) struct RawBatch {
     pub(crate) min_size: Option<Spanned<i64>>,
     pub(crate) max_size: Option<Spanned<i64>>,
     pub(crate) target: Option<Spanned<String>>,
+    pub(crate) max_replica_lag: Option<Spanned<String>>,
+    pub(crate) max_lag_wait: Option<Spanned<String>>,
 }
 
 /// `lock:` of a rule.

@@ -65,6 +65,7 @@ impl Loader<'_> {
         let (detect, fix) = self.rule_sql(file, &raw, &dialects, mode);
         let max_rows = self.max_rows(file, &raw);
         let batch = self.batch(file, &raw, (&detect, fix.as_ref()), &dialects);
+        let lag = self.replica_lag(file, &raw, databases);
         let timeout = self.duration_or(
             file,
             raw.timeout.as_ref(),
@@ -90,7 +91,7 @@ impl Loader<'_> {
             max_rows,
             verify: raw.verify.unwrap_or(true),
             mode,
-            batch,
+            batch: batch.map(|batch| Batch { lag, ..batch }),
             timeout,
             lock,
             notify: notify.notify,
@@ -309,6 +310,7 @@ impl Loader<'_> {
             pause,
             max_batches,
             size,
+            lag: None,
         })
     }
 

@@ -27,6 +27,7 @@ mod open;
 pub(crate) mod pgconn;
 mod pgurl;
 mod postgres;
+pub mod replica;
 mod sample;
 mod sqlite;
 mod text;
@@ -109,6 +110,10 @@ pub struct DatabaseConfig {
     /// SQLite pragmas set on every connection (`pragmas:` in the config),
     /// validated names and values; empty for the other engines.
     pub pragmas: Vec<(String, String)>,
+    /// MySQL/MariaDB replicas whose lag `batch.max_replica_lag` reads
+    /// (`replicas:` in the config); empty for the other engines, which need
+    /// none (PostgreSQL reads lag on the primary).
+    pub replicas: Vec<SecretUrl>,
 }
 
 /// What a session needs to know before it connects.

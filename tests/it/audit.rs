@@ -51,6 +51,7 @@ pub(crate) fn store(audit: &TestDb) -> AuditStore {
     AuditStore::new(
         Arc::new(DatabaseConfig {
             pragmas: Vec::new(),
+            replicas: Vec::new(),
             name: "janitor".to_owned(),
             dialect,
             url: SecretUrl::new(audit.url().to_owned()),

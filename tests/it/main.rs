@@ -52,6 +52,10 @@ mod pgbouncer;
 mod postgres;
 /// The README's first rule, taken from README.md, on PostgreSQL and MariaDB.
 mod readme;
+/// Issue 11: `batch.max_replica_lag` against real delayed replicas
+/// (`tests/replica/start.sh`): pause and resume, stop at `max_lag_wait`,
+/// unreadable replicas, SIGTERM while waiting.
+mod replica;
 /// Issue 11: one connection per database for the rules of a run; a failed
 /// rule's connection is not reused.
 mod reuse;

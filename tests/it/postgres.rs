@@ -332,6 +332,7 @@ fn settings() -> ConnectSettings {
 fn config(url: &str, lock: LockKind) -> DatabaseConfig {
     DatabaseConfig {
         pragmas: Vec::new(),
+        replicas: Vec::new(),
         name: "app".to_owned(),
         dialect: Dialect::Postgres,
         url: SecretUrl::new(url.to_owned()),

@@ -124,6 +124,7 @@ async fn smuggled_second_statement_in_detect_is_refused_by_the_server() {
         let db = jobs(engine).await;
         let config = DatabaseConfig {
             pragmas: Vec::new(),
+            replicas: Vec::new(),
             name: "main".to_owned(),
             dialect,
             url: SecretUrl::new(db.url().to_owned()),
