@@ -13,7 +13,12 @@
 #   RUNS=7            repetitions of the short cases (clean, detect)
 #   PURGE_RUNS=3      repetitions of the purge case (each re-seeds the table)
 #   PURGE_ROWS=1000000  rows in the purge table; half of them are purged
-#   BATCH=10000       LIMIT of the fixed-size batch shapes
+#   BATCH=10000       LIMIT of the fixed-size batch shapes (and the keyset window)
+#   PURGE_SHAPES="keyset-target keyset ctid id-in order-by-limit"  purge shapes
+#                     to run (keyset, keyset-target: PostgreSQL and MariaDB;
+#                     ctid, id-in (the old rules/generic shape): PostgreSQL;
+#                     order-by-limit: MariaDB)
+#   TARGET=200ms      batch.target of the keyset-target shape (first batch BATCH rows)
 #   FLEET_DBS=20      databases of the fleet case (× 5 rules, 50 ms each)
 #   FLEET_RUNS=3      repetitions of the fleet case
 #   DAEMON_SECS=20    how long each daemon measurement lasts
@@ -28,6 +33,8 @@ RUNS=${RUNS:-7}
 PURGE_RUNS=${PURGE_RUNS:-3}
 PURGE_ROWS=${PURGE_ROWS:-1000000}
 BATCH=${BATCH:-10000}
+PURGE_SHAPES=${PURGE_SHAPES:-keyset-target keyset ctid id-in order-by-limit}
+TARGET=${TARGET:-200ms}
 FLEET_DBS=${FLEET_DBS:-20}
 FLEET_RUNS=${FLEET_RUNS:-3}
 DAEMON_SECS=${DAEMON_SECS:-20}
@@ -165,8 +172,8 @@ ANALYZE TABLE event_history;
 SQL
 }
 
-purge_rule() { # dir fix-sql [batch-yaml]
-  local cut="'2020-01-01 00:00:00'::timestamp + interval '$((PURGE_ROWS / 2)) seconds'"
+purge_rule() { # dir fix-sql [extra batch keys, e.g. ", size: 10000, key: id"]
+  local cut="'2020-01-01 00:00:00'::timestamp + interval '$((PURGE_ROWS / 2)) seconds'" extra=${3:-}
   [[ $1 == *-my-* ]] && cut="TIMESTAMP '2020-01-01 00:00:00' + INTERVAL $((PURGE_ROWS / 2)) SECOND"
   cat >"$1/rules/purge.yaml" <<YAML
 name: bench.purge
@@ -175,35 +182,49 @@ detect: SELECT id FROM event_history WHERE created_at <= $cut
 fix: |
   ${2//CUT/$cut}
 max_rows: $PURGE_ROWS
-batch: { pause: 0s, max_batches: 100000 }
+batch: { pause: 0s, max_batches: 100000$extra }
 YAML
+}
+
+# purge_shapes ENGINE URL RAW RESET SHAPE=FIX...: one comparison per shape
+# named in PURGE_SHAPES; the keyset shapes get batch.size and batch.key
+# (keyset-target also batch.target, so batches grow towards TARGET).
+purge_shapes() {
+  local engine=$1 url=$2 raw=$3 reset=$4 pair shape dir; shift 4
+  for pair in "$@"; do
+    shape=${pair%%=*}
+    [[ " $PURGE_SHAPES " == *" $shape "* ]] || continue
+    dir=$work/purge-pg-$shape
+    [ "$engine" = MariaDB ] && dir=$work/purge-my-$shape
+    config "$dir" "$url"
+    case $shape in
+      keyset) purge_rule "$dir" "${pair#*=}" ", size: $BATCH, key: id" ;;
+      keyset-target) purge_rule "$dir" "${pair#*=}" ", size: $BATCH, key: id, target: $TARGET" ;;
+      *) purge_rule "$dir" "${pair#*=}" ;;
+    esac
+    compare "$engine, $shape shape" "$bin --config $dir/dbjanitor.yaml run" "$raw" --prepare "$reset"
+  done
 }
 
 case_purge() {
   header "purge: batched purge of $((PURGE_ROWS / 2)) of $PURGE_ROWS rows vs one raw DELETE ($PURGE_RUNS runs, BATCH=$BATCH, pause 0)"
-  local RUNS=$PURGE_RUNS dir url shape
+  local RUNS=$PURGE_RUNS url
+  local keyset="DELETE FROM event_history WHERE id BETWEEN {batch_first_key} AND {batch_last_key} AND created_at <= CUT"
   purge_seed_pg
   url="$PG/dbj_bench_purge?sslmode=disable"
-  local raw_pg="DELETE FROM event_history WHERE created_at <= '2020-01-01 00:00:00'::timestamp + interval '$((PURGE_ROWS / 2)) seconds'"
-  local -A shapes=(
-    [ctid]="DELETE FROM event_history WHERE ctid = ANY(ARRAY(SELECT ctid FROM event_history WHERE created_at <= CUT LIMIT $BATCH))"
-    [history-retention]="DELETE FROM event_history WHERE id IN (SELECT id FROM event_history WHERE created_at <= CUT ORDER BY id LIMIT $BATCH)"
-  )
-  for shape in ctid history-retention; do
-    dir=$work/purge-pg-$shape
-    config "$dir" "$url"
-    purge_rule "$dir" "${shapes[$shape]}"
-    compare "PostgreSQL, $shape shape" "$bin --config $dir/dbjanitor.yaml run" \
-      "psql $url -qc \"$raw_pg\"" --prepare "psql $url -qf $work/purge-pg-reset.sql"
-  done
+  purge_shapes PostgreSQL "$url" \
+    "psql $url -qc \"DELETE FROM event_history WHERE created_at <= '2020-01-01 00:00:00'::timestamp + interval '$((PURGE_ROWS / 2)) seconds'\"" \
+    "psql $url -qf $work/purge-pg-reset.sql" \
+    "keyset=$keyset" "keyset-target=$keyset" \
+    "ctid=DELETE FROM event_history WHERE ctid = ANY(ARRAY(SELECT ctid FROM event_history WHERE created_at <= CUT LIMIT $BATCH))" \
+    "id-in=DELETE FROM event_history WHERE id IN (SELECT id FROM event_history WHERE created_at <= CUT ORDER BY id LIMIT $BATCH)"
   purge_seed_my
   url="$MY/dbj_bench_purge"
-  dir=$work/purge-my-order-by-limit
-  config "$dir" "$url"
-  purge_rule "$dir" "DELETE FROM event_history WHERE created_at <= CUT ORDER BY id LIMIT $BATCH"
-  compare "MariaDB, ORDER BY id LIMIT shape" "$bin --config $dir/dbjanitor.yaml run" \
+  purge_shapes MariaDB "$url" \
     "mariadb -uroot -h127.0.0.1 dbj_bench_purge -e \"DELETE FROM event_history WHERE created_at <= TIMESTAMP '2020-01-01 00:00:00' + INTERVAL $((PURGE_ROWS / 2)) SECOND\"" \
-    --prepare "bash -c 'mariadb -uroot -h127.0.0.1 dbj_bench_purge <$work/purge-my-reset.sql'"
+    "bash -c 'mariadb -uroot -h127.0.0.1 dbj_bench_purge <$work/purge-my-reset.sql'" \
+    "keyset=$keyset" "keyset-target=$keyset" \
+    "order-by-limit=DELETE FROM event_history WHERE created_at <= CUT ORDER BY id LIMIT $BATCH"
 }
 
 case_fleet() {

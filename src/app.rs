@@ -257,32 +257,10 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
         Some((store, None)) => Some(store),
         None => None,
     };
-    let mut next_due = None;
-    if args.due
-        && let Some(store) = &audit
-    {
-        let all = plan.targets.len();
-        let now = chrono::Utc::now();
-        let (due, next) = crate::due::select(plan.targets, store, now)
-            .await
-            .map_err(|e| {
-                AppError::Other(
-                    anyhow::Error::new(e)
-                        .context("`run --due` cannot read the last runs; nothing was run"),
-                )
-            })?;
-        plan.targets = due;
-        info!(due = plan.targets.len(), of = all, "rules due now");
-        if plan.targets.is_empty() {
-            next_due = Some(next.map_or_else(
-                || {
-                    "nothing is due, and no selected rule has a schedule that ticks again"
-                        .to_owned()
-                },
-                |next| next.describe(now),
-            ));
-        }
-    }
+    let next_due = match &audit {
+        Some(store) if args.due => select_due(&mut plan, store).await?,
+        _ => None,
+    };
     let cancel = CancellationToken::new();
     cancel_on_signal(&cancel);
     let options = RunOptions {
@@ -290,18 +268,8 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
         jobs: usize::from(args.jobs),
     };
     let mut records = run_plan(&plan, &options, &cancel).await;
-    // docs/architecture.md §3 step 9. After run_plan every transaction is committed or
-    // rolled back: delivery cannot change what was fixed, and its failures
-    // only land in the report. Notifications decide from the history as it
-    // was *before* these runs (state changes, renotify_after) and say which
-    // records they notified; the audit rows then store that flag.
-    let notified = if args.no_notify {
-        info!("--no-notify: no notification is sent for this run");
-        vec![false; records.len()]
-    } else {
-        notify::deliver(&config, &mut records, audit.as_ref()).await
-    };
-    let audit_error = audit::record(audit.as_ref(), &records, &notified).await;
+    let audit_error =
+        notify::claimed::after_run(&config, audit.as_ref(), &mut records, args.no_notify).await;
     let mut status = exit_status(&records);
     if audit_error.is_some() {
         status = exit::RULE_FAILED;
@@ -320,6 +288,31 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
         next_due.as_deref(),
     )?)?;
     Ok(status)
+}
+
+/// `run --due`: keeps the plan's targets that are due now. When none is,
+/// returns the sentence saying when the next one is.
+async fn select_due(
+    plan: &mut Plan,
+    store: &audit::AuditStore,
+) -> Result<Option<String>, AppError> {
+    let all = plan.targets.len();
+    let now = chrono::Utc::now();
+    let targets = std::mem::take(&mut plan.targets);
+    let (due, next) = crate::due::select(targets, store, now).await.map_err(|e| {
+        AppError::Other(
+            anyhow::Error::new(e).context("`run --due` cannot read the last runs; nothing was run"),
+        )
+    })?;
+    plan.targets = due;
+    info!(due = plan.targets.len(), of = all, "rules due now");
+    if !plan.targets.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(next.map_or_else(
+        || "nothing is due, and no selected rule has a schedule that ticks again".to_owned(),
+        |next| next.describe(now),
+    )))
 }
 
 /// The report of `run` in the requested format, with the audit failure, if

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::db::{ConnectSettings, DbError, Session};
 use crate::plan::Target;
-use crate::rule::BatchSize;
+use crate::rule::{BatchSize, KeyWindow};
 
 /// What preparing one target found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,14 +53,23 @@ async fn prepare_on<S: Session>(session: Result<S, DbError>, target: &Target) ->
         .into_iter()
         .map(|s| ("detect".to_owned(), Cow::Borrowed(s)))
         .collect();
-    // A batch fix is prepared with the size of its first batch in `{batch_size}`.
-    let batch_size = target.rule.batch.and_then(|b| b.size).map(|s| s.initial);
+    // A batch fix is prepared with the size of its first batch in
+    // `{batch_size}`, and NULL (which fits a key of any type) for its keys.
+    let batch = target.rule.batch.as_ref();
+    let batch_size = batch.and_then(|b| b.size).map(|s| s.initial);
+    let window = batch.and_then(|b| b.key.as_ref()).map(|_| KeyWindow {
+        first: "NULL".to_owned(),
+        last: "NULL".to_owned(),
+    });
     if let Some(fix) = &target.rule.fix {
         for (i, statement) in fix.statements(dialect).into_iter().enumerate() {
-            let sql = match batch_size {
+            let mut sql = match batch_size {
                 Some(size) => Cow::Owned(BatchSize::substitute(statement, size)),
                 None => Cow::Borrowed(statement),
             };
+            if let Some(window) = &window {
+                sql = Cow::Owned(window.substitute(&sql));
+            }
             queries.push((format!("fix statement {}", i + 1), sql));
         }
     }

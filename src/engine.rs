@@ -24,7 +24,7 @@ use crate::db::replica::{GateError, LagGate, Verdict};
 use crate::db::{AnySession, CommitOutcome, ConnectSettings, DbError, Detection, Dialect, Session};
 use crate::outcome::{Outcome, Reason, RunRecord, Sample};
 use crate::plan::{Plan, Target};
-use crate::rule::{Batch, BatchSize, Mode, Rule};
+use crate::rule::{Batch, BatchKey, BatchSize, KeyWindow, Mode, Rule};
 
 /// Extra time the client gives a statement beyond the server-side timeout.
 const CLIENT_GRACE: Duration = Duration::from_secs(2);
@@ -168,7 +168,13 @@ async fn run_target_on(
             database,
             dry_run: options.dry_run,
             cancel,
-            batch_size: AtomicU64::new(rule.batch.and_then(|b| b.size).map_or(0, |s| s.initial)),
+            batch_size: AtomicU64::new(
+                rule.batch
+                    .as_ref()
+                    .and_then(|b| b.size)
+                    .map_or(0, |s| s.initial),
+            ),
+            window: std::sync::Mutex::new(None),
         };
         let session = match reused {
             Some(mut session) => match run.step(rule.timeout, session.reset(&settings)).await {
@@ -287,6 +293,8 @@ struct Run<'a> {
     cancel: &'a CancellationToken,
     /// The `{batch_size}` of the next batch (rules with `batch.size` only).
     batch_size: AtomicU64,
+    /// The keys of the current batch's window (rules with `batch.key` only).
+    window: std::sync::Mutex<Option<KeyWindow>>,
 }
 
 impl Run<'_> {
@@ -322,7 +330,7 @@ impl Run<'_> {
             fail(record, reason, &format!("{what}; nothing was changed"));
             return None;
         }
-        let result = match (self.rule.mode, self.rule.batch) {
+        let result = match (self.rule.mode, &self.rule.batch) {
             (_, Some(batch)) => self.batched(&mut session, batch, record).await,
             (Mode::Autocommit, None) => self.autocommit(&mut session, record).await,
             (Mode::Transactional, None) => self.transactional(&mut session, record).await,
@@ -535,13 +543,22 @@ impl Run<'_> {
         let size = self
             .rule
             .batch
+            .as_ref()
             .and_then(|b| b.size)
             .map(|_| self.batch_size.load(Ordering::Relaxed));
+        let window = self
+            .window
+            .lock()
+            .map(|window| window.clone())
+            .unwrap_or_default();
         for statement in self.fix_statements() {
-            let statement = match size {
+            let mut statement = match size {
                 Some(size) => Cow::Owned(BatchSize::substitute(statement, size)),
                 None => Cow::Borrowed(statement),
             };
+            if let Some(window) = &window {
+                statement = Cow::Owned(window.substitute(&statement));
+            }
             let executed = self
                 .step(self.rule.timeout, session.execute(&statement))
                 .await?;
@@ -867,7 +884,7 @@ impl Run<'_> {
     async fn batched<S: Session>(
         &self,
         session: &mut S,
-        batch: Batch,
+        batch: &Batch,
         record: &mut RunRecord,
     ) -> Result<(), StepError> {
         if !self.lock_session(session, record).await? {
@@ -875,7 +892,7 @@ impl Run<'_> {
         }
         if self.detect_and_guard(session, record).await? {
             if self.dry_run {
-                self.batch_dry_run(session, record).await?;
+                self.batch_dry_run(session, batch, record).await?;
             } else {
                 self.batch_steps(session, batch, record).await?;
             }
@@ -887,10 +904,23 @@ impl Run<'_> {
     async fn batch_dry_run<S: Session>(
         &self,
         session: &mut S,
+        batch: &Batch,
         record: &mut RunRecord,
     ) -> Result<(), StepError> {
         if self.rule.mode == Mode::Autocommit {
             would_fix_without_running(record);
+            return Ok(());
+        }
+        if let Some(key) = &batch.key
+            && self.next_window(session, key, &mut None).await?.is_none()
+        {
+            record.changed = Some(0);
+            record.batches = Some(0);
+            record.outcome = Outcome::WouldFix;
+            record.message = Some(format!(
+                "dry-run: no detected row has a {} (batch.key), so no batch would run",
+                key.column
+            ));
             return Ok(());
         }
         self.step(self.rule.timeout, session.begin()).await?;
@@ -1034,12 +1064,13 @@ impl Run<'_> {
     async fn batch_steps<S: Session>(
         &self,
         session: &mut S,
-        batch: Batch,
+        batch: &Batch,
         record: &mut RunRecord,
     ) -> Result<(), StepError> {
         let mut total = 0u64;
         let mut batches = 0u64;
-        let mut last = 0u64;
+        let mut done = false;
+        let mut after = None;
         let mut progress = Progress::new();
         let mut lag = batch.lag.map(|limits| {
             record.lag_waited_ms = Some(0);
@@ -1056,25 +1087,39 @@ impl Run<'_> {
                 }
             }
             let began = Instant::now();
-            let Some(changed) = self.one_batch(session, record, (batches, total)).await? else {
+            // Keyset: the window of this batch; none left means done.
+            let window = match &batch.key {
+                Some(key) => match self.next_window(session, key, &mut after).await? {
+                    Some(rows) => Some(rows),
+                    None => {
+                        done = true;
+                        break;
+                    }
+                },
+                None => None,
+            };
+            let size = self.batch_size.load(Ordering::Relaxed);
+            let Some(last) = self.one_batch(session, record, (batches, total)).await? else {
                 return Ok(());
             };
-            last = changed;
             total = total.saturating_add(last);
             batches += 1;
             record.changed = Some(total);
             record.batches = Some(batches);
-            self.adapt_batch_size(batch, began.elapsed(), last);
+            self.adapt_batch_size(batch, began.elapsed(), window.unwrap_or(last));
             progress.batch_done(
                 (batches, total),
                 self.batch_size.load(Ordering::Relaxed),
                 record.lag_waited_ms,
             );
-            if last == 0 {
+            // Without a key, a batch that changes nothing is the last; with
+            // one, a window shorter than the size is.
+            done = window.map_or(last == 0, |rows| rows < size);
+            if done {
                 break;
             }
         }
-        if last > 0 {
+        if !done {
             record.outcome = Outcome::Fixed;
             record.reason = Some(Reason::MaxBatchesReached);
             record.message = Some(format!(
@@ -1129,7 +1174,7 @@ impl Run<'_> {
 
     /// After a batch of `changed` rows whose transaction took `took`: the size
     /// of the next one (`batch.target`), logged at debug level.
-    fn adapt_batch_size(&self, batch: Batch, took: Duration, changed: u64) {
+    fn adapt_batch_size(&self, batch: &Batch, took: Duration, changed: u64) {
         let Some(size) = batch.size else {
             return;
         };
@@ -1148,6 +1193,59 @@ impl Run<'_> {
             next_batch_size = next,
             "batch committed"
         );
+    }
+
+    /// Keyset batches: reads the window of the next batch (the next
+    /// `{batch_size}` detected rows after `after` in key order) through the
+    /// read-only detect path, stores its keys for the fix, moves `after` to
+    /// its last key and returns its rows; `None` when no row is left.
+    async fn next_window<S: Session>(
+        &self,
+        session: &mut S,
+        key: &BatchKey,
+        after: &mut Option<String>,
+    ) -> Result<Option<u64>, StepError> {
+        let detect = self
+            .rule
+            .detect
+            .statements(self.dialect)
+            .first()
+            .copied()
+            .unwrap_or_default();
+        let size = self.batch_size.load(Ordering::Relaxed);
+        let sql = key.window_sql(detect, size, after.as_deref());
+        let found = self
+            .step(self.rule.timeout, session.detect(&sql, 1, Some(1)))
+            .await?;
+        let cell = |i: usize| {
+            found
+                .sample
+                .rows
+                .first()
+                .and_then(|row| row.get(i).cloned().flatten())
+        };
+        let rows = cell(2).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        let window = match (rows, cell(0), cell(1)) {
+            (0, _, _) => None,
+            (_, Some(first), Some(last)) if !clipped(&first) && !clipped(&last) => {
+                Some(KeyWindow {
+                    first: BatchKey::literal(&first, self.dialect),
+                    last: BatchKey::literal(&last, self.dialect),
+                })
+            }
+            _ => {
+                return Err(StepError::Db(DbError::Sql(format!(
+                    "batch.key {}: the window of the next batch has no usable first and last key (a key longer than {} characters?)",
+                    key.column,
+                    Sample::MAX_CELL_CHARS
+                ))));
+            }
+        };
+        *after = window.as_ref().map(|w| w.last.clone());
+        if let Ok(mut slot) = self.window.lock() {
+            slot.clone_from(&window);
+        }
+        Ok(window.map(|_| rows))
     }
 
     /// Takes the session lock and sets the session timeout; `false` when skipped.
@@ -1244,6 +1342,11 @@ impl Progress {
             "batch run in progress"
         );
     }
+}
+
+/// Whether a sample cell was cut short (and so is not the value itself).
+fn clipped(cell: &str) -> bool {
+    cell.ends_with('…') && cell.chars().count() >= Sample::MAX_CELL_CHARS
 }
 
 fn fail(record: &mut RunRecord, reason: Reason, error: &str) {

@@ -65,7 +65,7 @@ pub enum Mode {
 
 /// Batch mode: the fix carries its own `LIMIT` and is repeated until it
 /// changes no row, each batch in its own transaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
     /// Sleep between batches, to let replication and other writers breathe.
     pub pause: Duration,
@@ -74,9 +74,97 @@ pub struct Batch {
     /// The `{batch_size}` the fix uses for its `LIMIT`, when the rule sets
     /// `batch.size`: the engine then chooses each batch's size itself.
     pub size: Option<BatchSize>,
+    /// `batch.key` (issue 11, keyset batches): the column of detect's rows
+    /// each batch walks in ascending order, so no batch rescans what the
+    /// batches before it already changed.
+    pub key: Option<BatchKey>,
     /// `batch.max_replica_lag` (with `max_lag_wait`): pause between batches
     /// while a replica lags, so a purge does not leave replicas behind.
     pub lag: Option<ReplicaLag>,
+}
+
+/// The placeholders of a keyset batch fix: the first and the last value of
+/// [`BatchKey::column`] among the rows of this batch's window (both
+/// inclusive). Braces are not SQL outside a string, as for `{batch_size}`.
+pub(crate) const FIRST_KEY_PLACEHOLDER: &str = "{batch_first_key}";
+/// See [`FIRST_KEY_PLACEHOLDER`].
+pub(crate) const LAST_KEY_PLACEHOLDER: &str = "{batch_last_key}";
+
+/// `batch.key`: keyset batches. Before each batch the engine reads, through
+/// the read-only detect path, the window of the next `{batch_size}` detected
+/// rows in ascending key order after the previous window, and fills the
+/// fix's `{batch_first_key}`/`{batch_last_key}` with its first and last key.
+/// A batch then touches one key range through the key's index instead of
+/// rescanning the rows earlier batches deleted (issue 11: 13–20× one raw
+/// DELETE with `LIMIT` shapes). The same SQL works on every engine, MySQL 8
+/// included (no `RETURNING` needed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchKey {
+    /// A column of detect's result, a plain identifier (checked at load).
+    pub column: String,
+}
+
+/// The first and last key of one batch's window, as SQL literals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeyWindow {
+    /// `{batch_first_key}`.
+    pub(crate) first: String,
+    /// `{batch_last_key}`.
+    pub(crate) last: String,
+}
+
+impl BatchKey {
+    /// The window query: one read-only statement over detect that returns
+    /// the first key, the last key and the number of rows of the next batch
+    /// of `size` rows after `after` (a SQL literal; `None` for the first
+    /// batch). Rows whose key is NULL are never in a window (verify reports
+    /// them).
+    #[must_use]
+    pub fn window_sql(&self, detect: &str, size: u64, after: Option<&str>) -> String {
+        let key = &self.column;
+        let filter = match after {
+            Some(after) => format!("{key} > {after}"),
+            None => format!("{key} IS NOT NULL"),
+        };
+        let detect = detect.trim().trim_end_matches(';').trim_end();
+        format!(
+            "SELECT min(dbjanitor_key), max(dbjanitor_key), count(*) FROM (SELECT {key} AS dbjanitor_key \
+             FROM ({detect}\n) AS dbjanitor_detect WHERE {filter} ORDER BY {key} LIMIT {size}) AS dbjanitor_window"
+        )
+    }
+
+    /// `value` (a key as the server printed it) as a SQL literal of `dialect`:
+    /// a number as it is, anything else a quoted string (MySQL also escapes
+    /// backslashes), which the server compares with the column's own type.
+    #[must_use]
+    pub fn literal(value: &str, dialect: Dialect) -> String {
+        let numeric = {
+            let digits = value.strip_prefix('-').unwrap_or(value);
+            let mut parts = digits.splitn(2, '.');
+            let whole = parts.next().unwrap_or_default();
+            let fraction = parts.next();
+            !whole.is_empty()
+                && whole.bytes().all(|b| b.is_ascii_digit())
+                && fraction.is_none_or(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()))
+        };
+        if numeric {
+            return value.to_owned();
+        }
+        let mut quoted = value.replace('\'', "''");
+        if dialect == Dialect::MySql {
+            quoted = quoted.replace('\\', "\\\\");
+        }
+        format!("'{quoted}'")
+    }
+}
+
+impl KeyWindow {
+    /// `sql` with the window's keys in its placeholders.
+    #[must_use]
+    pub(crate) fn substitute(&self, sql: &str) -> String {
+        sql.replace(FIRST_KEY_PLACEHOLDER, &self.first)
+            .replace(LAST_KEY_PLACEHOLDER, &self.last)
+    }
 }
 
 /// `batch.max_replica_lag` and `batch.max_lag_wait`: how far behind replicas
@@ -235,6 +323,39 @@ mod tests {
         assert_eq!(
             BatchSize::substitute("DELETE FROM t ORDER BY id LIMIT {batch_size}", 250),
             "DELETE FROM t ORDER BY id LIMIT 250"
+        );
+    }
+
+    #[test]
+    fn keys_become_literals_that_cannot_break_out() {
+        assert_eq!(BatchKey::literal("12345", Dialect::Postgres), "12345");
+        assert_eq!(BatchKey::literal("-7.5", Dialect::MySql), "-7.5");
+        assert_eq!(BatchKey::literal("1e5", Dialect::Sqlite), "'1e5'");
+        assert_eq!(BatchKey::literal("", Dialect::Sqlite), "''");
+        assert_eq!(BatchKey::literal("7.", Dialect::Sqlite), "'7.'");
+        assert_eq!(BatchKey::literal("o'k", Dialect::Postgres), "'o''k'");
+        assert_eq!(BatchKey::literal("a\\'b", Dialect::MySql), "'a\\\\''b'");
+        assert_eq!(BatchKey::literal("a\\b", Dialect::Postgres), "'a\\b'");
+    }
+
+    #[test]
+    fn window_query_wraps_detect_and_starts_after_the_previous_window() {
+        let key = BatchKey {
+            column: "id".to_owned(),
+        };
+        let sql = key.window_sql("SELECT id FROM t -- old;\n;", 500, Some("41"));
+        assert!(sql.contains("FROM (SELECT id FROM t -- old;\n) AS dbjanitor_detect WHERE id > 41 ORDER BY id LIMIT 500"), "{sql}");
+        assert!(
+            key.window_sql("SELECT id FROM t", 5, None)
+                .contains("WHERE id IS NOT NULL")
+        );
+        let window = KeyWindow {
+            first: "1".to_owned(),
+            last: "'z'".to_owned(),
+        };
+        assert_eq!(
+            window.substitute("WHERE id BETWEEN {batch_first_key} AND {batch_last_key}"),
+            "WHERE id BETWEEN 1 AND 'z'"
         );
     }
 }

@@ -16,15 +16,54 @@
 //! the database's write lock. A claim that is dropped without
 //! [`Claim::commit`] drops its connection: the server rolls back and the lock
 //! is free.
+//!
+//! The decision is recorded before anyone is told ([`AuditStore::settle`]):
+//! the run rows (with the pair's new "told" state, their `notified` flag)
+//! are inserted and committed under the claim, and the caller delivers
+//! afterwards, outside the transaction. A replica that claims next reads
+//! the decision whether or not the message has gone out yet, so a stalled
+//! audit database at the COMMIT cannot make two replicas tell one change;
+//! and no transaction (no PgBouncer server connection) is held while a
+//! webhook answers. When the COMMIT's answer is lost, whether the runs were
+//! recorded is unknown: the caller settles again with `check`, which looks
+//! for the runs' ids under a new claim — there: the decision stands and is
+//! delivered; absent: it is judged again against the history as it is now.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::Executor;
+use tokio_postgres::types::Type;
 
+use super::conn::finish;
 use super::{AuditError, AuditStore, Conn, insert_rows, last_state_since, pg};
 use crate::history::LastState;
 use crate::outcome::RunRecord;
+
+/// `$pg` on PostgreSQL, `$body` on MySQL and on SQLite: the sqlx body is
+/// written once and expanded per arm, each with its own connection type.
+macro_rules! per_dialect {
+    ($conn:expr, pg |$p:ident| $pg:expr, |$c:ident, $url:ident| $body:expr) => {
+        match $conn {
+            Conn::Postgres($p) => $pg,
+            Conn::MySql($c, $url, _) => $body,
+            Conn::Sqlite($c, $url) => $body,
+        }
+    };
+}
+
+/// Is this run already recorded (looked up under the claim by its unique id)?
+const HOLDS_POSTGRES: &str = "SELECT 1 FROM dbjanitor_runs WHERE run_id = $1";
+const HOLDS_OTHER: &str = "SELECT 1 FROM dbjanitor_runs WHERE run_id = ?";
+/// A run told under the claim whose message could not be delivered: the
+/// history must not say the receivers were told.
+const UNMARK_POSTGRES: &str = "UPDATE dbjanitor_runs SET notified = FALSE WHERE run_id = $1";
+const UNMARK_OTHER: &str = "UPDATE dbjanitor_runs SET notified = 0 WHERE run_id = ?";
+/// Retention of the claim rows: a pair nobody claimed for longer than
+/// `audit.keep` (its rule or database is gone, or renamed). Claiming it
+/// again simply inserts the row again.
+const PRUNE_PAIRS_POSTGRES: &str = "DELETE FROM dbjanitor_pairs WHERE claimed_at < $1";
+const PRUNE_PAIRS_OTHER: &str = "DELETE FROM dbjanitor_pairs WHERE claimed_at < ?";
 
 const CLAIM_MYSQL: &str = "INSERT INTO dbjanitor_pairs (rule, database_name, claimed_by, claimed_at) VALUES (?, ?, ?, ?) \
     ON DUPLICATE KEY UPDATE claimed_by = VALUES(claimed_by), claimed_at = VALUES(claimed_at)";
@@ -148,32 +187,26 @@ impl Claim<'_> {
     }
 
     /// Records the runs (`notified[i]` for `records[i]`) and releases the
-    /// claim, within `audit.timeout`. On failure nothing was recorded (the
-    /// transaction is rolled back with the connection).
+    /// claim, within `audit.timeout`, then applies retention if it is due.
+    /// On failure the connection is dropped (the server rolls back what it
+    /// has not committed), but a failure *at* the COMMIT (no answer) leaves
+    /// unknown whether the runs were recorded: see [`AuditStore::settle`].
     pub async fn commit(self, records: &[RunRecord], notified: &[bool]) -> Result<(), AuditError> {
         let Claim {
             store, mut conn, ..
         } = self;
         let result = tokio::time::timeout(store.timeout, async {
             insert_rows(&mut conn, records, notified, &store.host).await?;
-            match &mut conn {
-                Conn::Postgres(c) => pg::commit(c).await,
-                Conn::MySql(c, url, _) => c
-                    .execute("COMMIT")
-                    .await
-                    .map(drop)
-                    .map_err(|e| AuditError::sql(url, &e)),
-                Conn::Sqlite(c, url) => c
-                    .execute("COMMIT")
-                    .await
-                    .map(drop)
-                    .map_err(|e| AuditError::sql(url, &e)),
-            }
+            end(&mut conn).await
         })
         .await;
         match result {
             Ok(Ok(())) => {
                 conn.close().await;
+                if let Err(e) = store.prune_if_due().await {
+                    // Retention is housekeeping: the runs are recorded.
+                    tracing::warn!(error = %e, "audit retention failed; it is retried later");
+                }
                 Ok(())
             }
             Ok(Err(e)) => {
@@ -185,5 +218,186 @@ impl Claim<'_> {
                 Err(AuditError::Timeout(store.timeout))
             }
         }
+    }
+}
+
+impl Claim<'_> {
+    /// Whether the run `run_id` is already in the table (seen under the
+    /// claim, so no other process is recording this pair meanwhile). A run
+    /// without an id cannot be looked up: `false`.
+    pub async fn holds(&mut self, run_id: &str) -> Result<bool, AuditError> {
+        if run_id.is_empty() {
+            return Ok(false);
+        }
+        let timeout = self.store.timeout;
+        let found = tokio::time::timeout(timeout, async {
+            per_dialect!(
+                &mut self.conn,
+                pg | c
+                    | c.query_one_stmt(HOLDS_POSTGRES, &[(&run_id, Type::TEXT)])
+                        .await
+                        .map(|rows| !rows.is_empty())
+                        .map_err(|e| AuditError::Sql(e.to_string())),
+                |c, url| sqlx::query(HOLDS_OTHER)
+                    .bind(run_id)
+                    .fetch_optional(&mut *c)
+                    .await
+                    .map(|row| row.is_some())
+                    .map_err(|e| AuditError::sql(url, &e))
+            )
+        })
+        .await;
+        found.map_err(|_| AuditError::Timeout(timeout))?
+    }
+
+    /// Ends the claim without recording anything (the claim row's own
+    /// update is committed; if that fails the connection is dropped and the
+    /// server rolls back: the lock is free either way).
+    pub async fn release(self) {
+        let Claim { store, conn, .. } = self;
+        let mut conn = conn;
+        let done = tokio::time::timeout(store.timeout, end(&mut conn)).await;
+        if matches!(done, Ok(Ok(()))) {
+            conn.close().await;
+        } else {
+            conn.abandon();
+        }
+    }
+}
+
+/// COMMIT of the transaction open on `conn`.
+async fn end(conn: &mut Conn) -> Result<(), AuditError> {
+    per_dialect!(conn, pg | c | pg::commit(c).await, |c, url| c
+        .execute("COMMIT")
+        .await
+        .map(drop)
+        .map_err(|e| AuditError::sql(url, &e)))
+}
+
+/// What [`AuditStore::settle`] did.
+#[derive(Debug)]
+pub enum Settled<T> {
+    /// The runs were judged under the claim, and recorded and committed with
+    /// their `notified` flags: the caller now delivers what it decided.
+    Decided(T),
+    /// `check` was asked and the runs were already there: the earlier
+    /// decision (whose COMMIT went through though its answer was lost)
+    /// stands. With the pair's state as the history has it now: another
+    /// process may have told a newer state meanwhile.
+    AlreadyRecorded(Option<LastState>),
+}
+
+/// Why [`AuditStore::settle`] did not settle.
+#[derive(Debug)]
+pub enum Unsettled<T> {
+    /// No claim or no readable history: nothing was decided or recorded.
+    NotClaimed(AuditError),
+    /// Decided (`T`), but the inserts or the COMMIT failed: whether the runs
+    /// are recorded is unknown until a later `settle` with `check` looks.
+    Unsure(AuditError, T),
+}
+
+impl AuditStore {
+    /// "Read the history, decide, record" for one pair's `records` under its
+    /// claim: `decide` gets the pair's last state and the start of the run
+    /// it comes from, and returns its decision with one `notified` flag per
+    /// record; the runs are inserted with those flags and committed before
+    /// this returns, so the caller delivers *after* the decision is visible
+    /// to every other process. With `check` (an earlier COMMIT's outcome is
+    /// unknown), the first record's id is looked up first: found, nothing
+    /// is decided again ([`Settled::AlreadyRecorded`]).
+    pub async fn settle<T>(
+        &self,
+        records: &[RunRecord],
+        wait: Duration,
+        check: bool,
+        decide: impl FnOnce(Option<&LastState>, Option<DateTime<Utc>>) -> (T, Vec<bool>),
+    ) -> Result<Settled<T>, Unsettled<T>> {
+        let Some(first) = records.first() else {
+            let (decision, _) = decide(None, None);
+            return Ok(Settled::Decided(decision));
+        };
+        let mut claim = self
+            .claim(&first.rule, &first.database, wait)
+            .await
+            .map_err(Unsettled::NotClaimed)?;
+        if check {
+            match claim.holds(&first.run_id).await {
+                Ok(true) => {
+                    let now = claim.state().cloned();
+                    claim.release().await;
+                    return Ok(Settled::AlreadyRecorded(now));
+                }
+                Ok(false) => {}
+                Err(e) => return Err(Unsettled::NotClaimed(e)),
+            }
+        }
+        let (decision, notified) = decide(claim.state(), claim.state_at());
+        match claim.commit(records, &notified).await {
+            Ok(()) => Ok(Settled::Decided(decision)),
+            Err(e) => Err(Unsettled::Unsure(e, decision)),
+        }
+    }
+
+    /// Sets `notified` back to false for runs whose message was decided
+    /// under the claim but not delivered by any notifier, so the history
+    /// keeps saying what the receivers were really told (README "Alert
+    /// fatigue": a failed delivery is told again on the next run). Within
+    /// `audit.timeout`.
+    pub async fn unmark_notified(&self, run_ids: &[&str]) -> Result<(), AuditError> {
+        let ids: Vec<&str> = run_ids
+            .iter()
+            .copied()
+            .filter(|id| !id.is_empty())
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.open().await?;
+        let result = tokio::time::timeout(self.timeout, async {
+            for id in &ids {
+                per_dialect!(
+                    &mut conn,
+                    pg | c
+                        | c.execute_one(UNMARK_POSTGRES, &[(id, Type::TEXT)])
+                            .await
+                            .map(drop)
+                            .map_err(|e| AuditError::Sql(e.to_string()))?,
+                    |c, url| sqlx::query(UNMARK_OTHER)
+                        .bind(*id)
+                        .execute(&mut *c)
+                        .await
+                        .map(drop)
+                        .map_err(|e| AuditError::sql(url, &e))?
+                );
+            }
+            Ok(())
+        })
+        .await;
+        finish(conn, result, self.timeout).await
+    }
+
+    /// Retention of `dbjanitor_pairs`: deletes the rows of pairs last
+    /// claimed before `cutoff` (the runs' own cutoff, `audit.keep`). One
+    /// statement; a pair claimed meanwhile has a new `claimed_at` and stays.
+    pub(super) async fn prune_pairs(&self, cutoff: DateTime<Utc>) -> Result<u64, AuditError> {
+        let mut conn = self.open().await?;
+        let result = tokio::time::timeout(self.timeout, async {
+            per_dialect!(
+                &mut conn,
+                pg | c
+                    | c.execute_one(PRUNE_PAIRS_POSTGRES, &[(&cutoff, Type::TIMESTAMPTZ)])
+                        .await
+                        .map_err(|e| AuditError::Sql(e.to_string())),
+                |c, url| sqlx::query(PRUNE_PAIRS_OTHER)
+                    .bind(cutoff)
+                    .execute(&mut *c)
+                    .await
+                    .map(|r| r.rows_affected())
+                    .map_err(|e| AuditError::sql(url, &e))
+            )
+        })
+        .await;
+        finish(conn, result, self.timeout).await
     }
 }

@@ -38,7 +38,7 @@ mod store;
 
 use std::time::Duration;
 
-pub use claim::Claim;
+pub use claim::{Claim, Settled, Unsettled};
 pub(crate) use conn::Conn;
 pub use error::AuditError;
 pub use history::RunHistory;

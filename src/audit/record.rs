@@ -120,6 +120,10 @@ impl AuditStore {
         let bound = self.timeout.max(TIMEOUT);
         let result = tokio::time::timeout(bound, prune(&mut conn, cutoff)).await;
         let deleted = finish(conn, result, bound).await?;
+        let pairs = self.prune_pairs(cutoff).await?;
+        if pairs > 0 {
+            tracing::info!(pairs, database = %self.database.name, "audit retention: claim rows of pairs unclaimed for longer than audit.keep deleted");
+        }
         if deleted > 0 {
             tracing::info!(deleted, database = %self.database.name, "audit retention: old runs deleted");
         }

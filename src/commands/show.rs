@@ -121,6 +121,10 @@ fn render(config: &Config, rule: &Rule, origins: &Origins) -> String {
                         .map_or_else(String::new, |t| format!(", target {}", duration(t)))
                 )
             });
+            let key = b
+                .key
+                .as_ref()
+                .map_or_else(String::new, |k| format!(", key {}", k.column));
             let lag = b.lag.map_or_else(String::new, |l| {
                 format!(
                     ", max_replica_lag {} (max_lag_wait {})",
@@ -129,7 +133,7 @@ fn render(config: &Config, rule: &Rule, origins: &Origins) -> String {
                 )
             });
             format!(
-                "pause {}, max_batches {}{size}{lag}",
+                "pause {}, max_batches {}{size}{key}{lag}",
                 duration(b.pause),
                 b.max_batches
             )

@@ -9,6 +9,7 @@
 //! connects to a database.
 
 mod backup;
+mod batch_key;
 mod error;
 mod keys;
 mod notifier;

@@ -184,6 +184,8 @@ pub(crate) struct RawBatch {
     pub(crate) target: Option<Spanned<String>>,
     pub(crate) max_replica_lag: Option<Spanned<String>>,
     pub(crate) max_lag_wait: Option<Spanned<String>>,
+    // Keyset batches (issue 11): the column each batch walks.
+    pub(crate) key: Option<Spanned<String>>,
 }
 
 /// `lock:` of a rule.

@@ -278,7 +278,9 @@ impl Loader<'_> {
         dialects: &[Dialect],
     ) -> Option<Batch> {
         let size_set = raw.batch.as_ref().is_some_and(|b| b.value.size.is_some());
-        self.placeholder_uses(file, raw, sql, dialects, size_set);
+        let key_set = raw.batch.as_ref().is_some_and(|b| b.value.key.is_some());
+        self.placeholder_uses(file, raw, sql, dialects, (size_set, key_set));
+        let key = self.batch_key(file, raw, sql, dialects);
         let b = raw.batch.as_ref()?;
         if raw.fix.is_none() {
             self.err(file, b.referenced, "batch: needs a fix to repeat");
@@ -310,6 +312,7 @@ impl Loader<'_> {
             pause,
             max_batches,
             size,
+            key,
             lag: None,
         })
     }
@@ -351,14 +354,15 @@ impl Loader<'_> {
     }
 
     /// Errors for `{batch_size}` in detect, or missing from / present in a fix
-    /// against `batch.size`.
+    /// against `batch.size` (optional in a keyset fix: `batch.key` uses the
+    /// size for its window).
     fn placeholder_uses(
         &mut self,
         file: &Path,
         raw: &raw::RawRule,
         (detect, fix): (&DialectSql, Option<&DialectSql>),
         dialects: &[Dialect],
-        size_set: bool,
+        (size_set, key_set): (bool, bool),
     ) {
         if [&detect.any, &detect.mysql, &detect.postgres, &detect.sqlite]
             .into_iter()
@@ -386,7 +390,7 @@ impl Loader<'_> {
                         "the {dialect} fix uses {BATCH_SIZE_PLACEHOLDER}, which needs batch.size"
                     ),
                 );
-            } else if !uses && size_set {
+            } else if !uses && size_set && !key_set {
                 self.err(file, raw_fix.referenced, format!("batch.size is set, so the {dialect} fix must use {BATCH_SIZE_PLACEHOLDER} for its LIMIT"));
             }
         }

@@ -39,15 +39,18 @@
 //! At most `daemon.jobs` batches are worked on at once (their own permits,
 //! not the runs'), so the audit database never sees more connections than that.
 //!
-//! Across processes, a batch is judged, notified and recorded under the
-//! pair's claim in the audit database ([`crate::audit::Claim`]), so two
-//! replicas tell each state change once. A run that started before the
-//! run the pair's state comes from is superseded (recorded, not told). When
-//! the claim cannot be had, the batch waits (backoff) up to four times
+//! Across processes, a batch is judged and recorded under the pair's claim
+//! in the audit database ([`crate::audit::Claim`]) and told after the
+//! COMMIT, so two replicas tell each state change once, even when the audit
+//! database stalls at the COMMIT (see `bookkeep`). A run that started before
+//! the run the pair's state comes from is superseded (recorded, not told).
+//! When the claim cannot be had, the batch waits (backoff) up to four times
 //! `audit.timeout`, then is judged against this process's own last known
 //! state of the pair, or told with `change: unknown` if it has none.
 
+mod bookkeep;
 mod http;
+mod tell;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -60,17 +63,15 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 pub(crate) use http::Health;
 
-use crate::audit::{AuditStore, RunHistory};
+use crate::audit::RunHistory;
 use crate::config::Config;
 use crate::engine::{RunOptions, run_target};
-use crate::history::{History, HistoryError, LastState, MemoryHistory};
 use crate::metrics::{DaemonMetrics, PairLabels};
-use crate::notify;
-use crate::outcome::{Outcome, RunRecord};
+use crate::outcome::RunRecord;
 use crate::plan::{Plan, Selection, Target};
 
 /// Longest single sleep before the wall clock is read again.
@@ -118,15 +119,15 @@ struct Shared {
     /// `daemon.jobs` again, for bookkeeping batches: they never hold a run's
     /// slot, and never open more audit connections at once than runs.
     bookkeeping_slots: Arc<Semaphore>,
-    /// How long another process may hold a pair's claim (it notifies while
-    /// it holds it): the longest notifier deadline plus `audit.timeout` twice.
+    /// How long another process may hold a pair's claim (it reads the
+    /// history and inserts rows under it, never notifies): `audit.timeout` twice.
     claim_wait: Duration,
     /// How long a pair's runs wait, not yet notified, for the run history
     /// to be readable again: four times `audit.timeout`.
     history_wait: Duration,
     /// The last state of each pair this process decided about: what it
     /// judges against when the audit database cannot be read.
-    known: std::sync::Mutex<HashMap<(String, String), Known>>,
+    known: std::sync::Mutex<HashMap<(String, String), tell::Known>>,
 }
 
 /// The slots a run holds while it runs: its database's, then the process's.
@@ -141,43 +142,6 @@ struct Backlog {
     records: Vec<RunRecord>,
     /// A task is working through the backlog.
     busy: bool,
-}
-
-/// The run history as the daemon uses it: every failed read or write is
-/// counted in `dbjanitor_audit_errors_total`.
-struct Counted<'a> {
-    history: &'a RunHistory,
-    metrics: &'a DaemonMetrics,
-}
-
-impl Counted<'_> {
-    fn count<T>(&self, result: Result<T, HistoryError>) -> Result<T, HistoryError> {
-        if result.is_err() {
-            self.metrics.audit_error(1);
-        }
-        result
-    }
-}
-
-impl History for Counted<'_> {
-    async fn last_state(
-        &self,
-        rule: &str,
-        database: &str,
-    ) -> Result<Option<LastState>, HistoryError> {
-        self.count(self.history.last_state(rule, database).await)
-    }
-
-    async fn last_states(
-        &self,
-        pairs: &[(&str, &str)],
-    ) -> Result<Vec<Option<LastState>>, HistoryError> {
-        self.count(self.history.last_states(pairs).await)
-    }
-
-    async fn record(&self, records: &[RunRecord], notified: &[bool]) -> Result<(), HistoryError> {
-        self.count(self.history.record(records, notified).await)
-    }
 }
 
 /// Resets a pair's "running" flag however its run ends.
@@ -223,283 +187,6 @@ impl Shared {
         self.metrics.observe(&record);
         self.enqueue(record);
     }
-
-    /// Adds a finished run to its pair's backlog, starting a worker unless one is busy.
-    fn enqueue(self: &Arc<Self>, record: RunRecord) {
-        let key = (record.rule.clone(), record.database.clone());
-        let backlog = self.bookkeeping.get(&key).cloned().unwrap_or_default();
-        let start = match backlog.lock() {
-            Ok(mut backlog) => {
-                backlog.records.push(record);
-                !std::mem::replace(&mut backlog.busy, true)
-            }
-            Err(_) => false,
-        };
-        if start {
-            let shared = Arc::clone(self);
-            self.tracker
-                .spawn(async move { shared.work_through(&backlog).await }.in_current_span());
-        }
-    }
-
-    /// Notifies and records the backlog's runs, batch by batch, until it is empty.
-    async fn work_through(&self, backlog: &std::sync::Mutex<Backlog>) {
-        loop {
-            let mut batch = match backlog.lock() {
-                Ok(mut backlog) if backlog.records.is_empty() => {
-                    backlog.busy = false;
-                    return;
-                }
-                Ok(mut backlog) => std::mem::take(&mut backlog.records),
-                Err(_) => return,
-            };
-            match self.history.audit() {
-                Some(store) => self.bookkeep_claimed(store, &mut batch).await,
-                None => self.bookkeep_in_memory(&mut batch).await,
-            }
-        }
-    }
-
-    /// No audit table: the process's memory is the history, and the pair's
-    /// backlog (one worker at a time) already serialises read, notify, record.
-    async fn bookkeep_in_memory(&self, batch: &mut [RunRecord]) {
-        let Some((rule, database)) = pair_of(batch) else {
-            return;
-        };
-        let history = self.counted();
-        let state = history.last_state(&rule, &database).await.ok().flatten();
-        let start = Start::Known(Known { state, since: None });
-        let (notified, _) = self.deliver_in_order(batch, start).await;
-        self.record_until_done(&history, batch, &notified).await;
-    }
-
-    /// Design §3 step 9 across processes: under the pair's claim in the audit
-    /// database, the runs are judged against the history as it was before
-    /// them, notified, and recorded, all in one transaction, so another
-    /// replica deciding about the same pair waits and then reads what this
-    /// one told. While the claim cannot be had (audit database down or
-    /// stalled), it is retried with backoff for up to [`Shared::history_wait`]
-    /// — the runs wait, not yet notified, so a short stall delays a message
-    /// by seconds instead of doubling it. After that the runs are judged
-    /// against this process's own last known state of the pair, or told with
-    /// `change: unknown` when it has none, and recorded as before.
-    async fn bookkeep_claimed(&self, store: &AuditStore, batch: &mut [RunRecord]) {
-        let Some((rule, database)) = pair_of(batch) else {
-            return;
-        };
-        let give_up = std::time::Instant::now() + self.history_wait;
-        let mut wait = RECORD_RETRY_FIRST_WAIT;
-        loop {
-            let result = {
-                // Held for the whole claim: it is an audit connection.
-                let _slot = self.bookkeeping_slot().await;
-                match store.claim(&rule, &database, self.claim_wait).await {
-                    Ok(claim) => {
-                        let start = Start::Known(Known {
-                            state: claim.state().cloned(),
-                            since: claim.state_at(),
-                        });
-                        let (notified, known) = self.deliver_in_order(batch, start).await;
-                        self.remember(&rule, &database, known);
-                        Ok(claim
-                            .commit(batch, &notified)
-                            .await
-                            .map_err(|e| (e, notified)))
-                    }
-                    Err(e) => Err(e),
-                }
-            };
-            match result {
-                Ok(Ok(())) => return,
-                Ok(Err((e, notified))) => {
-                    // Told, but not recorded under the claim: record it as
-                    // any other run, with retries.
-                    self.metrics.audit_error(1);
-                    warn!(error = %e, runs = batch.len(), "the claimed runs could not be recorded; retrying without the claim");
-                    self.record_until_done(&self.counted(), batch, &notified)
-                        .await;
-                    return;
-                }
-                Err(e) => {
-                    self.metrics.audit_error(1);
-                    if self.stop.is_cancelled() || std::time::Instant::now() + wait > give_up {
-                        warn!(error = %e, runs = batch.len(), "cannot read the run history: notifying from this process's own last known state of the pair (\"unknown\" if none)");
-                        let start = match self.known(&rule, &database) {
-                            Some(known) => Start::Known(known),
-                            None => Start::Unknown,
-                        };
-                        let (notified, known) = self.deliver_in_order(batch, start).await;
-                        self.remember(&rule, &database, known);
-                        self.record_until_done(&self.counted(), batch, &notified)
-                            .await;
-                        return;
-                    }
-                    warn!(error = %e, runs = batch.len(), retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "cannot claim the pair in the run history; retrying (its runs wait, not yet notified)");
-                    tokio::select! {
-                        () = self.stop.cancelled() => {}
-                        () = tokio::time::sleep(wait) => {}
-                    }
-                    wait = wait.saturating_mul(2).min(RECORD_RETRY_MAX_WAIT);
-                }
-            }
-        }
-    }
-
-    fn counted(&self) -> Counted<'_> {
-        Counted {
-            history: self.history.as_ref(),
-            metrics: self.metrics.as_ref(),
-        }
-    }
-
-    /// This process's last known state of a pair.
-    fn known(&self, rule: &str, database: &str) -> Option<Known> {
-        let known = self.known.lock().ok()?;
-        known.get(&(rule.to_owned(), database.to_owned())).cloned()
-    }
-
-    fn remember(&self, rule: &str, database: &str, state: Known) {
-        if state.state.is_none() {
-            return;
-        }
-        if let Ok(mut known) = self.known.lock() {
-            known.insert((rule.to_owned(), database.to_owned()), state);
-        }
-    }
-
-    async fn bookkeeping_slot(&self) -> Option<OwnedSemaphorePermit> {
-        Arc::clone(&self.bookkeeping_slots)
-            .acquire_owned()
-            .await
-            .ok()
-    }
-
-    /// Records `batch`, retrying with backoff for up to [`RECORD_RETRY_FOR`]
-    /// while the run history does not take it (a stalled or restarting audit
-    /// database), so that a short outage loses no audit row. Meanwhile this
-    /// pair's later runs wait in its backlog, not yet notified: they are then
-    /// judged against a complete history, and an unchanged state is still told
-    /// once. Other pairs are not held up: no bookkeeping slot is kept while
-    /// waiting. After a signal, one more attempt is made, then it gives up.
-    async fn record_until_done(
-        &self,
-        history: &Counted<'_>,
-        batch: &[RunRecord],
-        notified: &[bool],
-    ) {
-        let give_up = std::time::Instant::now() + RECORD_RETRY_FOR;
-        let mut wait = RECORD_RETRY_FIRST_WAIT;
-        loop {
-            let result = {
-                let _slot = self.bookkeeping_slot().await;
-                history.record(batch, notified).await
-            };
-            let Err(e) = result else { return };
-            if e.needs_operator() {
-                // A newer dbjanitor migrated the audit table, or a migration
-                // was left half done: retrying cannot help.
-                tracing::error!(error = %e, runs = batch.len(), "the runs could not be recorded in the run history, and retrying cannot help until an operator acts");
-                return;
-            }
-            if self.stop.is_cancelled() || std::time::Instant::now() + wait > give_up {
-                tracing::error!(error = %e, runs = batch.len(), "the runs could not be recorded in the run history (retried for up to {}s)", RECORD_RETRY_FOR.as_secs());
-                return;
-            }
-            warn!(error = %e, runs = batch.len(), retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "the run history did not take the runs; retrying (this pair's later runs wait)");
-            tokio::select! {
-                () = self.stop.cancelled() => {}
-                () = tokio::time::sleep(wait) => {}
-            }
-            wait = wait.saturating_mul(2).min(RECORD_RETRY_MAX_WAIT);
-        }
-    }
-}
-
-/// A pair's last state and the start of the run it comes from.
-#[derive(Debug, Clone, Default)]
-struct Known {
-    /// `None`: it never ran for real.
-    state: Option<LastState>,
-    /// Start of the latest real, not skipped run: a run that started before
-    /// it is superseded (another replica already judged newer data).
-    since: Option<DateTime<Utc>>,
-}
-
-/// What a batch of runs is judged against.
-enum Start {
-    /// The pair's last state.
-    Known(Known),
-    /// Nothing is known: the history could not be read and this process
-    /// has not seen the pair yet.
-    Unknown,
-}
-
-/// A history that cannot be read: the first run of a batch judged with
-/// [`Start::Unknown`] is told with `change: unknown`.
-struct Unreadable;
-
-impl History for Unreadable {
-    async fn last_state(&self, _: &str, _: &str) -> Result<Option<LastState>, HistoryError> {
-        Err(HistoryError::new(
-            "the run history could not be read and this process has not seen the pair yet",
-        ))
-    }
-
-    async fn record(&self, _: &[RunRecord], _: &[bool]) -> Result<(), HistoryError> {
-        Ok(())
-    }
-}
-
-/// The (rule, database) of a batch (every run in it is of the same pair).
-fn pair_of(batch: &[RunRecord]) -> Option<(String, String)> {
-    batch.first().map(|r| (r.rule.clone(), r.database.clone()))
-}
-
-impl Shared {
-    /// Judges each run of a batch (one pair) against the state the one
-    /// before it left, starting from `start`, and notifies: bookkeeping that
-    /// fell behind (a slow webhook or audit database) still tells an
-    /// unchanged state once. A run that started before the run the state
-    /// comes from is superseded: another replica judged newer data already
-    /// (its run started later but finished first), so it is recorded but
-    /// neither told nor taken as the state — telling it would say "failed"
-    /// after "recovered" about a failure that is already over. Returns the
-    /// flags and the state after the batch.
-    async fn deliver_in_order(&self, batch: &mut [RunRecord], start: Start) -> (Vec<bool>, Known) {
-        let Some((rule, database)) = pair_of(batch) else {
-            return (Vec::new(), Known::default());
-        };
-        let (memory, mut since, mut unknown) = match start {
-            Start::Known(known) => (
-                MemoryHistory::seeded(&rule, &database, known.state),
-                known.since,
-                false,
-            ),
-            Start::Unknown => (MemoryHistory::default(), None, true),
-        };
-        let mut notified = Vec::with_capacity(batch.len());
-        for record in batch.iter_mut() {
-            let real = !record.dry_run && record.outcome != Outcome::Skipped;
-            if real && since.is_some_and(|at| record.started_at < at) {
-                debug!(started_at = %record.started_at.to_rfc3339(), "superseded by a newer run of the pair: not notified");
-                notified.push(false);
-                continue;
-            }
-            if real {
-                since = Some(record.started_at);
-            }
-            let one = std::slice::from_mut(record);
-            let flags = if std::mem::take(&mut unknown) {
-                notify::deliver(&self.config, one, Some(&Unreadable)).await
-            } else {
-                notify::deliver(&self.config, one, Some(&memory)).await
-            };
-            let _ = memory.record(one, &flags).await;
-            notified.extend(flags);
-        }
-        let state = memory.last_state(&rule, &database).await.ok().flatten();
-        (notified, Known { state, since })
-    }
 }
 
 impl Shared {
@@ -518,27 +205,6 @@ impl Shared {
             _process: process,
         })
     }
-}
-
-/// `audit.timeout`, or its default without an audit table.
-fn audit_timeout(config: &Config) -> Duration {
-    config
-        .audit
-        .as_ref()
-        .map_or(crate::audit::DEFAULT_TIMEOUT, |a| a.timeout)
-}
-
-/// How long a claimer waits for another process's claim on the same pair:
-/// that process notifies while it holds it (each notifier within its
-/// `deadline`) and reads and writes the audit table (`audit.timeout` each).
-fn claim_wait(config: &Config) -> Duration {
-    let deadline = config
-        .notifiers
-        .values()
-        .map(|n| n.delivery().deadline)
-        .max()
-        .unwrap_or_default();
-    deadline + audit_timeout(config).saturating_mul(2)
 }
 
 /// Sleeps until the wall clock reaches `tick`; `false` if `stop` came first.
@@ -625,18 +291,7 @@ pub(crate) async fn run(
     history: RunHistory,
     listen: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
-    let plan = Plan::select(config, &Selection::default()).context("selecting the rules")?;
-    let (scheduled, unscheduled): (Vec<Target>, Vec<Target>) = plan
-        .targets
-        .into_iter()
-        .partition(|t| t.rule.schedule.is_some());
-    for target in &unscheduled {
-        warn!(rule = %target.rule.name, database = %target.database.name,
-            "the rule has no schedule: the daemon never runs it (use `dbjanitor run`)");
-    }
-    if scheduled.is_empty() {
-        warn!("no enabled rule has a schedule: the daemon has nothing to run");
-    }
+    let scheduled = scheduled_targets(config)?;
     let pairs: Vec<PairLabels> = scheduled
         .iter()
         .map(|t| PairLabels::of(&t.rule.name, &t.database.name))
@@ -646,34 +301,10 @@ pub(crate) async fn run(
         &config.databases.keys().cloned().collect::<Vec<_>>(),
     ));
     let health = Arc::new(Health::default());
-    let stop = CancellationToken::new();
-    let cancel = CancellationToken::new();
-    {
-        // First signal: stop starting runs. Second: cancel the running ones now.
-        let (stop, cancel) = (stop.clone(), cancel.clone());
-        tokio::spawn(async move {
-            crate::signals::wait_for_signal().await;
-            stop.cancel();
-            crate::signals::wait_for_signal().await;
-            warn!("second signal: cancelling running rules now");
-            cancel.cancel();
-        });
-    }
+    let (stop, cancel) = signal_tokens();
     let server_stop = CancellationToken::new();
     let server = match listen {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))?;
-            let local = listener.local_addr().unwrap_or(addr);
-            info!(address = %local, "serving /healthz, /livez and /metrics");
-            Some(tokio::spawn(http::serve(
-                listener,
-                Arc::clone(&health),
-                Arc::clone(&metrics),
-                server_stop.clone(),
-            )))
-        }
+        Some(addr) => Some(start_server(addr, &health, &metrics, &server_stop).await?),
         None => None,
     };
     tokio::spawn(http::watch(
@@ -682,44 +313,15 @@ pub(crate) async fn run(
         Arc::clone(&metrics),
         stop.clone(),
     ));
-    let lock_keys = scheduled
-        .iter()
-        .map(|t| {
-            let (db, lock) = t.lock_key();
-            ((db.to_owned(), lock.to_owned()), Arc::default())
-        })
-        .collect();
-    let bookkeeping = scheduled
-        .iter()
-        .map(|t| {
-            let key = (t.rule.name.clone(), t.database.name.clone());
-            (key, Arc::default())
-        })
-        .collect();
     let tracker = TaskTracker::new();
-    let shared = Arc::new(Shared {
-        config: Arc::new(config.clone()),
-        history: Arc::new(history),
+    let shared = Arc::new(Shared::new(
+        config,
+        history,
         metrics,
-        stop: stop.clone(),
-        cancel: cancel.clone(),
-        tracker: tracker.clone(),
-        lock_keys,
-        slots: Arc::new(Semaphore::new(config.daemon.jobs)),
-        database_slots: config
-            .databases
-            .keys()
-            .map(|name| {
-                let limit = config.daemon.jobs_per_database.min(config.daemon.jobs);
-                (name.clone(), Arc::new(Semaphore::new(limit)))
-            })
-            .collect(),
-        bookkeeping,
-        bookkeeping_slots: Arc::new(Semaphore::new(config.daemon.jobs)),
-        claim_wait: claim_wait(config),
-        history_wait: audit_timeout(config).saturating_mul(HISTORY_WAIT_TIMEOUTS),
-        known: std::sync::Mutex::default(),
-    });
+        &scheduled,
+        (stop.clone(), cancel.clone()),
+        tracker.clone(),
+    ));
     info!(
         pairs = scheduled.len(),
         jobs = config.daemon.jobs,
@@ -742,8 +344,75 @@ pub(crate) async fn run(
     for handle in loops {
         let _ = handle.await;
     }
-    tracker.close();
     let grace = config.daemon.shutdown_grace;
+    drain(&tracker, grace, &cancel).await;
+    server_stop.cancel();
+    if let Some(server) = server {
+        close_server(server, stopped_at + grace).await;
+    }
+    info!("daemon stopped");
+    Ok(())
+}
+
+/// The enabled rules with a schedule, one target per (rule, database); the
+/// others are named in a warning (the daemon never runs them).
+fn scheduled_targets(config: &Config) -> anyhow::Result<Vec<Target>> {
+    let plan = Plan::select(config, &Selection::default()).context("selecting the rules")?;
+    let (scheduled, unscheduled): (Vec<Target>, Vec<Target>) = plan
+        .targets
+        .into_iter()
+        .partition(|t| t.rule.schedule.is_some());
+    for target in &unscheduled {
+        warn!(rule = %target.rule.name, database = %target.database.name,
+            "the rule has no schedule: the daemon never runs it (use `dbjanitor run`)");
+    }
+    if scheduled.is_empty() {
+        warn!("no enabled rule has a schedule: the daemon has nothing to run");
+    }
+    Ok(scheduled)
+}
+
+/// `(stop, cancel)`: the first signal cancels `stop` (start no new run),
+/// the second `cancel` (roll the running ones back now).
+fn signal_tokens() -> (CancellationToken, CancellationToken) {
+    let stop = CancellationToken::new();
+    let cancel = CancellationToken::new();
+    let (on_first, on_second) = (stop.clone(), cancel.clone());
+    tokio::spawn(async move {
+        crate::signals::wait_for_signal().await;
+        on_first.cancel();
+        crate::signals::wait_for_signal().await;
+        warn!("second signal: cancelling running rules now");
+        on_second.cancel();
+    });
+    (stop, cancel)
+}
+
+/// Binds `addr` and serves /healthz, /livez and /metrics until `server_stop`.
+async fn start_server(
+    addr: SocketAddr,
+    health: &Arc<Health>,
+    metrics: &Arc<DaemonMetrics>,
+    server_stop: &CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr().unwrap_or(addr);
+    info!(address = %local, "serving /healthz, /livez and /metrics");
+    Ok(tokio::spawn(http::serve(
+        listener,
+        Arc::clone(health),
+        Arc::clone(metrics),
+        server_stop.clone(),
+    )))
+}
+
+/// After the first signal: lets the running rules (and their bookkeeping)
+/// finish within `grace`, then cancels them and waits at most
+/// [`AFTER_CANCEL`] more for them to be recorded.
+async fn drain(tracker: &TaskTracker, grace: Duration, cancel: &CancellationToken) {
+    tracker.close();
     info!(
         running = tracker.len(),
         grace_s = grace.as_secs(),
@@ -766,10 +435,52 @@ pub(crate) async fn run(
             "some cancelled runs did not finish recording; exiting anyway"
         );
     }
-    server_stop.cancel();
-    if let Some(server) = server {
-        close_server(server, stopped_at + grace).await;
+}
+
+impl Shared {
+    /// Everything the pairs' loops share, for the `scheduled` targets.
+    fn new(
+        config: &Config,
+        history: RunHistory,
+        metrics: Arc<DaemonMetrics>,
+        scheduled: &[Target],
+        (stop, cancel): (CancellationToken, CancellationToken),
+        tracker: TaskTracker,
+    ) -> Self {
+        let lock_keys = scheduled
+            .iter()
+            .map(|t| {
+                let (db, lock) = t.lock_key();
+                ((db.to_owned(), lock.to_owned()), Arc::default())
+            })
+            .collect();
+        let bookkeeping = scheduled
+            .iter()
+            .map(|t| {
+                let key = (t.rule.name.clone(), t.database.name.clone());
+                (key, Arc::default())
+            })
+            .collect();
+        let per_database = config.daemon.jobs_per_database.min(config.daemon.jobs);
+        Shared {
+            config: Arc::new(config.clone()),
+            history: Arc::new(history),
+            metrics,
+            stop,
+            cancel,
+            tracker,
+            lock_keys,
+            slots: Arc::new(Semaphore::new(config.daemon.jobs)),
+            database_slots: config
+                .databases
+                .keys()
+                .map(|name| (name.clone(), Arc::new(Semaphore::new(per_database))))
+                .collect(),
+            bookkeeping,
+            bookkeeping_slots: Arc::new(Semaphore::new(config.daemon.jobs)),
+            claim_wait: crate::notify::claimed::claim_wait(config),
+            history_wait: bookkeep::history_wait(config),
+            known: std::sync::Mutex::default(),
+        }
     }
-    info!("daemon stopped");
-    Ok(())
 }

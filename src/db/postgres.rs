@@ -57,6 +57,12 @@ const PG_13: u32 = 130_000;
 /// Rows fetched per FETCH when detect reads everything.
 const FETCH_CHUNK: u64 = 10_000;
 
+/// A detect that may read more rows than this (a fix rule's `max_rows` + 1)
+/// is counted by the server instead of streamed (issue 11, third round: a
+/// purge of 500 k rows sent its 500 k keys to be counted before the first
+/// batch); below it, reading the rows costs less than a second pass.
+const SERVER_COUNT_ABOVE: u64 = FETCH_CHUNK;
+
 /// The shortest idle limits, so a slow network is not mistaken for a dead client.
 const MIN_IDLE: Duration = Duration::from_secs(10);
 
@@ -258,18 +264,20 @@ impl PgSession {
     }
 
     /// Opens the cursor and reads it: the body of [`Session::detect`].
-    /// Without a limit (a report-only rule counts every row) and for a single
-    /// statement, the server counts: see [`Self::count_on_server`].
+    /// For a single statement without a limit (a report-only rule counts
+    /// every row) or with one above [`SERVER_COUNT_ABOVE`] (a fix rule with a
+    /// large `max_rows`, e.g. a purge), the server counts: see
+    /// [`Self::count_on_server`]. A few rows are cheaper read than counted.
     async fn read_cursor(
         &self,
         sql: &str,
         keep: usize,
         limit: Option<u64>,
     ) -> Result<Detection, DbError> {
-        if limit.is_none()
+        if limit.is_none_or(|limit| limit > SERVER_COUNT_ABOVE)
             && let [single] = crate::sql::split_statements(sql, Dialect::Postgres).as_slice()
         {
-            return self.count_on_server(single, keep).await;
+            return self.count_on_server(single, keep, limit).await;
         }
         self.conn
             .execute_one(
@@ -310,66 +318,99 @@ impl PgSession {
         }
     }
 
-    /// Detect of a report-only rule: ONE statement that counts the query's
-    /// rows on the server and returns only the sample, so a million rows do
-    /// not cross the wire to be counted (issue 11). The count and the sample
+    /// Detect of a report-only rule (or of a fix rule whose `max_rows` is
+    /// large: `limit`): ONE statement that counts the query's rows on the
+    /// server (with a limit, up to one row past it) and returns only the
+    /// sample, so a million rows do not cross the wire to be counted (issue 11). The count and the sample
     /// are the same query's rows from the same snapshot (one statement has
     /// one snapshot at every isolation level); the count comes as the first
-    /// column of every sample row (and no row at all means 0). The statement
-    /// is a cursor in the same read-only (sub)transaction as any detect, so
-    /// a write is refused as before; a data-modifying CTE nested in the
-    /// wrapper is refused by the parser.
-    async fn count_on_server(&self, sql: &str, keep: usize) -> Result<Detection, DbError> {
+    /// column of every sample row (and no row at all means 0), each sample
+    /// row as its row value's text (`ROW(sample.*)::text`, each field the
+    /// column's own text output, as `psql` prints it).
+    ///
+    /// The statement is NOT a cursor (issue 11, third round): it runs through
+    /// the unnamed extended-protocol statement, fetched whole, so PostgreSQL
+    /// may plan the count in parallel as it does for `psql` (it never
+    /// parallelises a cursor). The guarantees stay the server's: the unnamed
+    /// statement refuses a second statement, the nesting refuses DML and a
+    /// data-modifying CTE, and the read-only (sub)transaction of every
+    /// detect refuses functions that write. The column names come from a
+    /// cursor of no rows, only when there is a sample.
+    async fn count_on_server(
+        &self,
+        sql: &str,
+        keep: usize,
+        limit: Option<u64>,
+    ) -> Result<Detection, DbError> {
         let keep = keep.min(Sample::MAX_ROWS);
-        let wrapped = format!(
-            "DECLARE dbjanitor_detect NO SCROLL CURSOR FOR \
-             SELECT (SELECT count(*) FROM ({sql}\n) AS dbjanitor_all) AS dbjanitor_count, dbjanitor_sample.* \
-             FROM ({sql}\n) AS dbjanitor_sample LIMIT {}",
-            keep.max(1)
-        );
-        self.conn
-            .execute_one(&wrapped, &[])
+        // With a limit, counting stops one row past it: that says "more".
+        let all = match limit {
+            Some(limit) => format!(
+                "(SELECT 1 FROM ({sql}\n) AS dbjanitor_all LIMIT {}) AS dbjanitor_limited",
+                limit.saturating_add(1)
+            ),
+            None => format!("({sql}\n) AS dbjanitor_all"),
+        };
+        let counted = self
+            .conn
+            .query_one_stmt(
+                &format!(
+                    "SELECT (SELECT count(*) FROM {all}) AS dbjanitor_count, \
+                     ROW(dbjanitor_sample.*)::text AS dbjanitor_row \
+                     FROM ({sql}\n) AS dbjanitor_sample LIMIT {}",
+                    keep.max(1)
+                ),
+                &[],
+            )
             .await
             .map_err(|e| unsafe_detect(sql, e))?;
-        let mut fetched = Detection::default();
-        self.fetch(
-            &format!("FETCH FORWARD {} FROM dbjanitor_detect", keep.max(1)),
-            keep.max(1),
-            &mut fetched,
-        )
-        .await
-        .map_err(|e| unsafe_detect(sql, e))?;
-        let count = fetched
-            .sample
-            .rows
-            .first()
-            .map(|row| {
-                row.first()
-                    .cloned()
-                    .flatten()
-                    .and_then(|n| n.parse::<u64>().ok())
-                    .ok_or_else(|| {
-                        DbError::Sql(format!("the server's count was not a number: {row:?}"))
-                    })
-            })
-            .transpose()?
-            .unwrap_or(0);
-        // Everything but the count column.
-        let sample = Sample {
-            columns: fetched.sample.columns.into_iter().skip(1).collect(),
-            rows: fetched
-                .sample
-                .rows
-                .into_iter()
-                .take(keep)
-                .map(|row| row.into_iter().skip(1).collect())
-                .collect(),
-            after_fix: false,
+        let not_counted = || DbError::Sql("the server's count was not a number".to_owned());
+        let count = match counted.first() {
+            Some(row) => row
+                .try_get::<_, i64>(0)
+                .ok()
+                .and_then(|n| u64::try_from(n).ok())
+                .ok_or_else(not_counted)?,
+            None => 0,
         };
+        let (count, complete) = match limit {
+            Some(limit) if count > limit => (limit, false),
+            _ => (count, true),
+        };
+        let mut sample = Sample::default();
+        if count > 0 && keep > 0 {
+            self.conn
+                .execute_one(
+                    &format!(
+                        "DECLARE dbjanitor_detect NO SCROLL CURSOR FOR \
+                         SELECT * FROM ({sql}\n) AS dbjanitor_sample LIMIT 0"
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(|e| unsafe_detect(sql, e))?;
+            let mut described = Detection::default();
+            self.fetch("FETCH FORWARD 1 FROM dbjanitor_detect", 0, &mut described)
+                .await?;
+            sample.columns = described.sample.columns;
+            for row in counted.iter().take(keep) {
+                let text: Option<&str> = row.try_get(1).map_err(|_| not_counted())?;
+                let mut fields = text.and_then(sample::record_fields).ok_or_else(|| {
+                    DbError::Sql(format!("a sample row was not a row value: {text:?}"))
+                })?;
+                fields.resize(sample.columns.len(), None);
+                sample.rows.push(
+                    fields
+                        .into_iter()
+                        .map(|f| f.as_deref().map(sample::clip))
+                        .collect(),
+                );
+            }
+        }
         Ok(Detection {
             count,
             sample,
-            complete: true,
+            complete,
         })
     }
 

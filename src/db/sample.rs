@@ -35,6 +35,45 @@ pub(crate) fn hex(raw: &[u8]) -> String {
     out
 }
 
+/// The fields of a PostgreSQL row value in its text form (`record_out`:
+/// `(1,stuck,,"a ""b"",c")`), each as the column's own text output, as
+/// `psql` shows it; `None` for NULL (an empty unquoted field). `None` when
+/// `text` is not a row value. Lets one extended-protocol statement (whose
+/// typed columns dbjanitor cannot render in general) return sample rows as
+/// text: `ROW(sample.*)::text`.
+pub(crate) fn record_fields(text: &str) -> Option<Vec<Option<String>>> {
+    let inner = text.strip_prefix('(')?.strip_suffix(')')?;
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut in_quotes = false;
+    let mut chars = inner.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if in_quotes && chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            '"' => {
+                in_quotes = !in_quotes;
+                quoted = true;
+            }
+            '\\' => field.push(chars.next()?),
+            ',' if !in_quotes => {
+                fields.push((quoted || !field.is_empty()).then(|| std::mem::take(&mut field)));
+                quoted = false;
+            }
+            c => field.push(c),
+        }
+    }
+    if in_quotes {
+        return None;
+    }
+    // `()` is one NULL column (or none: the caller knows the column count).
+    fields.push((quoted || !field.is_empty()).then_some(field));
+    Some(fields)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,5 +84,32 @@ mod tests {
         assert_eq!(bytes(&[0x00, 0xff, 0x10]), "0x00ff10");
         let long = "é".repeat(500);
         assert_eq!(clip(&long).chars().count(), Sample::MAX_CELL_CHARS);
+    }
+
+    #[test]
+    fn row_values_split_into_psql_texts() {
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            record_fields(r#"(1,stuck,,"a ""b"",c","",x\\y,"2020-01-01 00:00:00")"#),
+            Some(vec![
+                some("1"),
+                some("stuck"),
+                None,
+                some(r#"a "b",c"#),
+                some(""),
+                some("x\\y"),
+                some("2020-01-01 00:00:00"),
+            ])
+        );
+        assert_eq!(record_fields("(,)"), Some(vec![None, None]));
+        assert_eq!(record_fields("(7,)"), Some(vec![some("7"), None]));
+        assert_eq!(record_fields("(7)"), Some(vec![some("7")]));
+        assert_eq!(record_fields("()"), Some(vec![None]));
+        assert_eq!(
+            record_fields(r#"("{""k"": 1}",(1\,2))"#),
+            Some(vec![some(r#"{"k": 1}"#), some("(1,2)")])
+        );
+        assert_eq!(record_fields("7"), None);
+        assert_eq!(record_fields(r#"("open)"#), None);
     }
 }

@@ -21,6 +21,7 @@
 //!
 //! Channels: [`webhook`] (JSON or Slack/Mattermost) and [`email`] (SMTP).
 
+pub mod claimed;
 pub mod email;
 pub mod message;
 pub mod policy;
@@ -201,6 +202,14 @@ pub async fn deliver_at<H: History>(
             .collect(),
     };
     let outgoing = compose(config, records, &pasts, &host_name(), now);
+    send_all(&outgoing, records).await
+}
+
+/// Sends composed messages (every notifier concurrently) and returns, per
+/// record, whether at least one message about it was delivered. A failure
+/// is logged and added to `notify_errors` of each record it carried.
+/// `records` are the ones the messages were composed from.
+pub async fn send_all(outgoing: &[Outgoing<'_>], records: &mut [RunRecord]) -> Vec<bool> {
     let results = join_all(outgoing.iter().map(send)).await;
     let mut notified = vec![false; records.len()];
     for (message, result) in outgoing.iter().zip(results) {
@@ -215,7 +224,9 @@ pub async fn deliver_at<H: History>(
                     "notification sent"
                 );
                 for &i in &message.records {
-                    notified[i] = true;
+                    if let Some(flag) = notified.get_mut(i) {
+                        *flag = true;
+                    }
                 }
             }
             Err(error) => {

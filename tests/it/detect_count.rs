@@ -134,3 +134,45 @@ async fn report_only_detect_finding_nothing_is_clean() {
     assert_eq!(r["outcome"], "clean", "{r}");
     assert_eq!(r["detected"].as_u64(), Some(0), "{r}");
 }
+
+/// Third round: the count is not a cursor, so PostgreSQL may plan it in
+/// parallel as it does for `psql` (it never parallelises a cursor). The
+/// database is set to prefer parallel plans (costs 0, the leader not
+/// scanning), and detect counts only rows a parallel worker read: through
+/// a cursor that is none (`clean`), outside one every row (`found`).
+#[tokio::test(flavor = "multi_thread")]
+async fn report_only_count_may_run_in_parallel_like_psql() {
+    let db = events().await;
+    db.exec(&format!(
+        "ALTER DATABASE {} SET parallel_setup_cost = 0;
+         ALTER DATABASE {0} SET parallel_tuple_cost = 0;
+         ALTER DATABASE {0} SET min_parallel_table_scan_size = 0;
+         ALTER DATABASE {0} SET max_parallel_workers_per_gather = 2;
+         ALTER DATABASE {0} SET parallel_leader_participation = off;
+         CREATE FUNCTION in_parallel_worker() RETURNS boolean LANGUAGE plpgsql STABLE PARALLEL SAFE AS
+           $$ BEGIN RETURN (SELECT backend_type = 'parallel worker' FROM pg_stat_activity WHERE pid = pg_backend_pid()); END $$;",
+        db.name
+    ))
+    .await;
+    let stuck = db
+        .scalar("SELECT count(*) FROM event WHERE state = 'stuck'")
+        .await;
+    let detect = "SELECT id FROM event WHERE state = 'stuck' AND in_parallel_worker()";
+    // Workers are a shared resource: a run that got none counts 0 either
+    // way, so a few attempts are allowed; a cursor never gets any.
+    let mut detected = Vec::new();
+    for _ in 0..3 {
+        let out = Case::new()
+            .database("main", db.url())
+            .rule(&found_rule(detect))
+            .run(&["run", "--output", "json"]);
+        out.assert_code(0);
+        let r = out.record("events.stuck", "main");
+        detected.push(r["detected"].as_i64().unwrap_or(-1));
+        if detected.last() == Some(&stuck) {
+            assert_eq!(r["outcome"], "found", "{r}");
+            return;
+        }
+    }
+    panic!("the count never ran in parallel workers: detected {detected:?} of {stuck}");
+}

@@ -1,5 +1,6 @@
-//! Run history that stays right: two daemon replicas notify a state once
-//! (a `skipped` run is not a state), alert fatigue follows the notifications
+//! Run history that stays right: two daemon replicas (or a daemon and a
+//! timer) notify a state once (a `skipped` run is not a state), even when
+//! the audit database fails at the claim's COMMIT; alert fatigue follows the notifications
 //! that were delivered, retention keeps what `--due` needs, a dry run leaves
 //! the metrics series alone, `check --connect` checks the audit database, a
 //! stalled audit database never holds up the schedule, and a MySQL migration
@@ -20,7 +21,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::audit::{STUCK, audited, jobs, parse_metrics, store, truthy};
 use crate::daemon::{eventually, exited, free_port, sigterm};
-use crate::faults::FaultProxy;
+use crate::faults::{FaultProxy, When};
 use crate::util::{Case, Engine, RunOutput, TestDb};
 
 on_every_engine!(
@@ -138,37 +139,11 @@ async fn two_daemon_replicas_notify_an_unchanged_state_once() {
     );
 }
 
-/// Issue 9 "Done when": two replicas behave like one towards people. Both run
-/// a quick report-only rule every second whose state flips every 3 s (found,
-/// clean, found, ...), and the webhook answers slowly, so each replica reads
-/// the history while the other is still telling. Without the per-pair claim
-/// both told most changes (each read the history before the other recorded).
-/// The audit table on each engine; the rule's own database is PostgreSQL.
-async fn two_daemon_replicas_tell_each_state_change_once(audit_engine: Engine) {
-    let app = TestDb::new(Engine::Postgres).await;
-    let audit = TestDb::new(audit_engine).await;
-    let hook = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(700)))
-        .mount(&hook)
-        .await;
-    let case = audited(&app, &audit)
-        .rule(
-            "name: flip\ndatabase: main\nschedule: \"@every 1s\"\nnotify: [ops]\n\
-             detect: SELECT 1 AS x WHERE floor(extract(epoch FROM clock_timestamp()) / 3)::bigint % 2 = 0\n",
-        )
-        .config(&webhook(&format!("{}/hook", hook.uri())));
-    case.write_config();
-    let first = case.spawn(&["daemon"]);
-    let second = case.spawn(&["daemon"]);
-    eventually("6 notifications", async || {
-        (payloads(&hook).await.len() >= 6).then_some(())
-    })
-    .await;
-    let first = stop(first).await;
-    first.assert_code(0);
-    stop(second).await.assert_code(0);
-    let sent = payloads(&hook).await;
+/// The messages the webhook got, after checking that each is a change of
+/// the flipping rule's state: `found` (new) and `clean` (recovered)
+/// alternate, never the same state twice in a row.
+async fn each_change_told_once(hook: &MockServer) -> Vec<Value> {
+    let sent = payloads(hook).await;
     let told: Vec<(String, String)> = sent
         .iter()
         .map(|p| {
@@ -179,7 +154,6 @@ async fn two_daemon_replicas_tell_each_state_change_once(audit_engine: Engine) {
             )
         })
         .collect();
-    // Each message is a change: found (new) and clean (recovered) alternate.
     for pair in told.windows(2) {
         assert_ne!(
             pair[0].0, pair[1].0,
@@ -194,6 +168,48 @@ async fn two_daemon_replicas_tell_each_state_change_once(audit_engine: Engine) {
         };
         assert_eq!(change, expected, "{told:?}");
     }
+    sent
+}
+
+/// A report-only rule whose state flips every 3 s (found, clean, found, ...).
+const FLIP: &str = "name: flip\ndatabase: main\nschedule: \"@every 1s\"\nnotify: [ops]\n\
+    detect: SELECT 1 AS x WHERE floor(extract(epoch FROM clock_timestamp()) / 3)::bigint % 2 = 0\n";
+
+/// A webhook server that answers 200 after 700 ms: each teller is slow,
+/// so the others read the history while it is still telling.
+async fn slow_hook() -> MockServer {
+    let hook = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(700)))
+        .mount(&hook)
+        .await;
+    hook
+}
+
+/// Issue 9 "Done when": two replicas behave like one towards people. Both run
+/// a quick report-only rule every second whose state flips every 3 s (found,
+/// clean, found, ...), and the webhook answers slowly, so each replica reads
+/// the history while the other is still telling. Without the per-pair claim
+/// both told most changes (each read the history before the other recorded).
+/// The audit table on each engine; the rule's own database is PostgreSQL.
+async fn two_daemon_replicas_tell_each_state_change_once(audit_engine: Engine) {
+    let app = TestDb::new(Engine::Postgres).await;
+    let audit = TestDb::new(audit_engine).await;
+    let hook = slow_hook().await;
+    let case = audited(&app, &audit)
+        .rule(FLIP)
+        .config(&webhook(&format!("{}/hook", hook.uri())));
+    case.write_config();
+    let first = case.spawn(&["daemon"]);
+    let second = case.spawn(&["daemon"]);
+    eventually("6 notifications", async || {
+        (payloads(&hook).await.len() >= 6).then_some(())
+    })
+    .await;
+    let first = stop(first).await;
+    first.assert_code(0);
+    stop(second).await.assert_code(0);
+    let sent = each_change_told_once(&hook).await;
     // Both replicas did real runs (not only skipped ones), and the audit
     // table's notified rows are exactly the messages.
     let found = audit
@@ -205,7 +221,7 @@ async fn two_daemon_replicas_tell_each_state_change_once(audit_engine: Engine) {
             .scalar("SELECT count(*) FROM dbjanitor_runs WHERE notified")
             .await,
         i64::try_from(sent.len()).unwrap_or(-1),
-        "{told:?}"
+        "{sent:#?}"
     );
     assert_eq!(
         audit
@@ -228,6 +244,183 @@ mod two_daemon_replicas_tell_each_state_change_once {
     #[tokio::test(flavor = "multi_thread")]
     async fn sqlite() {
         super::two_daemon_replicas_tell_each_state_change_once(Engine::Sqlite).await
+    }
+}
+
+/// Issue 9: a daemon and a timer (one-shot `run`, e.g. a CronJob kept
+/// during a migration to the daemon) on the same pair. Before, `run` read
+/// the history and recorded afterwards without the pair's claim, so while
+/// one of them was telling a change (slow webhook) the other read a history
+/// without it and told it again. Now `run` judges and records under the
+/// same claim before it notifies.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_and_a_timer_tell_each_state_change_once() {
+    let app = TestDb::new(Engine::Postgres).await;
+    let audit = TestDb::new(Engine::Postgres).await;
+    let hook = slow_hook().await;
+    let case = audited(&app, &audit)
+        .rule(FLIP)
+        .config(&webhook(&format!("{}/hook", hook.uri())));
+    case.write_config();
+    let daemon = case.spawn(&["daemon"]);
+    let until = Instant::now() + Duration::from_secs(14);
+    let mut timer_runs = 0;
+    while Instant::now() < until {
+        let out = case.run(&["run"]);
+        out.assert_code(0);
+        timer_runs += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop(daemon).await.assert_code(0);
+    let sent = each_change_told_once(&hook).await;
+    assert!(sent.len() >= 4, "{sent:#?}");
+    assert_eq!(
+        audit
+            .scalar("SELECT count(*) FROM dbjanitor_runs WHERE notified")
+            .await,
+        i64::try_from(sent.len()).unwrap_or(-1)
+    );
+    let recorded = audit.scalar("SELECT count(*) FROM dbjanitor_runs").await;
+    assert!(
+        recorded > timer_runs + 8,
+        "timer runs {timer_runs}, rows {recorded}"
+    );
+}
+
+/// How the audit database fails when replica A records its decision.
+#[derive(Debug, Clone, Copy)]
+enum AtCommit {
+    /// The recording never commits: the connection is cut right after the
+    /// run's row reached the server (rolled back), and the audit database
+    /// then stays stalled for A — the soak's failure on stop 18.
+    Lost,
+    /// The COMMIT reaches the server (committed); its answer does not, and
+    /// the audit database stays stalled for A.
+    AnswerLost,
+}
+
+/// Issue 9, the soak's one duplicate: replica A judges `found` as news under
+/// the pair's claim and the audit database fails as A records it; replica
+/// B (direct to the audit database) then claims the pair. Before, A had
+/// already told the receivers (delivery came before the COMMIT), so with
+/// the COMMIT lost B read a history without A's row and told the same
+/// change again; with only the answer lost, A inserted its runs a second
+/// time (refused by the unique run id, retried for two minutes, logged as
+/// not recorded). Now the decision is committed before anyone is told, and
+/// A, unsure, tells nobody until a new claim shows whether its runs are
+/// there: each change told once, each run recorded once.
+async fn a_failure_at_the_claims_commit_tells_the_change_once(at: AtCommit) {
+    let app = TestDb::new(Engine::Postgres).await;
+    let audit = TestDb::new(Engine::Postgres).await;
+    let proxy = FaultProxy::in_front_of(audit.url());
+    let hook = MockServer::start().await;
+    answer(&hook, 200).await;
+    let replica = |audit_url: &str, every: &str| {
+        Case::new()
+            .database("main", app.url())
+            .database("janitor", audit_url)
+            .config("audit: { database: janitor, timeout: 2s }")
+            .config(&webhook(&format!("{}/hook", hook.uri())))
+            .rule(&format!(
+                "name: steady\ndatabase: main\nschedule: \"@every {every}\"\nnotify: [ops]\ndetect: SELECT 1 AS x\n"
+            ))
+    };
+    let a = replica(&proxy.url_for(audit.url()), "3s");
+    let b = replica(audit.url(), "1s");
+    let port = free_port();
+    let first = a.spawn(&["daemon", "--listen", &format!("127.0.0.1:{port}")]);
+    // Serving: its audit schema is migrated (a COMMIT of its own), and the
+    // first tick is up to 3 s away.
+    eventually("/livez of A", async || http_get(port, "/livez")).await;
+    match at {
+        AtCommit::Lost => {
+            // The outcome `found` bound as a text parameter of the run's INSERT.
+            proxy.cut_when(b"\x00\x00\x00\x05found", When::After);
+            proxy.stall_when(b"\x00\x00\x00\x05found", When::After);
+        }
+        // A simple-query COMMIT (the BEGIN's "READ COMMITTED" has no NUL after it).
+        AtCommit::AnswerLost => proxy.stall_when(b"COMMIT\0", When::After),
+    }
+    eventually("the fault at A's recording", async || {
+        proxy.triggers_fired().then_some(())
+    })
+    .await;
+    let runs = async || {
+        audit
+            .scalar("SELECT count(*) FROM dbjanitor_runs WHERE rule = 'steady'")
+            .await
+    };
+    assert_eq!(
+        payloads(&hook).await.len(),
+        0,
+        "nobody is told before the decision is recorded"
+    );
+    let second = b.spawn(&["daemon"]);
+    eventually("B's runs recorded while A's audit is stalled", async || {
+        (runs().await >= 4).then_some(())
+    })
+    .await;
+    proxy.release();
+    // A retries with backoff (up to 8 s); its later runs queue behind.
+    let released = runs().await;
+    eventually("A recording again", async || {
+        (runs().await >= released + 16).then_some(())
+    })
+    .await;
+    let first = stop(first).await;
+    let second = stop(second).await;
+    first.assert_code(0);
+    second.assert_code(0);
+    let sent = payloads(&hook).await;
+    assert_eq!(
+        sent.len(),
+        1,
+        "one message for one change: {sent:#?}\nA:\n{}",
+        first.stderr
+    );
+    assert_eq!(sent[0]["runs"][0]["change"], "new");
+    assert_eq!(
+        audit
+            .scalar("SELECT count(*) FROM dbjanitor_runs WHERE notified")
+            .await,
+        1
+    );
+    // Each run recorded once, none lost: every run either daemon finished.
+    let finished = first.stderr.matches("rule finished").count()
+        + second.stderr.matches("rule finished").count();
+    assert_eq!(
+        usize::try_from(runs().await).unwrap_or(0),
+        finished,
+        "A:\n{}",
+        first.stderr
+    );
+    assert_eq!(
+        audit
+            .scalar("SELECT count(*) - count(DISTINCT run_id) FROM dbjanitor_runs")
+            .await,
+        0
+    );
+    assert!(
+        !first.stderr.contains("could not be recorded"),
+        "A:\n{}",
+        first.stderr
+    );
+    let expected = match at {
+        AtCommit::Lost => "judged again against the history as it is now",
+        AtCommit::AnswerLost => "recorded though the COMMIT's answer was lost",
+    };
+    assert!(first.stderr.contains(expected), "A:\n{}", first.stderr);
+}
+
+mod a_failure_at_the_claims_commit_tells_the_change_once {
+    use super::AtCommit;
+    #[tokio::test(flavor = "multi_thread")]
+    async fn commit_lost() {
+        super::a_failure_at_the_claims_commit_tells_the_change_once(AtCommit::Lost).await
+    }
+    #[tokio::test(flavor = "multi_thread")]
+    async fn answer_lost() {
+        super::a_failure_at_the_claims_commit_tells_the_change_once(AtCommit::AnswerLost).await
     }
 }
 
@@ -454,9 +647,23 @@ async fn retention_keeps_the_rows_due_and_notifications_read(engine: Engine) {
             ))
             .await
     };
+    // The claim row of a pair nobody has claimed for long (a rule removed).
+    audit
+        .exec(
+            "INSERT INTO dbjanitor_pairs (rule, database_name, claimed_by, claimed_at) \
+             VALUES ('gone', 'main', 'old-host', '2020-01-01 00:00:00')",
+        )
+        .await;
     // Everything is older than `keep` now; another run prunes.
     tokio::time::sleep(Duration::from_secs(2)).await;
     json(&["b.manual"]).assert_code(0);
+    assert_eq!(
+        audit
+            .strings("SELECT rule FROM dbjanitor_pairs ORDER BY rule")
+            .await,
+        ["b.manual"],
+        "claim rows of pairs unclaimed for longer than keep go; the pair just claimed stays"
+    );
     assert_eq!(count("dry_run = TRUE").await, 0, "old dry runs go");
     assert_eq!(
         count("dry_run = FALSE").await,

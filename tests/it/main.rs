@@ -34,6 +34,9 @@ mod faults;
 /// Run history that stays right: two replicas, delivered notifications,
 /// retention, dry-run metrics, a stalled audit database, MySQL metadata locks.
 mod history;
+/// Issue 11: keyset batches (`batch.key`) on every engine: the right rows,
+/// none twice, exact counts when the guard trips, dry run, refusals.
+mod keyset;
 /// Leases on MySQL/MariaDB under the advisory lock's tests, and a holder
 /// stalled past its lease (fault proxy, PgBouncer) that must not commit.
 mod lease;
