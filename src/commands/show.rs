@@ -95,20 +95,36 @@ pub(crate) fn run(config_path: &Path, args: &ShowArgs) -> Result<u8, AppError> {
     Ok(exit::SUCCESS)
 }
 
+/// The rule's effective settings, where each came from, and its SQL per database.
 fn render(config: &Config, rule: &Rule, origins: &Origins) -> String {
-    let duration = |d: std::time::Duration| humantime::format_duration(d).to_string();
-    let list = |items: &[String]| {
-        if items.is_empty() {
-            "-".to_owned()
-        } else {
-            items.join(", ")
-        }
-    };
-    let mode = serde_json::to_value(rule.mode)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
-    let batch = rule.batch.as_ref().map_or_else(
+    let mut table = report::plain_table(&["SETTING", "VALUE", "FROM"]);
+    for (setting, value, from) in settings(rule, origins) {
+        table.add_row(vec![setting.to_owned(), value, from]);
+    }
+    let mut out = format!("rule {} ({})\n", rule.name, origins.rule_path);
+    if let Some(first) = rule.description.lines().next().filter(|l| !l.is_empty()) {
+        let _ = writeln!(out, "  {first}");
+    }
+    let _ = writeln!(out, "\n{table}");
+    out.push_str(&sql_per_database(config, rule));
+    out
+}
+
+fn duration(d: std::time::Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// `batch:` in one line: pause and max_batches, with size, key and lag if set.
+fn batch_summary(rule: &Rule) -> String {
+    rule.batch.as_ref().map_or_else(
         || "-".to_owned(),
         |b| {
             let size = b.size.as_ref().map_or_else(String::new, |s| {
@@ -138,13 +154,21 @@ fn render(config: &Config, rule: &Rule, origins: &Origins) -> String {
                 b.max_batches
             )
         },
-    );
+    )
+}
+
+/// One row per setting: its name, effective value, and where it came from.
+fn settings(rule: &Rule, origins: &Origins) -> Vec<(&'static str, String, String)> {
+    let mode = serde_json::to_value(rule.mode)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
     let notify_on: Vec<String> = rule
         .notify_on
         .iter()
         .map(|o| o.as_str().to_owned())
         .collect();
-    let rows: Vec<(&str, String, String)> = vec![
+    vec![
         (
             "databases",
             list(&rule.databases),
@@ -184,7 +208,7 @@ fn render(config: &Config, rule: &Rule, origins: &Origins) -> String {
             origins.of("verify", false),
         ),
         ("mode", mode, origins.of("mode", false)),
-        ("batch", batch, origins.of("batch", false)),
+        ("batch", batch_summary(rule), origins.of("batch", false)),
         (
             "timeout",
             duration(rule.timeout),
@@ -207,16 +231,12 @@ fn render(config: &Config, rule: &Rule, origins: &Origins) -> String {
             rule.enabled.to_string(),
             origins.of("enabled", false),
         ),
-    ];
-    let mut table = report::plain_table(&["SETTING", "VALUE", "FROM"]);
-    for (setting, value, from) in rows {
-        table.add_row(vec![setting.to_owned(), value, from]);
-    }
-    let mut out = format!("rule {} ({})\n", rule.name, origins.rule_path);
-    if let Some(first) = rule.description.lines().next().filter(|l| !l.is_empty()) {
-        let _ = writeln!(out, "  {first}");
-    }
-    let _ = writeln!(out, "\n{table}");
+    ]
+}
+
+/// Each database's detect and fix statements, as that dialect runs them.
+fn sql_per_database(config: &Config, rule: &Rule) -> String {
+    let mut out = String::new();
     for name in &rule.databases {
         let Some(database) = config.databases.get(name) else {
             continue;

@@ -6,6 +6,7 @@
 //! can be undone) and, with an audit table, gets an audit row.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use serde::Serialize;
@@ -143,15 +144,7 @@ pub(crate) async fn run(config: &Config, args: &UndoArgs) -> Result<u8, AppError
     let run = parse_run_id(&args.run_id)?;
     let (db, located) = find(config, &run).await?;
     let backup = backup_of(config, &db, &run, &located).await?;
-    let rule = config.rules.iter().find(|r| r.name == located.rule);
-    let (lock_name, wait, timeout) = match rule {
-        Some(rule) => (rule.lock.name.clone(), rule.lock.wait, rule.timeout),
-        None => (
-            located.rule.clone(),
-            std::time::Duration::ZERO,
-            config.defaults.timeout,
-        ),
-    };
+    let (lock_name, wait, timeout) = lock_of(config, &located.rule);
     let settings = ConnectSettings {
         timeout,
         lock_wait: wait,
@@ -207,29 +200,73 @@ pub(crate) async fn run(config: &Config, args: &UndoArgs) -> Result<u8, AppError
         (false, false) => "restored",
     };
     if !restored.refused && !args.dry_run {
-        record.outcome = Outcome::Fixed;
-        record.changed = Some(restored.total());
-        record.kept = Some(restored.kept);
-        record.message = Some(format!("undo of run {run}"));
-        if let Some(store) = crate::audit::AuditStore::from_config(config) {
-            let migrated = store.migrate().await;
-            let error = match migrated {
-                Ok(_) => crate::audit::record(Some(&store), &[record.clone()], &[false]).await,
-                Err(e) => Some(e.to_string()),
-            };
-            if let Some(error) = error {
-                tracing::error!(error = %error, "the undo run could not be recorded in the audit table");
+        record_undo(config, &mut record, &restored, &run).await;
+    }
+    let text = report_text(
+        args,
+        (&run, &undo_run),
+        &located,
+        &db.name,
+        &backup.table,
+        &restored,
+        (outcome, status),
+    )?;
+    print_stdout(&text)?;
+    Ok(status)
+}
+
+/// Records a restore that changed rows as a run of its own in the audit table
+/// (outcome `fixed`), so the history shows it; a failure to record is logged.
+async fn record_undo(config: &Config, record: &mut RunRecord, restored: &Restored, run: &str) {
+    record.outcome = Outcome::Fixed;
+    record.changed = Some(restored.total());
+    record.kept = Some(restored.kept);
+    record.message = Some(format!("undo of run {run}"));
+    if let Some(store) = crate::audit::AuditStore::from_config(config) {
+        let migrated = store.migrate().await;
+        let error = match migrated {
+            Ok(_) => {
+                crate::audit::record(Some(&store), std::slice::from_ref(record), &[false]).await
             }
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(error) = error {
+            tracing::error!(error = %error, "the undo run could not be recorded in the audit table");
         }
     }
-    let text = match args.output {
+}
+
+/// The lock, lock wait and timeout of the rule that made the run; a rule no
+/// longer in the config is locked by its name, without waiting.
+fn lock_of(config: &Config, rule_name: &str) -> (String, Duration, Duration) {
+    match config.rules.iter().find(|r| r.name == rule_name) {
+        Some(rule) => (rule.lock.name.clone(), rule.lock.wait, rule.timeout),
+        None => (
+            rule_name.to_owned(),
+            Duration::ZERO,
+            config.defaults.timeout,
+        ),
+    }
+}
+
+/// The report on stdout, text or JSON.
+fn report_text(
+    args: &UndoArgs,
+    (run, undo_run): (&str, &str),
+    located: &Located,
+    database: &str,
+    table: &str,
+    restored: &Restored,
+    (outcome, status): (&str, u8),
+) -> Result<String, AppError> {
+    Ok(match args.output {
         OutputFormat::Json => {
             let report = Report {
-                run_id: &run,
-                undo_run_id: &undo_run,
+                run_id: run,
+                undo_run_id: undo_run,
                 rule: &located.rule,
-                database: &db.name,
-                table: &backup.table,
+                database,
+                table,
                 dry_run: args.dry_run,
                 outcome,
                 restored: if restored.refused {
@@ -237,7 +274,7 @@ pub(crate) async fn run(config: &Config, args: &UndoArgs) -> Result<u8, AppError
                 } else {
                     restored.total()
                 },
-                details: &restored,
+                details: restored,
                 exit_code: status,
             };
             let mut json = serde_json::to_string_pretty(&report)
@@ -245,12 +282,8 @@ pub(crate) async fn run(config: &Config, args: &UndoArgs) -> Result<u8, AppError
             json.push('\n');
             json
         }
-        OutputFormat::Text => {
-            text_report(&run, &undo_run, &located, &db.name, &restored, args.dry_run)
-        }
-    };
-    print_stdout(&text)?;
-    Ok(status)
+        OutputFormat::Text => text_report(run, undo_run, located, database, restored, args.dry_run),
+    })
 }
 
 /// The steps in one transaction under the rule's lock; `None` when the lock is held.
