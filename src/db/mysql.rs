@@ -1,5 +1,9 @@
 //! MySQL and MariaDB backend.
 //!
+//! A little over 500 lines: the session's transaction states and the detect
+//! paths belong together; locks (`lock`) and the server-side count (`count`)
+//! are apart.
+//!
 //! sqlx changes a new connection's `sql_mode` (adds `PIPES_AS_CONCAT`,
 //! `NO_ENGINE_SUBSTITUTION`) and sets `time_zone='+00:00'`; both would change
 //! what rule SQL means (`||`, `NOW()` against DATETIME columns). They are
