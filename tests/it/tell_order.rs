@@ -10,7 +10,7 @@
 //! people read), in that order.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -96,11 +96,8 @@ fn webhook(url: &str) -> String {
 }
 
 /// Two daemon replicas (A slow to deliver, B fast) on one flipping pair:
-/// the receiver takes the messages in the order the replicas decided them
-/// (the audit table's notified rows in insertion order, each inserted under
-/// the pair's claim), each state change once, and at least once B decided
-/// the change right after one of A's (so the slow delivery was overtaken
-/// before). The audit table on each engine; the rule's database is PostgreSQL.
+/// the messages arrive in decision order ([`arrived_in_decision_order`]).
+/// The audit table on each engine; the rule's database is PostgreSQL.
 async fn two_replicas_messages_arrive_in_decision_order(audit_engine: Engine) {
     let app = TestDb::new(Engine::Postgres).await;
     let audit = TestDb::new(audit_engine).await;
@@ -127,6 +124,14 @@ async fn two_replicas_messages_arrive_in_decision_order(audit_engine: Engine) {
     .await;
     stop(a).await.assert_code(0);
     stop(b).await.assert_code(0);
+    arrived_in_decision_order(&audit, &taken).await;
+}
+
+/// The receiver took the messages in the order they were decided (the audit
+/// table's notified rows in insertion order, each inserted under the pair's
+/// claim), each state change once, and at least once the fast teller decided
+/// the change right after one of the slow one's (the case that overtook).
+async fn arrived_in_decision_order(audit: &TestDb, taken: &Taken) {
     let got = taken.lock().expect("lock").clone();
     let arrived: Vec<String> = got
         .iter()
@@ -159,6 +164,41 @@ async fn two_replicas_messages_arrive_in_decision_order(audit_engine: Engine) {
     alternate(&told);
     assert!(
         paths.windows(2).any(|w| w == ["/slow", "/fast"]),
-        "B never decided right after A: {paths:?}"
+        "the fast teller never decided right after the slow one: {paths:?}"
     );
+}
+
+/// The one-shot `run` path: a daemon slow to deliver (A) and a timer whose
+/// webhook answers at once (B, `run` every 200 ms) on one flipping pair.
+/// The timer's digest waits for the daemon's message decided before it;
+/// before, it overtook it. PostgreSQL audit table.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_and_a_timer_messages_arrive_in_decision_order() {
+    let app = TestDb::new(Engine::Postgres).await;
+    let audit = TestDb::new(Engine::Postgres).await;
+    let (base, taken) = receiver().await;
+    let slow = audited(&app, &audit)
+        .rule(FLIP)
+        .config(&webhook(&format!("{base}/slow")));
+    slow.write_config();
+    let timer = audited(&app, &audit)
+        .rule(FLIP)
+        .config(&webhook(&format!("{base}/fast")));
+    timer.write_config();
+    let daemon = slow.spawn(&["daemon"]);
+    let until = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < until {
+        timer.run(&["run"]).assert_code(0);
+        let got = taken.lock().expect("lock").clone();
+        let handoffs = got
+            .windows(2)
+            .filter(|w| w[0].0 == "/slow" && w[1].0 == "/fast")
+            .count();
+        if handoffs >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop(daemon).await.assert_code(0);
+    arrived_in_decision_order(&audit, &taken).await;
 }
