@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::audit::audited;
 use crate::daemon::eventually;
 use crate::history::{FLIP, alternate, stop};
-use crate::util::{Engine, TestDb};
+use crate::util::{Case, Engine, TestDb};
 
 on_every_engine!(two_replicas_messages_arrive_in_decision_order);
 
@@ -95,21 +95,28 @@ fn webhook(url: &str) -> String {
     )
 }
 
+/// The rule's database (PostgreSQL), the audit database on `audit_engine`,
+/// the receiver, and two cases on them with the flipping rule: the first
+/// tells through `/slow`, the second through `/fast`.
+async fn two_tellers(audit_engine: Engine) -> (TestDb, TestDb, [Case; 2], Taken) {
+    let app = TestDb::new(Engine::Postgres).await;
+    let audit = TestDb::new(audit_engine).await;
+    let (base, taken) = receiver().await;
+    let cases = ["slow", "fast"].map(|path| {
+        let case = audited(&app, &audit)
+            .rule(FLIP)
+            .config(&webhook(&format!("{base}/{path}")));
+        case.write_config();
+        case
+    });
+    (app, audit, cases, taken)
+}
+
 /// Two daemon replicas (A slow to deliver, B fast) on one flipping pair:
 /// the messages arrive in decision order ([`arrived_in_decision_order`]).
 /// The audit table on each engine; the rule's database is PostgreSQL.
 async fn two_replicas_messages_arrive_in_decision_order(audit_engine: Engine) {
-    let app = TestDb::new(Engine::Postgres).await;
-    let audit = TestDb::new(audit_engine).await;
-    let (base, taken) = receiver().await;
-    let slow = audited(&app, &audit)
-        .rule(FLIP)
-        .config(&webhook(&format!("{base}/slow")));
-    slow.write_config();
-    let fast = audited(&app, &audit)
-        .rule(FLIP)
-        .config(&webhook(&format!("{base}/fast")));
-    fast.write_config();
+    let (_app, audit, [slow, fast], taken) = two_tellers(audit_engine).await;
     let a = slow.spawn(&["daemon"]);
     let b = fast.spawn(&["daemon"]);
     // Until B has taken over from A a few times (or enough messages came).
@@ -174,17 +181,7 @@ async fn arrived_in_decision_order(audit: &TestDb, taken: &Taken) {
 /// before, it overtook it. PostgreSQL audit table.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_daemon_and_a_timer_messages_arrive_in_decision_order() {
-    let app = TestDb::new(Engine::Postgres).await;
-    let audit = TestDb::new(Engine::Postgres).await;
-    let (base, taken) = receiver().await;
-    let slow = audited(&app, &audit)
-        .rule(FLIP)
-        .config(&webhook(&format!("{base}/slow")));
-    slow.write_config();
-    let timer = audited(&app, &audit)
-        .rule(FLIP)
-        .config(&webhook(&format!("{base}/fast")));
-    timer.write_config();
+    let (_app, audit, [slow, timer], taken) = two_tellers(Engine::Postgres).await;
     let daemon = slow.spawn(&["daemon"]);
     let until = Instant::now() + Duration::from_secs(60);
     while Instant::now() < until {
