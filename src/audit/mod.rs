@@ -7,7 +7,7 @@
 //! an operator needs to see what was changed, when, by which host and which
 //! dbjanitor version, in the database they already back up.
 //!
-//! The schema is created and upgraded by the binary itself ([`migrate`]); a
+//! The schema is created and upgraded by the binary itself (`migrate`); a
 //! schema newer than this binary knows is refused before any rule runs, so an
 //! older pod left behind during an upgrade stops with a clear message instead
 //! of writing into a table it does not understand.
@@ -75,4 +75,4 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// migration waits for another migrator and, on MySQL/MariaDB, for the
 /// metadata lock of its DDL (`lock_wait_timeout`), or on PostgreSQL for its
 /// table locks (`lock_timeout`).
-pub const DEFAULT_MIGRATE_LOCK_WAIT: Duration = Duration::from_secs(60);
+pub const DEFAULT_MIGRATE_LOCK_WAIT: Duration = Duration::from_mins(1);

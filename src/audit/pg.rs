@@ -66,7 +66,7 @@ pub(super) async fn insert_rows(
         let was_notified = notified.get(i).copied().unwrap_or(false);
         let duration_ms = i64::try_from(r.duration_ms).unwrap_or(i64::MAX);
         let finished = r.started_at + chrono::Duration::milliseconds(duration_ms);
-        let reason = r.reason.map(|x| x.as_str());
+        let reason = r.reason.map(crate::outcome::Reason::as_str);
         let message = r.message.as_deref().map(clip);
         let error = r.error.as_deref().map(clip);
         let counts = [
@@ -216,16 +216,19 @@ pub(super) async fn max_started(
         .flatten())
 }
 
-/// `dbjanitor history`: rows of [`sql::RUNS_POSTGRES`] (`$1` rule, `$2`
-/// database, `$3` since, each NULL for "any"; `$4` limit).
+/// `dbjanitor history`: rows of [`sql::RUNS`] (rule, database and since
+/// each twice, NULL for "any"; then the limit), every parameter typed.
 pub(super) async fn runs(c: &PgConn, filter: &RunFilter) -> Result<Vec<AuditRun>, AuditError> {
     let limit = i64::from(filter.limit);
     let rows = c
         .query_one_stmt(
-            sql::RUNS_POSTGRES,
+            &sql::numbered(sql::RUNS),
             &[
                 (&filter.rule, Type::TEXT),
+                (&filter.rule, Type::TEXT),
                 (&filter.database, Type::TEXT),
+                (&filter.database, Type::TEXT),
+                (&filter.since, Type::TIMESTAMPTZ),
                 (&filter.since, Type::TIMESTAMPTZ),
                 (&limit, Type::INT8),
             ],

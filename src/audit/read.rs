@@ -79,7 +79,7 @@ pub struct AuditRun {
 /// Columns of [`sql::LAST`] (and of `pg::last_row`).
 pub(crate) type LastRow = (String, DateTime<Utc>, i64, Option<i64>, Option<i64>);
 
-/// Columns of [`sql::RUNS_POSTGRES`] and [`sql::RUNS_OTHER`], in order.
+/// Columns of [`sql::RUNS`], in order.
 pub(crate) type RunRow = (
     Option<String>,
     String,
@@ -291,7 +291,7 @@ async fn runs(conn: &mut Conn, filter: &super::RunFilter) -> Result<Vec<AuditRun
     let limit = i64::from(filter.limit);
     let rows: Vec<RunRow> = on_each!(
         &mut *conn,
-        sql::RUNS_OTHER,
+        sql::RUNS,
         pg | c | return pg::runs(c, filter).await,
         |c, sql, url| {
             sqlx::query_as(sql)

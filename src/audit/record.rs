@@ -18,7 +18,7 @@ use crate::outcome::RunRecord;
 const PRUNE_MAX_BATCHES: u32 = 100;
 
 /// Retention runs at most this often per process (a CronJob pod runs it once).
-const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_hours(1);
 
 /// `text` cut to [`MAX_TEXT_CHARS`] characters (on a character boundary),
 /// with `…` when something was cut.

@@ -5,10 +5,7 @@
 //! (`$1` / `?`) and boolean tests (`NOT dry_run` / `dry_run = 0`), so a fix
 //! to one could miss the other. Booleans are now tested the way all three
 //! engines read (`NOT dry_run`, `notified`), placeholders are written `?`, and
-//! [`numbered`] turns them into PostgreSQL's `$1, $2, ...`. The one exception
-//! is `dbjanitor history`'s query ([`RUNS_POSTGRES`] / [`RUNS_OTHER`]):
-//! PostgreSQL names each optional filter once and casts it, where the others
-//! bind it twice.
+//! [`numbered`] turns them into PostgreSQL's `$1, $2, ...`.
 
 /// One row per record; the columns `record::bind_run!` and `pg::insert_rows` bind, in order.
 pub(super) const INSERT: &str = "INSERT INTO dbjanitor_runs (rule, database_name, started_at, finished_at, duration_ms, \
@@ -62,15 +59,11 @@ pub(super) const PRUNE: &str = concat!(
     "))) ORDER BY r.started_at LIMIT ?) AS t)"
 );
 
-/// `dbjanitor history` on PostgreSQL: newest first; each filter NULL means
-/// "any" (`$1` rule, `$2` database, `$3` since, `$4` limit).
-pub(super) const RUNS_POSTGRES: &str = "SELECT run_id::text, rule::text, database_name::text, started_at, duration_ms, \
-    outcome::text, reason::text, message, error, detected, changed, dry_run, host::text FROM dbjanitor_runs \
-    WHERE ($1::text IS NULL OR rule = $1) AND ($2::text IS NULL OR database_name = $2) \
-    AND ($3::timestamptz IS NULL OR started_at >= $3) ORDER BY started_at DESC, id DESC LIMIT $4";
-
-/// [`RUNS_POSTGRES`] for MySQL/MariaDB and SQLite: each filter bound twice.
-pub(super) const RUNS_OTHER: &str = "SELECT run_id, rule, database_name, started_at, duration_ms, outcome, reason, message, error, \
+/// `dbjanitor history`: newest first; each filter (rule, database, since)
+/// is bound twice and NULL means "any"; the last parameter is the limit.
+/// PostgreSQL binds every parameter with its type (`pg::runs`), so `$1 IS
+/// NULL` needs no cast there.
+pub(super) const RUNS: &str = "SELECT run_id, rule, database_name, started_at, duration_ms, outcome, reason, message, error, \
     detected, changed, dry_run, host FROM dbjanitor_runs \
     WHERE (? IS NULL OR rule = ?) AND (? IS NULL OR database_name = ?) AND (? IS NULL OR started_at >= ?) \
     ORDER BY started_at DESC, id DESC LIMIT ?";
@@ -115,9 +108,30 @@ mod tests {
         );
         assert!(numbered(PRUNE).contains("r.started_at < $1"));
         assert!(numbered(PRUNE).contains("LIMIT $2)"));
-        for sql in [INSERT, LAST, STATE, NOTIFIED, SUCCESS, PRUNE] {
+        for sql in [INSERT, LAST, STATE, NOTIFIED, SUCCESS, PRUNE, RUNS] {
             assert!(!numbered(sql).contains('?'), "{sql}");
         }
+    }
+
+    /// The PostgreSQL texts are the ones written out by hand before the
+    /// statements were written once (schema and plans unchanged).
+    #[test]
+    fn postgres_texts_are_the_hand_written_ones() {
+        assert_eq!(
+            numbered(LAST),
+            "SELECT outcome, started_at, duration_ms, detected, changed FROM dbjanitor_runs \
+             WHERE rule = $1 AND database_name = $2 AND NOT dry_run ORDER BY started_at DESC, id DESC LIMIT 1"
+        );
+        assert_eq!(
+            numbered(NOTIFIED),
+            "SELECT outcome, started_at FROM dbjanitor_runs WHERE rule = $1 AND database_name = $2 \
+             AND NOT dry_run AND notified ORDER BY started_at DESC, id DESC LIMIT 1"
+        );
+        assert_eq!(
+            numbered(SUCCESS),
+            "SELECT MAX(started_at) FROM dbjanitor_runs WHERE rule = $1 AND database_name = $2 \
+             AND NOT dry_run AND outcome IN ('clean', 'found', 'fixed')"
+        );
     }
 
     /// Issue 13.3: the audit SQL's outcome lists are the ones `Outcome`'s

@@ -75,7 +75,7 @@ impl AuditStore {
     /// A migration's own bound: waiting for another migrator and for the
     /// metadata lock, plus time for the DDL itself (a large table).
     fn migrate_bound(&self) -> Duration {
-        self.migrate_lock_wait * 2 + Duration::from_secs(120)
+        self.migrate_lock_wait * 2 + Duration::from_mins(2)
     }
 
     /// The audit database's name in the config.

@@ -1,4 +1,4 @@
-//! Database backends behind one small trait, opened in one place ([`open`]).
+//! Database backends behind one small trait, opened in one place ([`open()`]).
 //!
 //! Nothing is pooled across runs. Within one `run`, the rules of one database
 //! run in order on one connection (a fleet pays one connection set-up per

@@ -69,7 +69,7 @@ pub(super) fn parse_url(url: &SecretUrl) -> Result<Target, String> {
         query.clear();
         for (key, value) in &pairs {
             match key.as_str() {
-                "sslmode" => sslmode = value.clone(),
+                "sslmode" => sslmode.clone_from(value),
                 "sslrootcert" => rootcert = Some(value.clone()),
                 "sslcert" | "sslkey" | "sslpassword" => {
                     return Err(format!(

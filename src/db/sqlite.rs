@@ -151,7 +151,7 @@ impl SqliteSession {
 
 fn is_busy(err: &sqlx::Error) -> bool {
     err.as_database_error()
-        .and_then(|db| db.code())
+        .and_then(sqlx::error::DatabaseError::code)
         .and_then(|code| code.parse::<i64>().ok())
         .is_some_and(|code| code & 0xff == SQLITE_BUSY)
 }

@@ -84,40 +84,14 @@ impl TestDb {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::SeqCst)
         );
-        match engine {
-            Engine::Postgres => {
-                let mut admin = PgConnection::connect(&format!("{}/postgres", pg_server()))
+        let (url, dir) = match engine {
+            Engine::Postgres | Engine::MySql => {
+                admin(engine, &format!("CREATE DATABASE {name}"))
                     .await
-                    .expect("PostgreSQL must be running for the tests (see .ci/run)");
-                admin
-                    .execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .await
-                    .expect("create test database");
-                let _ = admin.close().await;
-                let url = format!("{}/{name}", pg_server());
-                TestDb {
-                    engine,
-                    name,
-                    url,
-                    _dir: None,
-                }
-            }
-            Engine::MySql => {
-                let mut admin = MySqlConnection::connect(&mysql_server())
-                    .await
-                    .expect("MariaDB must be running for the tests (see .ci/run)");
-                admin
-                    .execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .await
-                    .expect("create test database");
-                let _ = admin.close().await;
-                let url = format!("{}/{name}", mysql_server());
-                TestDb {
-                    engine,
-                    name,
-                    url,
-                    _dir: None,
-                }
+                    .unwrap_or_else(|e| {
+                        panic!("create test database ({engine:?} must be running for the tests, see .ci/run): {e}")
+                    });
+                (format!("{}/{name}", server(engine)), None)
             }
             Engine::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
@@ -130,13 +104,14 @@ impl TestDb {
                     .await
                     .expect("create sqlite db");
                 let _ = conn.close().await;
-                TestDb {
-                    engine,
-                    name,
-                    url,
-                    _dir: Some(dir),
-                }
+                (url, Some(dir))
             }
+        };
+        TestDb {
+            engine,
+            name,
+            url,
+            _dir: dir,
         }
     }
 
@@ -264,33 +239,39 @@ impl Drop for TestDb {
                 return;
             };
             rt.block_on(async move {
-                match engine {
-                    Engine::Postgres => {
-                        if let Ok(mut c) =
-                            PgConnection::connect(&format!("{}/postgres", pg_server())).await
-                        {
-                            let _ = c
-                                .execute(AssertSqlSafe(format!(
-                                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                                )))
-                                .await;
-                            let _ = c.close().await;
-                        }
-                    }
-                    Engine::MySql => {
-                        if let Ok(mut c) = MySqlConnection::connect(&mysql_server()).await {
-                            let _ = c
-                                .execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}")))
-                                .await;
-                            let _ = c.close().await;
-                        }
-                    }
-                    Engine::Sqlite => {}
-                }
+                let sql = match engine {
+                    Engine::Postgres => format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                    _ => format!("DROP DATABASE IF EXISTS {name}"),
+                };
+                let _ = admin(engine, &sql).await;
             });
         })
         .join();
     }
+}
+
+/// The server's URL without a database: PostgreSQL's or MariaDB's.
+fn server(engine: Engine) -> String {
+    match engine {
+        Engine::MySql => mysql_server(),
+        _ => pg_server(),
+    }
+}
+
+/// Runs `sql` as the server's administrator (PostgreSQL: in the `postgres`
+/// database): creating and dropping test databases.
+async fn admin(engine: Engine, sql: &str) -> Result<(), String> {
+    let result = match engine {
+        Engine::MySql => match MySqlConnection::connect(&mysql_server()).await {
+            Ok(c) => fetch_text(c, sql, |_| Vec::new()).await,
+            Err(e) => Err(e),
+        },
+        _ => match PgConnection::connect(&format!("{}/postgres", pg_server())).await {
+            Ok(c) => fetch_text(c, sql, |_| Vec::new()).await,
+            Err(e) => Err(e),
+        },
+    };
+    result.map(drop).map_err(|e| e.to_string())
 }
 
 /// Runs `sql` (several statements allowed) as text on `conn`, renders every
