@@ -13,6 +13,9 @@
 //! `run --due` (exit 1: it cannot tell what is due); a plain `run` runs its
 //! rules all the same, prints the whole report, and exits 1 if the runs could
 //! not be recorded, so the gap in the history is seen.
+//!
+//! (Over 500 lines: this is the one place that shows a call's whole life;
+//! each step is a short function, and the commands live in `commands/`.)
 
 use std::io::Write;
 use std::path::Path;

@@ -13,6 +13,9 @@
 //! `/*! */` comments (their content is code); SQLite `[identifiers]`. It does
 //! not parse. The lexer is the first line only: the backends make the server
 //! check "one statement" and "read only" wherever the engine allows it.
+//!
+//! (Over 500 lines because of its tests: the lexer is under 400 lines; the
+//! cases pin every quoting and comment form of the three dialects.)
 
 use crate::db::Dialect;
 

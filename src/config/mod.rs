@@ -10,6 +10,7 @@
 
 mod backup;
 mod batch_key;
+mod database;
 mod error;
 mod keys;
 mod notifier;
@@ -17,6 +18,7 @@ mod plain;
 mod raw;
 mod replica;
 mod rule_file;
+mod rule_walk;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -34,11 +36,10 @@ pub use notifier::{
     NotifierConfig, WebhookConfig, WebhookFormat, ca_certificate,
 };
 
-use crate::db::{DatabaseConfig, Dialect};
+use crate::db::DatabaseConfig;
 use crate::outcome::Outcome;
 use crate::rule::Rule;
-use crate::secret::SecretUrl;
-use raw::{RawConfig, RawDatabase};
+use raw::RawConfig;
 
 /// Statement timeout when neither the rule nor `defaults` says.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -435,227 +436,6 @@ impl Loader<'_> {
         None
     }
 
-    /// One entry of `databases:`: its URL (with `${VAR}` expanded, or read
-    /// from `url_file`), dialect, lock kind, pragmas and replicas.
-    fn database(
-        &mut self,
-        file: &Path,
-        base: &Path,
-        name: &str,
-        db: &Spanned<RawDatabase>,
-    ) -> Option<DatabaseConfig> {
-        if !valid_name(name) {
-            self.err(
-                file,
-                db.referenced,
-                format!("invalid database name {name:?}: use [a-z0-9._-]+"),
-            );
-            return None;
-        }
-        let (text, at) = self.database_url_text(file, base, name, db)?;
-        let (dialect, url) = self.database_url(file, at, &format!("database {name:?}"), text)?;
-        if dialect == Dialect::MySql && names_no_database(&url) {
-            // Issue 12.7: else it surfaced as "No database selected" at prepare time.
-            self.err(
-                file,
-                at,
-                format!(
-                    "database {name:?}: the MySQL URL {} names no database: add /DBNAME, e.g. mysql://user@host:3306/shop",
-                    url.redacted()
-                ),
-            );
-            return None;
-        }
-        let lock = self.database_lock(file, name, dialect, db)?;
-        let pragmas = self.pragmas(file, name, dialect, db.value.pragmas.as_ref());
-        let replicas = self.replicas(file, name, dialect, db.value.replicas.as_ref())?;
-        Some(DatabaseConfig {
-            name: name.to_owned(),
-            dialect,
-            url,
-            lock,
-            pragmas,
-            replicas,
-        })
-    }
-
-    /// The URL text of a database, from exactly one of `url` and `url_file`,
-    /// and where it was given.
-    fn database_url_text(
-        &mut self,
-        file: &Path,
-        base: &Path,
-        name: &str,
-        db: &Spanned<RawDatabase>,
-    ) -> Option<(String, Location)> {
-        match (&db.value.url, &db.value.url_file) {
-            (Some(url), None) => Some((self.expand(file, url)?, url.referenced)),
-            (None, Some(url_file)) => {
-                let path = base.join(self.expand(file, url_file)?);
-                match std::fs::read_to_string(&path) {
-                    Ok(text) => Some((text.trim().to_owned(), url_file.referenced)),
-                    Err(e) => {
-                        self.err(
-                            file,
-                            url_file.referenced,
-                            format!("cannot read url_file {}: {e}", path.display()),
-                        );
-                        None
-                    }
-                }
-            }
-            _ => {
-                self.err(
-                    file,
-                    db.referenced,
-                    format!("database {name:?}: give exactly one of url or url_file"),
-                );
-                None
-            }
-        }
-    }
-
-    /// A database (or replica) URL: its dialect from the scheme, `mariadb://`
-    /// rewritten to `mysql://`, and checked by the driver's own parser.
-    /// `subject` names it in errors (`database "shop"`); the URL itself is
-    /// only ever shown redacted.
-    fn database_url(
-        &mut self,
-        file: &Path,
-        at: Location,
-        subject: &str,
-        text: String,
-    ) -> Option<(Dialect, SecretUrl)> {
-        let secret = SecretUrl::new(text);
-        let scheme = secret.expose().split_once("://").map(|(s, _)| s.to_owned());
-        let Some(dialect) = scheme.as_deref().and_then(Dialect::from_scheme) else {
-            self.err(
-                file,
-                at,
-                format!(
-                    "{subject}: unsupported URL {}: expected postgres://, postgresql://, mysql://, mariadb:// or sqlite://",
-                    secret.redacted()
-                ),
-            );
-            return None;
-        };
-        let secret = if secret.expose().starts_with("mariadb://") {
-            // sqlx only knows mysql://; MariaDB speaks the same protocol.
-            SecretUrl::new(secret.expose().replacen("mariadb://", "mysql://", 1))
-        } else {
-            secret
-        };
-        if let Err(e) = check_url(dialect, &secret) {
-            self.err(
-                file,
-                at,
-                format!("{subject}: invalid URL {}: {e}", secret.redacted()),
-            );
-            return None;
-        }
-        Some((dialect, secret))
-    }
-
-    /// `lock:` of a database: `auto` unless it says; `lease` not on SQLite.
-    fn database_lock(
-        &mut self,
-        file: &Path,
-        name: &str,
-        dialect: Dialect,
-        db: &Spanned<RawDatabase>,
-    ) -> Option<crate::db::LockKind> {
-        let Some(lock) = &db.value.lock else {
-            return Some(crate::db::LockKind::Auto);
-        };
-        let Some(kind) = crate::db::LockKind::parse(&lock.value.kind.value) else {
-            self.err(
-                file,
-                lock.value.kind.referenced,
-                format!(
-                    "database {name:?}: unknown lock kind {:?}: expected advisory, lease or auto",
-                    lock.value.kind.value
-                ),
-            );
-            return None;
-        };
-        if kind == crate::db::LockKind::Lease && dialect == Dialect::Sqlite {
-            // SQLite's lock is the file's (BEGIN IMMEDIATE); a lease adds nothing.
-            self.err(
-                file,
-                lock.value.kind.referenced,
-                format!("database {name:?}: lock kind lease is for PostgreSQL and MySQL/MariaDB; SQLite locks its file"),
-            );
-            return None;
-        }
-        Some(kind)
-    }
-
-    /// `pragmas:` of a SQLite database: known names that change how SQL
-    /// behaves on a connection, with values the pragma accepts.
-    fn pragmas(
-        &mut self,
-        file: &Path,
-        name: &str,
-        dialect: Dialect,
-        raw: Option<&Spanned<BTreeMap<String, String>>>,
-    ) -> Vec<(String, String)> {
-        let Some(raw) = raw else {
-            return Vec::new();
-        };
-        if dialect != Dialect::Sqlite {
-            self.err(
-                file,
-                raw.referenced,
-                format!("database {name:?}: pragmas: is for SQLite databases only"),
-            );
-            return Vec::new();
-        }
-        let mut pragmas = Vec::new();
-        for (key, value) in &raw.value {
-            let value = value.trim().to_ascii_lowercase();
-            let valid = match key.as_str() {
-                "foreign_keys"
-                | "recursive_triggers"
-                | "case_sensitive_like"
-                | "defer_foreign_keys"
-                | "ignore_check_constraints"
-                | "trusted_schema"
-                | "reverse_unordered_selects"
-                | "automatic_index" => {
-                    matches!(
-                        value.as_str(),
-                        "on" | "off" | "true" | "false" | "1" | "0" | "yes" | "no"
-                    )
-                }
-                "temp_store" => matches!(
-                    value.as_str(),
-                    "default" | "file" | "memory" | "0" | "1" | "2"
-                ),
-                "cache_size" => value.parse::<i64>().is_ok(),
-                _ => {
-                    self.err(
-                        file,
-                        raw.referenced,
-                        format!(
-                            "database {name:?}: unknown pragma {key:?}; accepted: foreign_keys, recursive_triggers, case_sensitive_like, defer_foreign_keys, ignore_check_constraints, trusted_schema, reverse_unordered_selects, automatic_index, temp_store, cache_size"
-                        ),
-                    );
-                    continue;
-                }
-            };
-            if valid {
-                pragmas.push((key.clone(), value));
-            } else {
-                self.err(
-                    file,
-                    raw.referenced,
-                    format!("database {name:?}: invalid value {value:?} for pragma {key}"),
-                );
-            }
-        }
-        pragmas
-    }
-
     fn defaults(
         &mut self,
         file: &Path,
@@ -842,65 +622,6 @@ impl Loader<'_> {
         }
         out
     }
-
-    /// Expands the `rules:` list into rule files: files as given, folders
-    /// searched recursively for `*.yaml`/`*.yml`, sorted by path.
-    fn rule_files(
-        &mut self,
-        file: &Path,
-        base: &Path,
-        entries: &[Spanned<String>],
-    ) -> Vec<PathBuf> {
-        let mut files = Vec::new();
-        for entry in entries {
-            let path = base.join(&entry.value);
-            if path.is_dir() {
-                let mut walk = RuleWalk::default();
-                if let Err(e) = walk.folder(&path) {
-                    self.err(
-                        file,
-                        entry.referenced,
-                        format!("cannot read rule folder {}: {e}", path.display()),
-                    );
-                }
-                for (link, target) in &walk.loops {
-                    self.err(
-                        file,
-                        entry.referenced,
-                        format!(
-                            "rule folder {}: the symlink {} loops back to its own parent folder {} \
-                             (remove it, or point it outside the rule folder)",
-                            path.display(),
-                            link.display(),
-                            target.display()
-                        ),
-                    );
-                }
-                let mut found = walk.files;
-                if found.is_empty() {
-                    self.err(
-                        file,
-                        entry.referenced,
-                        format!("rule folder {} holds no .yaml files", path.display()),
-                    );
-                }
-                found.sort();
-                files.extend(found);
-            } else if path.is_file() {
-                files.push(path);
-            } else {
-                self.err(
-                    file,
-                    entry.referenced,
-                    format!("rule path {} does not exist", path.display()),
-                );
-            }
-        }
-        // Read each file once, however many paths (symlinks) lead to it.
-        let mut seen = BTreeSet::new();
-        files.retain(|f| seen.insert(std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())));
-        files
-    }
 }
 
 /// Names defined in the config, loaded or failed, sorted once each: the
@@ -947,85 +668,4 @@ pub mod limits {
     /// `i32` of milliseconds).
     pub const AUDIT_MIGRATE_LOCK_WAIT: (&str, Duration) =
         ("audit.migrate_lock_wait", Duration::from_secs(DAY));
-}
-
-/// Collects `*.yaml`/`*.yml` under a rule folder, following symlinks.
-///
-/// Hidden names are skipped: a Kubernetes ConfigMap mount holds `..data` and
-/// `..<timestamp>` folders that would otherwise load every rule twice. Each
-/// folder is entered once (by canonical path), so two links to one folder do
-/// not read it twice, and a link to one of its own parent folders
-/// (`ln -s .. rules/sub/up`) is recorded in `loops` instead of being walked
-/// until the kernel's link limit, which multiplied every rule (false
-/// "duplicate rule name" errors) and, with two such links, memory without end.
-#[derive(Debug, Default)]
-struct RuleWalk {
-    files: Vec<PathBuf>,
-    /// `(the link as found, the parent folder it points back to)`.
-    loops: Vec<(PathBuf, PathBuf)>,
-    /// Canonical paths of folders already walked.
-    visited: BTreeSet<PathBuf>,
-    /// Canonical paths of the folders from the root down to the current one.
-    ancestors: Vec<PathBuf>,
-}
-
-impl RuleWalk {
-    fn folder(&mut self, dir: &Path) -> std::io::Result<()> {
-        let canonical = std::fs::canonicalize(dir)?;
-        if self.ancestors.contains(&canonical) {
-            self.loops.push((dir.to_path_buf(), canonical));
-            return Ok(());
-        }
-        if !self.visited.insert(canonical.clone()) {
-            return Ok(());
-        }
-        self.ancestors.push(canonical);
-        let result = self.entries(dir);
-        self.ancestors.pop();
-        result
-    }
-
-    fn entries(&mut self, dir: &Path) -> std::io::Result<()> {
-        let mut paths = std::fs::read_dir(dir)?
-            .map(|entry| entry.map(|e| e.path()))
-            .collect::<std::io::Result<Vec<_>>>()?;
-        paths.sort();
-        for path in paths {
-            if path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('.'))
-            {
-                continue;
-            }
-            if path.is_dir() {
-                self.folder(&path)?;
-            } else if path
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| e == "yaml" || e == "yml")
-            {
-                self.files.push(path);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Whether a (MySQL) URL has no database in its path (`mysql://h:3306`,
-/// `mysql://h:3306/`): every unqualified table name would fail at run time.
-fn names_no_database(url: &SecretUrl) -> bool {
-    url::Url::parse(url.expose()).is_ok_and(|u| u.path().trim_matches('/').is_empty())
-}
-
-/// Parses a URL with the driver's own parser, so a malformed URL is a
-/// configuration error (exit 2) and not a failure at run time.
-fn check_url(dialect: Dialect, url: &SecretUrl) -> Result<(), String> {
-    let text = url.expose();
-    let result = match dialect {
-        Dialect::Postgres => return crate::db::pgconn::check_url(url),
-        Dialect::MySql => sqlx::mysql::MySqlConnectOptions::from_str(text).map(|_| ()),
-        Dialect::Sqlite => sqlx::sqlite::SqliteConnectOptions::from_str(text).map(|_| ()),
-    };
-    result.map_err(|e| url.scrub(&e.to_string()))
 }

@@ -1,4 +1,7 @@
 //! Validated notifier settings (`notifiers:`). Sending lives in `notify`.
+//!
+//! (Over 500 lines: the webhook and email settings and their checks, each
+//! step short; one file so that both notifier kinds share the same checks.)
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -10,6 +10,9 @@
 //!
 //! [`decide`] is a pure function of the rule's settings, the new outcome, the
 //! last known state and the current time, so every case is a unit test.
+//!
+//! (Over 500 lines because of its tests: the policy itself is under 200; the
+//! table of cases below is the specification of alert fatigue.)
 
 use std::collections::BTreeSet;
 use std::time::Duration;
