@@ -271,8 +271,14 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
         jobs: usize::from(args.jobs),
     };
     let mut records = run_plan(&plan, &options, &cancel).await;
-    let audit_error =
-        notify::claimed::after_run(&config, audit.as_ref(), &mut records, args.no_notify).await;
+    let audit_error = notify::claimed::after_run(
+        &config,
+        audit.as_ref(),
+        &mut records,
+        args.no_notify,
+        &cancel,
+    )
+    .await;
     let mut status = exit_status(&records);
     if audit_error.is_some() {
         status = exit::RULE_FAILED;

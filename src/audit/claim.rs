@@ -36,6 +36,7 @@ use sqlx::Executor;
 use tokio_postgres::types::Type;
 
 use super::conn::finish;
+use super::turn::{self, Turn};
 use super::{AuditError, AuditStore, Conn, insert_rows, last_state_since, pg};
 use crate::history::LastState;
 use crate::outcome::RunRecord;
@@ -77,6 +78,8 @@ pub struct Claim<'s> {
     conn: Conn,
     state: Option<LastState>,
     state_at: Option<DateTime<Utc>>,
+    rule: String,
+    database: String,
 }
 
 impl std::fmt::Debug for Claim<'_> {
@@ -108,6 +111,8 @@ impl AuditStore {
                 conn,
                 state,
                 state_at,
+                rule: rule.to_owned(),
+                database: database.to_owned(),
             }),
             Ok(Err(e)) => {
                 conn.abandon();
@@ -222,6 +227,17 @@ impl Claim<'_> {
 }
 
 impl Claim<'_> {
+    /// The pair's next number in its tell sequence, within `audit.timeout`.
+    async fn take_turn(&mut self, bound: Duration) -> Result<Turn, AuditError> {
+        let timeout = self.store.timeout;
+        tokio::time::timeout(
+            timeout,
+            turn::take(&mut self.conn, &self.rule, &self.database, bound),
+        )
+        .await
+        .map_err(|_| AuditError::Timeout(timeout))?
+    }
+
     /// Whether the run `run_id` is already in the table (seen under the
     /// claim, so no other process is recording this pair meanwhile). A run
     /// without an id cannot be looked up: `false`.
@@ -278,8 +294,10 @@ async fn end(conn: &mut Conn) -> Result<(), AuditError> {
 #[derive(Debug)]
 pub enum Settled<T> {
     /// The runs were judged under the claim, and recorded and committed with
-    /// their `notified` flags: the caller now delivers what it decided.
-    Decided(T),
+    /// their `notified` flags: the caller now delivers what it decided,
+    /// after [`AuditStore::wait_turn`] with the turn (if it delivers
+    /// anything), and then calls [`AuditStore::done_turn`].
+    Decided(T, Option<Turn>),
     /// `check` was asked and the runs were already there: the earlier
     /// decision (whose COMMIT went through though its answer was lost)
     /// stands. With the pair's state as the history has it now: another
@@ -294,7 +312,9 @@ pub enum Unsettled<T> {
     NotClaimed(AuditError),
     /// Decided (`T`), but the inserts or the COMMIT failed: whether the runs
     /// are recorded is unknown until a later `settle` with `check` looks.
-    Unsure(AuditError, T),
+    /// With the decision's turn, if it delivers (it exists only if the
+    /// COMMIT went through).
+    Unsure(AuditError, T, Option<Turn>),
 }
 
 impl AuditStore {
@@ -305,17 +325,19 @@ impl AuditStore {
     /// this returns, so the caller delivers *after* the decision is visible
     /// to every other process. With `check` (an earlier COMMIT's outcome is
     /// unknown), the first record's id is looked up first: found, nothing
-    /// is decided again ([`Settled::AlreadyRecorded`]).
+    /// is decided again ([`Settled::AlreadyRecorded`]). A decision that
+    /// tells anything takes the pair's next [`Turn`] in the same
+    /// transaction, its delivery bounded by `tell_for` per told run.
     pub async fn settle<T>(
         &self,
         records: &[RunRecord],
-        wait: Duration,
+        (wait, tell_for): (Duration, Duration),
         check: bool,
         decide: impl FnOnce(Option<&LastState>, Option<DateTime<Utc>>) -> (T, Vec<bool>),
     ) -> Result<Settled<T>, Unsettled<T>> {
         let Some(first) = records.first() else {
             let (decision, _) = decide(None, None);
-            return Ok(Settled::Decided(decision));
+            return Ok(Settled::Decided(decision, None));
         };
         let mut claim = self
             .claim(&first.rule, &first.database, wait)
@@ -333,9 +355,22 @@ impl AuditStore {
             }
         }
         let (decision, notified) = decide(claim.state(), claim.state_at());
+        let told = notified.iter().filter(|t| **t).count();
+        let turn = if told == 0 {
+            None
+        } else {
+            let bound = tell_for.saturating_mul(u32::try_from(told).unwrap_or(u32::MAX));
+            match claim.take_turn(bound).await {
+                Ok(turn) => Some(turn),
+                Err(e) => {
+                    claim.conn.abandon();
+                    return Err(Unsettled::NotClaimed(e));
+                }
+            }
+        };
         match claim.commit(records, &notified).await {
-            Ok(()) => Ok(Settled::Decided(decision)),
-            Err(e) => Err(Unsettled::Unsure(e, decision)),
+            Ok(()) => Ok(Settled::Decided(decision, turn)),
+            Err(e) => Err(Unsettled::Unsure(e, decision, turn)),
         }
     }
 

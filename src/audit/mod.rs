@@ -35,6 +35,7 @@ mod read;
 mod record;
 mod sql;
 mod store;
+mod turn;
 
 use std::time::Duration;
 
@@ -46,6 +47,7 @@ pub use migrate::{MIGRATION_LOCK, MIGRATIONS, Migrated, Migration, SCHEMA_VERSIO
 pub use read::{AuditRun, LastRun, RunFilter};
 pub use record::record;
 pub use store::AuditStore;
+pub use turn::Turn;
 
 // What `claim.rs` takes from here (`super::...`), kept under these names.
 use read::last_state_since;

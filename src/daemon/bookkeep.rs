@@ -27,7 +27,7 @@ use super::{
     Backlog, HISTORY_WAIT_TIMEOUTS, RECORD_RETRY_FIRST_WAIT, RECORD_RETRY_FOR,
     RECORD_RETRY_MAX_WAIT, Shared,
 };
-use crate::audit::{AuditError, AuditStore, RunHistory, Settled, Unsettled};
+use crate::audit::{AuditError, AuditStore, RunHistory, Settled, Turn, Unsettled};
 use crate::config::Config;
 use crate::history::{History, HistoryError, LastState};
 use crate::metrics::DaemonMetrics;
@@ -79,6 +79,14 @@ pub(super) fn history_wait(config: &Config) -> Duration {
         .as_ref()
         .map_or(crate::audit::DEFAULT_TIMEOUT, |a| a.timeout)
         .saturating_mul(HISTORY_WAIT_TIMEOUTS)
+}
+
+/// A decision recorded under the claim, with its turn in the pair's tell
+/// sequence (none: it tells nothing, or its turn is unknown).
+#[derive(Clone, Copy)]
+struct Told<'d, 'c> {
+    decision: &'d Decision<'c>,
+    turn: Option<&'d Turn>,
 }
 
 /// The (rule, database) of a batch (every run in it is of the same pair).
@@ -157,7 +165,7 @@ impl Shared {
         let started = Instant::now();
         let mut wait = RECORD_RETRY_FIRST_WAIT;
         // A decision whose COMMIT got no answer: recorded or not, unknown.
-        let mut unsure: Option<Decision<'_>> = None;
+        let mut unsure: Option<(Decision<'_>, Option<Turn>)> = None;
         loop {
             let attempt = {
                 // Held for the whole claim: it is an audit connection.
@@ -166,7 +174,7 @@ impl Shared {
                 store
                     .settle(
                         records,
-                        self.claim_wait,
+                        (self.claim_wait, self.tell_for),
                         unsure.is_some(),
                         |state, since| {
                             let start = Start::Known(Known {
@@ -182,25 +190,33 @@ impl Shared {
                     .await
             };
             let e = match attempt {
-                Ok(Settled::Decided(decision)) => {
+                Ok(Settled::Decided(decision, turn)) => {
                     if unsure.is_some() {
                         info!(
                             runs = batch.len(),
                             "the runs were not recorded (their COMMIT was lost): judged again against the history as it is now"
                         );
                     }
-                    return self.tell(store, &rule, &database, batch, &decision).await;
+                    let told = Told {
+                        decision: &decision,
+                        turn: turn.as_ref(),
+                    };
+                    return self.tell(store, (&rule, &database), batch, told).await;
                 }
                 Ok(Settled::AlreadyRecorded(now)) => {
-                    if let Some(decision) = unsure.take() {
-                        self.tell_late(store, &rule, &database, batch, &decision, now.as_ref())
+                    if let Some((decision, turn)) = unsure.take() {
+                        let told = Told {
+                            decision: &decision,
+                            turn: turn.as_ref(),
+                        };
+                        self.tell_late(store, (&rule, &database), batch, told, now.as_ref())
                             .await;
                     }
                     return;
                 }
-                Err(Unsettled::Unsure(e, decision)) => {
+                Err(Unsettled::Unsure(e, decision, turn)) => {
                     warn!(error = %e, runs = batch.len(), "the audit database did not confirm the claim's COMMIT: nobody is told until it answers and shows whether the runs are recorded");
-                    unsure = Some(decision);
+                    unsure = Some((decision, turn));
                     e
                 }
                 Err(Unsettled::NotClaimed(e)) => e,
@@ -232,16 +248,20 @@ impl Shared {
         &self,
         store: &AuditStore,
         batch: &mut [RunRecord],
-        unsure: Option<Decision<'_>>,
+        unsure: Option<(Decision<'_>, Option<Turn>)>,
         e: &AuditError,
     ) {
         let Some((rule, database)) = pair_of(batch) else {
             return;
         };
         match unsure {
-            Some(decision) => {
+            Some((decision, turn)) => {
                 error!(error = %e, runs = batch.len(), "whether the runs are recorded in the run history is still unknown: telling them as decided, not recording them again");
-                self.tell(store, &rule, &database, batch, &decision).await;
+                let told = Told {
+                    decision: &decision,
+                    turn: turn.as_ref(),
+                };
+                self.tell(store, (&rule, &database), batch, told).await;
             }
             None => self.without_claim(batch, e).await,
         }
@@ -274,12 +294,12 @@ impl Shared {
     async fn tell_late(
         &self,
         store: &AuditStore,
-        rule: &str,
-        database: &str,
+        pair: (&str, &str),
         batch: &mut [RunRecord],
-        decision: &Decision<'_>,
+        told: Told<'_, '_>,
         now: Option<&LastState>,
     ) {
+        let decision = told.decision;
         let last_told = batch
             .iter()
             .zip(&decision.notified)
@@ -294,7 +314,7 @@ impl Shared {
                 runs = batch.len(),
                 "the runs were recorded though the COMMIT's answer was lost: telling them as decided"
             );
-            return self.tell(store, rule, database, batch, decision).await;
+            return self.tell(store, pair, batch, told).await;
         }
         info!(
             runs = batch.len(),
@@ -303,6 +323,9 @@ impl Shared {
         let none = vec![false; batch.len()];
         self.unmark(store, &decision.undelivered(batch, &none))
             .await;
+        if let Some(turn) = told.turn {
+            store.done_turn(turn).await;
+        }
     }
 
     /// Clears `notified` of runs decided as told but not delivered, so the
@@ -321,19 +344,28 @@ impl Shared {
         }
     }
 
-    /// Delivers a decision recorded under the claim; the rows of runs no
-    /// notifier delivered get their `notified` flag cleared, so the history
-    /// says what the receivers were really told.
+    /// Delivers a decision recorded under the claim, in its turn: after the
+    /// pair's earlier decisions are delivered (or their deadline passed),
+    /// so messages about one pair arrive in decision order across
+    /// replicas. The rows of runs no notifier delivered get their
+    /// `notified` flag cleared, so the history says what the receivers
+    /// were really told.
     async fn tell(
         &self,
         store: &AuditStore,
-        rule: &str,
-        database: &str,
+        (rule, database): (&str, &str),
         batch: &mut [RunRecord],
-        decision: &Decision<'_>,
+        told: Told<'_, '_>,
     ) {
+        let decision = told.decision;
         self.remember(rule, database, decision.known.clone());
+        if let Some(turn) = told.turn {
+            store.wait_turn(turn, &self.stop).await;
+        }
         let delivered = decision.deliver(batch).await;
+        if let Some(turn) = told.turn {
+            store.done_turn(turn).await;
+        }
         self.unmark(store, &decision.undelivered(batch, &delivered))
             .await;
     }

@@ -122,6 +122,9 @@ struct Shared {
     /// How long another process may hold a pair's claim (it reads the
     /// history and inserts rows under it, never notifies): `audit.timeout` twice.
     claim_wait: Duration,
+    /// How long one told run's delivery may take, for the pair's tell
+    /// sequence (the next teller waits for it at most that long).
+    tell_for: Duration,
     /// How long a pair's runs wait, not yet notified, for the run history
     /// to be readable again: four times `audit.timeout`.
     history_wait: Duration,
@@ -479,6 +482,7 @@ impl Shared {
             bookkeeping,
             bookkeeping_slots: Arc::new(Semaphore::new(config.daemon.jobs)),
             claim_wait: crate::notify::claimed::claim_wait(config),
+            tell_for: crate::notify::claimed::tell_for(config),
             history_wait: bookkeep::history_wait(config),
             known: std::sync::Mutex::default(),
         }

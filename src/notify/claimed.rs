@@ -21,10 +21,11 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use super::{Past, compose, host_name, send_all};
-use crate::audit::{AuditStore, Settled, Unsettled};
+use crate::audit::{AuditStore, Settled, Turn, Unsettled};
 use crate::config::Config;
 use crate::history::LastState;
 use crate::outcome::RunRecord;
@@ -73,18 +74,25 @@ impl Judged {
 /// audit table that decision is recorded under each pair's claim before
 /// anything is sent (as the daemon does: a daemon and a timer tell one
 /// change once), and the flag of a message no notifier delivered is
-/// cleared. Returns the audit error for the report, if any.
+/// cleared. Messages wait for their pairs' earlier decisions to be
+/// delivered (the tell sequence, audit schema v5) unless `stop` is
+/// cancelled. Returns the audit error for the report, if any.
 pub async fn after_run(
     config: &Config,
     audit: Option<&AuditStore>,
     records: &mut [RunRecord],
     no_notify: bool,
+    stop: &CancellationToken,
 ) -> Option<String> {
     if no_notify {
         tracing::info!("--no-notify: no notification is sent for this run");
     }
     match audit {
-        Some(store) => notify_and_record(config, store, records, no_notify).await.1,
+        Some(store) => {
+            notify_and_record(config, store, records, no_notify, stop)
+                .await
+                .1
+        }
         None if no_notify => None,
         None => {
             super::deliver::<AuditStore>(config, records, None).await;
@@ -105,9 +113,29 @@ pub fn claim_wait(config: &Config) -> Duration {
         .saturating_mul(2)
 }
 
+/// How long one told run's delivery may take, for the pair's tell sequence
+/// (the next teller waits for it at most that long): the longest notifier
+/// `deadline`, plus `audit.timeout` for the COMMIT before it.
+#[must_use]
+pub fn tell_for(config: &Config) -> Duration {
+    let deadline = config
+        .notifiers
+        .values()
+        .map(|n| n.delivery().deadline)
+        .max()
+        .unwrap_or_default();
+    let audit = config
+        .audit
+        .as_ref()
+        .map_or(crate::audit::DEFAULT_TIMEOUT, |a| a.timeout);
+    deadline.saturating_add(audit)
+}
+
 /// One record's fate under its claim.
 struct Outcome {
     judged: Judged,
+    /// Its place in the pair's tell sequence, if it is told.
+    turn: Option<Turn>,
     /// Its row is in the table (or may be: unknown), so it is not recorded again.
     recorded: bool,
     /// The audit error to report, if any.
@@ -126,6 +154,7 @@ fn unclaimed(record: &RunRecord) -> Outcome {
         } else {
             Judged::Unknown
         },
+        turn: None,
         recorded: false,
         error: None,
         audit_down: true,
@@ -141,10 +170,11 @@ async fn notify_and_record(
     store: &AuditStore,
     records: &mut [RunRecord],
     no_notify: bool,
+    stop: &CancellationToken,
 ) -> (Vec<bool>, Option<String>) {
     let now = Utc::now();
     let host = host_name();
-    let wait = claim_wait(config);
+    let wait = (claim_wait(config), tell_for(config));
     // One pair after the other: the rows' ids keep the report's order. Once
     // a claim could not be had, the audit database is taken as down for
     // this run: the other pairs do not each wait `audit.timeout` for it.
@@ -162,7 +192,16 @@ async fn notify_and_record(
         vec![false; records.len()]
     } else {
         let outgoing = compose(config, records, &pasts, &host, now);
-        send_all(&outgoing, records).await
+        // One digest for every pair: it waits for each pair's earlier
+        // messages (bounded by their deadlines), then says all are done.
+        for turn in fates.iter().filter_map(|f| f.turn.as_ref()) {
+            store.wait_turn(turn, stop).await;
+        }
+        let sent = send_all(&outgoing, records).await;
+        for turn in fates.iter().filter_map(|f| f.turn.as_ref()) {
+            store.done_turn(turn).await;
+        }
+        sent
     };
     let mut errors: Vec<String> = fates.iter().filter_map(|f| f.error.clone()).collect();
     // Told under the claim but delivered by no notifier: the history must
@@ -227,7 +266,7 @@ async fn settle_one(
     store: &AuditStore,
     record: &RunRecord,
     no_notify: bool,
-    wait: Duration,
+    wait: (Duration, Duration),
     (host, now): (&str, DateTime<Utc>),
 ) -> Outcome {
     let one = std::slice::from_ref(record);
@@ -237,27 +276,28 @@ async fn settle_one(
         (judged, vec![flag])
     };
     let first = match store.settle(one, wait, false, decide).await {
-        Ok(Settled::Decided(judged)) => return recorded(judged),
-        Ok(Settled::AlreadyRecorded(_)) => return recorded(Judged::Unknown),
+        Ok(Settled::Decided(judged, turn)) => return recorded(judged, turn),
+        Ok(Settled::AlreadyRecorded(_)) => return recorded(Judged::Unknown, None),
         Err(Unsettled::NotClaimed(e)) => {
             warn!(error = %e, rule = %record.rule, database = %record.database, "cannot claim the pair in the audit table: the runs are told with the previous state unknown and recorded afterwards");
             return unclaimed(record);
         }
-        Err(Unsettled::Unsure(e, judged)) => (e, judged),
+        Err(Unsettled::Unsure(e, judged, turn)) => (e, judged, turn),
     };
-    let (e, judged) = first;
+    let (e, judged, turn) = first;
     warn!(error = %e, rule = %record.rule, database = %record.database, "the audit table did not confirm the run's COMMIT: looking whether it is recorded");
     match store.settle(one, wait, true, decide).await {
-        Ok(Settled::Decided(again)) => recorded(again),
-        Ok(Settled::AlreadyRecorded(_)) => recorded(judged),
+        Ok(Settled::Decided(again, turn)) => recorded(again, turn),
+        Ok(Settled::AlreadyRecorded(_)) => recorded(judged, turn),
         Err(failed) => {
-            let (e, judged) = match failed {
-                Unsettled::NotClaimed(e) => (e, judged),
-                Unsettled::Unsure(e, again) => (e, again),
+            let (e, judged, turn) = match failed {
+                Unsettled::NotClaimed(e) => (e, judged, turn),
+                Unsettled::Unsure(e, again, turn) => (e, again, turn),
             };
             error!(error = %e, rule = %record.rule, database = %record.database, "whether the run is recorded in the audit table is unknown; it is told as decided and not recorded again");
             Outcome {
                 judged,
+                turn,
                 recorded: true,
                 error: Some(format!("whether the run was recorded is unknown: {e}")),
                 audit_down: true,
@@ -267,9 +307,10 @@ async fn settle_one(
 }
 
 /// A record settled under its claim.
-fn recorded(judged: Judged) -> Outcome {
+fn recorded(judged: Judged, turn: Option<Turn>) -> Outcome {
     Outcome {
         judged,
+        turn,
         recorded: true,
         error: None,
         audit_down: false,

@@ -39,7 +39,7 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 }
 
 /// SIGTERM, then waits (bounded) for the exit.
-async fn stop(child: Child) -> RunOutput {
+pub(crate) async fn stop(child: Child) -> RunOutput {
     sigterm(&child);
     exited(child).await
 }
@@ -154,13 +154,20 @@ async fn each_change_told_once(hook: &MockServer) -> Vec<Value> {
             )
         })
         .collect();
+    alternate(&told);
+    sent
+}
+
+/// (outcome, change) of each message in arrival order: `found` (new) and
+/// `clean` (recovered) alternate, never the same state twice in a row.
+pub(crate) fn alternate(told: &[(String, String)]) {
     for pair in told.windows(2) {
         assert_ne!(
             pair[0].0, pair[1].0,
             "the same state told twice in a row: {told:?}"
         );
     }
-    for (outcome, change) in &told {
+    for (outcome, change) in told {
         let expected = if outcome == "found" {
             "new"
         } else {
@@ -168,11 +175,10 @@ async fn each_change_told_once(hook: &MockServer) -> Vec<Value> {
         };
         assert_eq!(change, expected, "{told:?}");
     }
-    sent
 }
 
 /// A report-only rule whose state flips every 3 s (found, clean, found, ...).
-const FLIP: &str = "name: flip\ndatabase: main\nschedule: \"@every 1s\"\nnotify: [ops]\n\
+pub(crate) const FLIP: &str = "name: flip\ndatabase: main\nschedule: \"@every 1s\"\nnotify: [ops]\n\
     detect: SELECT 1 AS x WHERE floor(extract(epoch FROM clock_timestamp()) / 3)::bigint % 2 = 0\n";
 
 /// A webhook server that answers 200 after 700 ms: each teller is slow,

@@ -69,5 +69,7 @@ mod rulepack;
 mod safety;
 /// No password in logs, reports or errors.
 mod secrets;
+/// Issue 9: two replicas' messages about one pair arrive in decision order.
+mod tell_order;
 /// Issue 14: run ids in the reports, the audit table and the notifications.
 mod undo;

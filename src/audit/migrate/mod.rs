@@ -99,15 +99,16 @@ macro_rules! migration {
 }
 
 /// Every migration, in order. Append only.
-pub const MIGRATIONS: [Migration; 4] = [
+pub const MIGRATIONS: [Migration; 5] = [
     migration!(1, "create_runs"),
     migration!(2, "notified"),
     migration!(3, "run_id"),
     migration!(4, "pairs"),
+    migration!(5, "tell_seq"),
 ];
 
 /// The schema version this binary writes and reads.
-#[allow(clippy::cast_possible_truncation)] // 4 migrations: a const that cannot truncate
+#[allow(clippy::cast_possible_truncation)] // 5 migrations: a const that cannot truncate
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Name of the lock that serialises migrators (PostgreSQL key, MySQL lock name).

@@ -41,6 +41,11 @@ const CREATES: [&[(&str, Option<&str>)]; MIGRATIONS.len()] = [
     // The unique index comes in the same ALTER TABLE: with the column or not at all.
     &[("dbjanitor_runs", Some("run_id"))],
     &[("dbjanitor_pairs", None)],
+    &[
+        ("dbjanitor_pairs", Some("told_seq")),
+        ("dbjanitor_pairs", Some("delivered_seq")),
+        ("dbjanitor_pairs", Some("delivering_until")),
+    ],
 ];
 
 /// A MySQL/MariaDB connection migrating, waiting at most `lock_wait` for the
