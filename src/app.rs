@@ -497,6 +497,12 @@ async fn check(config_path: &Path, args: &CheckArgs) -> Result<u8, AppError> {
         crate::report::counted(targets.len() as u64, "pair"),
         targets.len() - invalid - unreachable
     ));
+    for replica in crate::check::check_replicas(&targets).await {
+        if replica.lag.is_err() {
+            unreachable += 1;
+        }
+        out.push_str(&replica.line());
+    }
     match check_audit(&config).await {
         AuditCheck::None => {}
         AuditCheck::Ok(line) => out.push_str(&line),

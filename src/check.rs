@@ -4,6 +4,9 @@
 //! catches a wrong table or column name before the first scheduled run. A
 //! fix statement that depends on an earlier statement of the same fix (a table
 //! it creates) cannot be prepared ahead of it; such rules report that error.
+//! The `replicas:` of a MySQL/MariaDB database are read as the replica-lag
+//! gate reads them, so an unreachable one, or a server that is no replica,
+//! is found before a batch run waits for it.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -96,6 +99,59 @@ async fn prepare_on<S: Session>(session: Result<S, DbError>, target: &Target) ->
     // A stalled connection may not answer the goodbye either.
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close()).await;
     result
+}
+
+/// One `replicas:` URL of a MySQL/MariaDB database, as `check --connect`
+/// found it: read the way `batch.max_replica_lag` reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReplicaCheck {
+    /// The database the replica belongs to.
+    pub database: String,
+    /// The replica's URL, password masked.
+    pub url: String,
+    /// Its lag, or why it cannot be read.
+    pub lag: Result<Duration, String>,
+}
+
+impl ReplicaCheck {
+    /// Its line in `check`'s output.
+    pub(crate) fn line(&self) -> String {
+        match &self.lag {
+            Ok(lag) => format!(
+                "replica {} of database {}: ok ({} s behind)\n",
+                self.url,
+                self.database,
+                lag.as_secs()
+            ),
+            Err(why) => format!(
+                "replica {} of database {}: unusable: {why}: a rule with batch.max_replica_lag would wait for it and stop\n",
+                self.url, self.database
+            ),
+        }
+    }
+}
+
+/// `check --connect` on the `replicas:` of every MySQL/MariaDB database the
+/// checked pairs use (each database once, within its first rule's timeout):
+/// connects to each and reads its replica status. PostgreSQL reads its
+/// standbys on the primary itself and lists no replicas.
+pub(crate) async fn check_replicas(targets: &[Target]) -> Vec<ReplicaCheck> {
+    let mut seen = std::collections::HashSet::new();
+    let mut checks = Vec::new();
+    for target in targets {
+        let database = &target.database;
+        if !seen.insert(database.name.as_str()) {
+            continue;
+        }
+        for url in &database.replicas {
+            checks.push(ReplicaCheck {
+                database: database.name.clone(),
+                url: url.redacted().to_owned(),
+                lag: crate::db::replica::probe(url, target.rule.timeout).await,
+            });
+        }
+    }
+    checks
 }
 
 /// How long closing a checked connection may take before it is dropped.

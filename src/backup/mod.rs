@@ -21,7 +21,9 @@
 //! Detect's SQL runs a second time here, as a subquery (`WHERE (key) IN
 //! (SELECT key FROM (detect) d)`): it is the rule's own read-only query,
 //! which already ran once in this transaction, so the keys never leave the
-//! server either.
+//! server either. In keyset batches (`batch.key`) the subquery keeps only the
+//! rows of the batch's window (`d.key BETWEEN first AND last`), so each
+//! batch copies and locks its own rows, not every detected row again.
 
 pub(crate) mod sql;
 pub(crate) mod undo;
@@ -29,6 +31,7 @@ pub(crate) mod undo;
 use std::time::Duration;
 
 use crate::db::{DbError, Dialect, Session};
+use crate::rule::KeyWindow;
 
 /// Where images are kept and for how long (`images:` in the config).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +111,18 @@ pub(crate) struct Capture<'a> {
     pub batch: u64,
     /// Detect's SQL for this dialect.
     pub detect: &'a str,
+    /// Keyset batches (`batch.key`): only the detected rows of this batch's
+    /// window are captured, not every detected row again in every batch.
+    pub window: Option<Window<'a>>,
+}
+
+/// The key window of one keyset batch, as [`Capture::window`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Window<'a> {
+    /// `batch.key`: a column of detect's result.
+    pub column: &'a str,
+    /// Its first and last key in this batch, as SQL literals.
+    pub keys: &'a KeyWindow,
 }
 
 /// Creates the images table if it is missing and deletes images older than

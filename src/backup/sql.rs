@@ -509,6 +509,14 @@ pub(crate) fn before(capture: &Capture<'_>, cols: &[Col]) -> String {
         .unwrap_or(capture.detect);
     let d_keys: Vec<String> = b.key.iter().map(|k| format!("dbj_d.{k}")).collect();
     let t_keys: Vec<String> = b.key.iter().map(|k| format!("dbj_t.{k}")).collect();
+    let within = capture.window.map_or_else(String::new, |w| {
+        format!(
+            " WHERE dbj_d.{c} >= {first} AND dbj_d.{c} <= {last}",
+            c = w.column,
+            first = w.keys.first,
+            last = w.keys.last
+        )
+    });
     let lock = match d {
         Dialect::Postgres => " FOR UPDATE OF dbj_t",
         Dialect::MySql => " FOR UPDATE",
@@ -517,7 +525,7 @@ pub(crate) fn before(capture: &Capture<'_>, cols: &[Col]) -> String {
     format!(
         "INSERT INTO {img} (run_id, rule, batch, table_name, {kb}) \
          SELECT {run}, {rule}, {batch}, {table_lit}, {key}, {image} FROM {table} dbj_t \
-         WHERE ({t_keys}) IN (SELECT {d_keys} FROM (\n{detect}\n) dbj_d){lock}",
+         WHERE ({t_keys}) IN (SELECT {d_keys} FROM (\n{detect}\n) dbj_d{within}){lock}",
         img = b.images.table,
         kb = key_before(d),
         run = lit(capture.run_id),

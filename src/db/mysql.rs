@@ -171,7 +171,7 @@ impl MySqlSession {
         };
         let mut session = Self {
             mariadb: version.contains("MariaDB"),
-            version: version.clone(),
+            version,
             schema: MySql::cell(&row, 1).unwrap_or_default(),
             text,
             txn: Txn::None,
@@ -181,7 +181,7 @@ impl MySqlSession {
             lease: None,
             commit_sent: false,
         };
-        session.set_limits(&version).await?;
+        session.set_limits().await?;
         Ok(session)
     }
 
@@ -203,23 +203,28 @@ impl MySqlSession {
         self.commit_sent = false;
         self.timeout = settings.timeout;
         self.idle_limit = idle_limit(settings.timeout);
-        let version = self.version.clone();
-        self.set_limits(&version).await?;
+        self.set_limits().await?;
         Ok(true)
     }
 
     /// `wait_timeout` (idle), `net_*_timeout` (blocked on the socket) and on
     /// MariaDB 10.3+ `idle_transaction_timeout`, all [`idle_limit`].
-    async fn set_limits(&mut self, version: &str) -> Result<(), DbError> {
+    async fn set_limits(&mut self) -> Result<(), DbError> {
+        let sql = format!("SET {}", self.idle_limits());
+        self.text.run(&sql).await
+    }
+
+    /// The assignments of [`Self::set_limits`], for one `SET`.
+    fn idle_limits(&self) -> String {
         let idle = self.idle_limit.as_secs();
         let mut sql = format!(
-            "SET SESSION wait_timeout = {idle}, SESSION interactive_timeout = {idle}, \
+            "SESSION wait_timeout = {idle}, SESSION interactive_timeout = {idle}, \
              SESSION net_read_timeout = {idle}, SESSION net_write_timeout = {idle}"
         );
-        if self.mariadb && has_idle_transaction_timeout(version) {
+        if self.mariadb && has_idle_transaction_timeout(&self.version) {
             sql.push_str(&format!(", SESSION idle_transaction_timeout = {idle}"));
         }
-        self.text.run(&sql).await
+        sql
     }
 
     /// Has the server parse `sql` as ONE prepared statement (the prepared
@@ -310,11 +315,14 @@ impl Session for MySqlSession {
         // Detect runs read-only, at REPEATABLE READ so that a count on the
         // server and its sample share one read view (see `count`); the first
         // fix statement switches to a read-write transaction (at the
-        // session's isolation level) under the same lock.
+        // session's isolation level) under the same lock. One round trip
+        // (see `count::REPEATABLE_READ`).
         self.text
-            .run("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .run(&format!(
+                "{}; START TRANSACTION READ ONLY",
+                count::REPEATABLE_READ
+            ))
             .await?;
-        self.text.run("START TRANSACTION READ ONLY").await?;
         self.txn = Txn::ReadOnly;
         Ok(true)
     }
@@ -361,7 +369,12 @@ impl Session for MySqlSession {
         timeout: Duration,
         _in_transaction: bool,
     ) -> Result<(), DbError> {
-        // Session scope: the connection belongs to this run alone and is closed after it.
+        // Session scope: the connection belongs to this run alone and is
+        // closed after it. The timeout is kept, as PostgreSQL's is: the lease
+        // length and `abandon_bound` are read from it, and the idle limits
+        // follow it in the same `SET`.
+        self.timeout = timeout;
+        self.idle_limit = idle_limit(timeout);
         let seconds = timeout.as_secs_f64().max(0.001);
         let whole_seconds = timeout.as_secs().max(1);
         let limit = if self.mariadb {
@@ -371,7 +384,8 @@ impl Session for MySqlSession {
         };
         self.text
             .run(&format!(
-                "SET SESSION {limit}, SESSION innodb_lock_wait_timeout = {whole_seconds}, SESSION lock_wait_timeout = {whole_seconds}"
+                "SET SESSION {limit}, SESSION innodb_lock_wait_timeout = {whole_seconds}, SESSION lock_wait_timeout = {whole_seconds}, {}",
+                self.idle_limits()
             ))
             .await
     }

@@ -190,8 +190,7 @@ impl LagGate {
             // a write the replicas must apply too.
             if kept.elapsed() >= timeout / 2 {
                 guarded(cancel, timeout, async {
-                    session.begin().await.map_err(GateError::Db)?;
-                    session.rollback().await.map_err(GateError::Db)
+                    keep_alive(session).await.map_err(GateError::Db)
                 })
                 .await?;
                 kept = Instant::now();
@@ -232,10 +231,7 @@ impl LagGate {
             let lag = match tokio::time::timeout(timeout, replica.read()).await {
                 Ok(Ok(lag)) => Ok(lag),
                 Ok(Err(why)) => Err(why),
-                Err(_) => Err(format!(
-                    "no answer within {}",
-                    humantime::format_duration(timeout)
-                )),
+                Err(_) => Err(no_answer(timeout)),
             };
             if lag.is_err() {
                 replica.conn = None;
@@ -340,6 +336,31 @@ impl MySqlReplica {
     }
 }
 
+/// `check --connect`: one reading of the replica at `url`, as the lag gate
+/// takes it (connect, `SHOW REPLICA STATUS`), within `timeout`: its lag, or
+/// why it cannot be read (unreachable, not a replica, replication stopped),
+/// the text free of secrets. The connection is closed after it.
+pub async fn probe(url: &SecretUrl, timeout: Duration) -> Result<Duration, String> {
+    let mut replica = MySqlReplica {
+        name: replica_name(url),
+        url: url.clone(),
+        conn: None,
+        slave_syntax: false,
+    };
+    let lag = match tokio::time::timeout(timeout, replica.read()).await {
+        Ok(lag) => lag,
+        Err(_) => Err(no_answer(timeout)),
+    };
+    if let Some(conn) = replica.conn.take() {
+        let _ = tokio::time::timeout(timeout, conn.close()).await;
+    }
+    lag
+}
+
+fn no_answer(timeout: Duration) -> String {
+    format!("no answer within {}", humantime::format_duration(timeout))
+}
+
 /// MySQL's "You have an error in your SQL syntax" (1064, SQLSTATE 42000):
 /// a server that predates `SHOW REPLICA STATUS`. Not any 42000: a missing
 /// privilege (1227) shares the SQLSTATE, and MySQL 8.4 no longer knows
@@ -348,6 +369,16 @@ fn is_syntax_error(error: &sqlx::Error) -> bool {
     error.as_database_error().is_some_and(|e| {
         e.code().is_some_and(|code| code == "42000") && e.message().contains("SQL syntax")
     })
+}
+
+/// An empty transaction on the rule's session while it waits between
+/// batches (for replica lag, or `batch.pause`): it keeps the session within
+/// the server's idle limit, and renews a lease lock (`Session::begin` does),
+/// which would otherwise expire during a long wait so that another run could
+/// take it and the next batch fail. An error when the lease was lost.
+pub async fn keep_alive<S: Session>(session: &mut S) -> Result<(), DbError> {
+    session.begin().await?;
+    session.rollback().await
 }
 
 /// A replica as reports name it: `replica host:port`, never its URL.

@@ -10,8 +10,8 @@ use tracing::{debug, info};
 use super::{
     FixProgress, PendingCommit, Run, StepError, clipped, guard, would_fix_without_running,
 };
-use crate::db::replica::{GateError, LagGate, Verdict};
-use crate::db::{DbError, Session};
+use crate::db::replica::{GateError, LagGate, Verdict, keep_alive};
+use crate::db::{DbError, Dialect, Session};
 use crate::outcome::{Outcome, Reason, RunRecord, Sample};
 use crate::rule::{Batch, BatchKey, KeyWindow, Mode};
 
@@ -96,9 +96,14 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Sleeps `pause` between batches. A pause longer than the rule's timeout
-    /// is cut into slices with a cheap statement between them, so the
-    /// server's idle limit (set from the timeout) does not end the session.
+    /// Sleeps `pause` between batches, in slices of at most the rule's
+    /// timeout, cancellable by SIGTERM. Between two slices an empty
+    /// transaction ([`keep_alive`]) keeps the session within the server's
+    /// idle limit (set from the timeout) and renews a lease lock, whose
+    /// length is three timeouts: a longer pause would otherwise let the lease
+    /// expire, so another run could take it and this run's next batch fail.
+    /// SQLite has neither an idle limit nor leases, and its transaction would
+    /// take the database's write lock: it just sleeps.
     pub(super) async fn pause<S: Session>(
         &self,
         session: &mut S,
@@ -112,12 +117,8 @@ impl Run<'_> {
                 () = tokio::time::sleep(slice) => {}
             }
             left = left.saturating_sub(slice);
-            if !left.is_zero() {
-                self.step(
-                    self.rule.timeout,
-                    session.set_statement_timeout(self.rule.timeout, false),
-                )
-                .await?;
+            if !left.is_zero() && self.dialect != Dialect::Sqlite {
+                self.step(self.rule.timeout, keep_alive(session)).await?;
             }
         }
         Ok(())

@@ -309,17 +309,28 @@ impl Run<'_> {
                 rule: &self.rule.name,
                 batch,
                 detect: self.detect_sql(),
+                window: None,
             })
     }
 
-    /// Before the fix: the before-images of the detected rows (`backup:`).
+    /// Before the fix: the before-images of the detected rows (`backup:`);
+    /// with `batch.key`, of the detected rows in this batch's key window.
     pub(super) async fn images_before<S: Session>(
         &self,
         session: &mut S,
         record: &RunRecord,
         batch: u64,
     ) -> Result<(), StepError> {
-        if let Some(capture) = self.capture(&record.run_id, batch) {
+        // Keyset batches: this batch's window (set by `next_window`).
+        let keys = self.window.lock().ok().and_then(|window| window.clone());
+        let column = self.rule.batch.as_ref().and_then(|b| b.key.as_ref());
+        if let Some(mut capture) = self.capture(&record.run_id, batch) {
+            capture.window = column
+                .zip(keys.as_ref())
+                .map(|(key, keys)| crate::backup::Window {
+                    column: &key.column,
+                    keys,
+                });
             self.step(self.rule.timeout, crate::backup::before(session, &capture))
                 .await?;
         }
@@ -346,11 +357,17 @@ impl Run<'_> {
             .await?;
         record.kept = Some(record.kept.unwrap_or(0).saturating_add(kept.changed));
         if changed > kept.changed {
+            let keyset = self.rule.batch.as_ref().is_some_and(|b| b.key.is_some());
+            let window = if keyset {
+                " in this batch's key window"
+            } else {
+                ""
+            };
             guard(
                 record,
                 Reason::FixChangedUndetectedRows,
                 format!(
-                    "the fix changed {changed} rows but only {} of the {} rows detect returned in {} changed: it touched rows detect did not return (or set rows to the values they had); rolled back",
+                    "the fix changed {changed} rows but only {} of the {} rows detect returned{window} in {} changed: it touched rows detect did not return{window} (or set rows to the values they had); rolled back",
                     kept.changed, kept.captured, capture.backup.table
                 ),
             );

@@ -81,6 +81,7 @@ async fn ids(db: &TestDb, sql: &str) -> Vec<u32> {
 on_every_engine!(
     keyset_batches_purge_exactly_the_detected_rows_once,
     keyset_guard_trips_mid_run_with_exact_counts,
+    keyset_backup_images_each_window_once,
 );
 
 /// 45 old rows (multiples of 3) between 46 new ones, windows of 10.
@@ -183,6 +184,85 @@ async fn keyset_guard_trips_mid_run_with_exact_counts(engine: Engine) {
     assert_eq!(
         ids(&db, "SELECT id FROM event_history ORDER BY id").await,
         [1, 21].into_iter().chain(41..=60).collect::<Vec<_>>()
+    );
+}
+
+/// A trigger that counts every image written into `dbjanitor_images`
+/// (inserts rolled back with their batch are not counted).
+fn count_image_inserts(engine: Engine) -> &'static str {
+    match engine {
+        Engine::Postgres => {
+            "CREATE TABLE image_inserts (n integer NOT NULL);
+             CREATE FUNCTION count_image() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN INSERT INTO image_inserts VALUES (1); RETURN NEW; END $$;
+             CREATE TRIGGER count_image AFTER INSERT ON dbjanitor_images
+               FOR EACH ROW EXECUTE FUNCTION count_image();"
+        }
+        Engine::MySql => {
+            "CREATE TABLE image_inserts (n integer NOT NULL);
+             CREATE TRIGGER count_image AFTER INSERT ON dbjanitor_images
+               FOR EACH ROW INSERT INTO image_inserts VALUES (1);"
+        }
+        Engine::Sqlite => {
+            "CREATE TABLE image_inserts (n integer NOT NULL);
+             CREATE TRIGGER count_image AFTER INSERT ON dbjanitor_images
+               BEGIN INSERT INTO image_inserts VALUES (1); END;"
+        }
+    }
+}
+
+/// `backup:` with keyset batches: each batch images the rows of its own
+/// window only. 25 old rows between 26 new ones, windows of 10, 10 and 5:
+/// exactly 25 images are ever written (not 25 + 15 + 5), one per purged row,
+/// no key twice, and `undo` puts back exactly the rows that were there.
+async fn keyset_backup_images_each_window_once(engine: Engine) {
+    let db = seeded(engine, (1..=25).map(|i| i * 3), (0..=25).map(|i| i * 3 + 1)).await;
+    let original = db
+        .rows("SELECT id, state FROM event_history ORDER BY id")
+        .await;
+    let backup = "backup:\n  table: event_history\n  key: [id]\n";
+    let case = Case::new()
+        .database("main", db.url())
+        .rule(&format!("{}{backup}", rule(" AND state = 'old'", 100, "")));
+    // The dry run creates the images table (and keeps no image).
+    case.run(&["run", "--dry-run", "--output", "json"])
+        .assert_code(0);
+    assert_eq!(db.scalar("SELECT count(*) FROM dbjanitor_images").await, 0);
+    db.exec(count_image_inserts(engine)).await;
+
+    let out = case.run(&["run", "--output", "json"]);
+    out.assert_code(0);
+    let r = out.record("events.purge", "main");
+    assert_eq!(r["outcome"], "fixed", "{r}");
+    assert_eq!(
+        (num(&r, "changed"), num(&r, "batches"), num(&r, "kept")),
+        (Some(25), Some(3), Some(25)),
+        "{r}"
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM image_inserts").await,
+        25,
+        "one image per purged row, none taken again in a later batch"
+    );
+    let run = r["run_id"].as_str().expect("run_id");
+    let changes = case.run(&["changes", run, "--output", "json"]);
+    changes.assert_code(0);
+    let changes = changes.json();
+    let rows = changes["rows"].as_array().expect("rows");
+    let mut keys: Vec<String> = rows.iter().map(|row| row["key"].to_string()).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!((rows.len(), keys.len()), (25, 25), "{changes}");
+    assert!(rows.iter().all(|row| row["after"].is_null()), "{changes}");
+
+    let undo = case.run(&["undo", run, "--output", "json"]);
+    undo.assert_code(0);
+    assert_eq!(undo.json()["restored"], 25, "{}", undo.stdout);
+    assert_eq!(
+        db.rows("SELECT id, state FROM event_history ORDER BY id")
+            .await,
+        original,
+        "undo restores exactly the purged rows"
     );
 }
 

@@ -17,7 +17,7 @@ use crate::util::{Case, Engine, RunOutput, TestDb};
 
 /// 40 rows to fix; `fixes` counts how often each row was fixed, `fixed_by`
 /// says by which process (a committed fix of the stalled holder shows).
-async fn seed(engine: Engine) -> TestDb {
+pub(crate) async fn seed(engine: Engine) -> TestDb {
     TestDb::with_sql(
         engine,
         "CREATE TABLE job (id int PRIMARY KEY, state varchar(16) NOT NULL, \
@@ -47,7 +47,7 @@ fn mode_rule(name: &str, fix: &str, extra: &str) -> String {
 
 /// No lock, no open transaction and no session of dbjanitor's left on the
 /// server, asked from a direct connection.
-async fn assert_nothing_left(db: &TestDb) {
+pub(crate) async fn assert_nothing_left(db: &TestDb) {
     match db.engine {
         Engine::Postgres => {
             assert_no_advisory_lock(db).await;

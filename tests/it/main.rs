@@ -40,6 +40,9 @@ mod keyset;
 /// Leases on MySQL/MariaDB under the advisory lock's tests, and a holder
 /// stalled past its lease (fault proxy, PgBouncer) that must not commit.
 mod lease;
+/// A `batch.pause` longer than the lease renews it; a MySQL session's lease
+/// and idle limits follow `set_statement_timeout`.
+mod lease_timing;
 /// monitoring/: every metric the dashboard and the alerts use is served.
 mod monitoring;
 /// Webhook and email notifications against real HTTP and SMTP servers on loopback.

@@ -412,3 +412,52 @@ async fn sigterm_ends_the_wait_at_once() {
     assert!(num(&record, "lag_waited_ms") >= 2_000, "{record}");
     assert_eq!(db.scalar("SELECT count(*) FROM job").await, ROWS - 10);
 }
+
+/// `check --connect` reads every `replicas:` URL of a MariaDB database as
+/// the lag gate does and reports each, URL redacted: a real replica is ok;
+/// beside it, a port nobody answers and a server that is no replica (the
+/// shared MariaDB) each make check exit 1, naming why, never the password.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_connect_reads_each_replica() {
+    let servers = Replicated::start("mariadb", 0);
+    primary_sql("mariadb", servers.port, "CREATE DATABASE lagtest");
+    let good = servers.mysql_replica_url();
+    let rule = "name: purge\ndatabase: main\ndetect: SELECT 1 AS id\n";
+    let check = |replicas: &str| {
+        Case::new()
+            .rule(rule)
+            .database_with(
+                "main",
+                &servers.mysql_url(),
+                &format!("replicas: [{replicas}]"),
+            )
+            .run(&["check", "--connect"])
+    };
+    let ok_line = format!("replica {good} of database main: ok (");
+
+    let out = check(&format!("\"{good}\""));
+    out.assert_code(0);
+    assert!(out.stdout.contains(&ok_line), "{}", out.stdout);
+
+    let closed = free_port_pair();
+    let out = check(&format!(
+        "\"{good}\", \"mysql://root:s3cret-pw@127.0.0.1:{closed}/\", \"mysql://root@127.0.0.1:3306/\""
+    ));
+    out.assert_code(1);
+    for line in [
+        ok_line,
+        format!(
+            "replica mysql://root:***@127.0.0.1:{closed}/ of database main: unusable: cannot connect"
+        ),
+        "replica mysql://root@127.0.0.1:3306/ of database main: unusable: it is not a replica"
+            .to_owned(),
+    ] {
+        assert!(out.stdout.contains(&line), "{line:?} in:\n{}", out.stdout);
+    }
+    assert!(
+        !out.stdout.contains("s3cret-pw") && !out.stderr.contains("s3cret-pw"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+}

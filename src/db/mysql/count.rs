@@ -17,7 +17,8 @@
 //! consistent read of such a transaction the same read view, so the count
 //! and the sample see the same rows. REPEATABLE READ is set explicitly
 //! (`SET TRANSACTION ISOLATION LEVEL`, which applies to the next
-//! transaction only), whatever the server's or session's default: at READ
+//! transaction only, sent in the same round trip as `START TRANSACTION`),
+//! whatever the server's or session's default: at READ
 //! COMMITTED each statement takes a fresh snapshot and a row committed
 //! between the two could be in the sample but not in the count. The
 //! transactional rule's read-only detect transaction is opened the same
@@ -43,6 +44,16 @@ use crate::outcome::Sample;
 /// is counted by the server; below it, reading the rows costs less than a
 /// second statement. The same threshold as PostgreSQL's.
 const SERVER_COUNT_ABOVE: u64 = 10_000;
+
+/// Sets the isolation level of the NEXT transaction only; always sent in
+/// one `COM_QUERY` together with the `START TRANSACTION` it is for, which
+/// saves a round trip per detect. sqlx connects with `CLIENT_MULTI_STATEMENTS`
+/// and reads every result of such a query; the server stops at the first
+/// statement that fails and sqlx returns that error, so a failed
+/// `SET TRANSACTION` never lets the transaction start at another level. (A
+/// `START TRANSACTION` that fails after it leaves the level pending, as with
+/// two round trips; the session is then dropped, never reused.)
+pub(super) const REPEATABLE_READ: &str = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ";
 
 /// The SQLSTATEs of a count the server could not wrap around the detect:
 /// duplicate column names in the derived table (42S21), a syntax error
@@ -70,10 +81,9 @@ impl MySqlSession {
         let own = self.txn == Txn::None;
         if own {
             self.text
-                .run("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                .await?;
-            self.text
-                .run("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                .run(&format!(
+                    "{REPEATABLE_READ}; START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"
+                ))
                 .await?;
         }
         let detection = self.count_and_sample(sql, keep, limit).await;
