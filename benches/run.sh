@@ -280,7 +280,9 @@ case_daemon() {
   daemon_pid=$!
   sleep "$DAEMON_SECS"
   kill "$daemon_pid"; wait "$daemon_pid" || true; daemon_pid=
-  # A run's started_at is taken when its tick fires; ticks are on whole seconds.
+  # Ticks are on whole seconds. A run's started_at is taken when it starts:
+  # after its tick, its turn (the runs of one SQLite database go one at a
+  # time) and its slots, so this measures the queue as well as the timer.
   psql "$PG/dbj_bench_daemon?sslmode=disable" -qAt -F ' ' -c "
     WITH l AS (SELECT extract(epoch FROM started_at - date_trunc('second', started_at)) * 1000 AS ms FROM dbjanitor_runs)
     SELECT count(*), round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1),
