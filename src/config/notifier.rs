@@ -23,7 +23,7 @@ pub const DEFAULT_NOTIFY_RETRIES: u32 = 3;
 /// Default wait before the first retry; it doubles after each retry.
 pub const DEFAULT_NOTIFY_BACKOFF: Duration = Duration::from_secs(1);
 /// Default time all attempts of one delivery may take together.
-pub const DEFAULT_NOTIFY_DEADLINE: Duration = Duration::from_secs(60);
+pub const DEFAULT_NOTIFY_DEADLINE: Duration = Duration::from_mins(1);
 /// Most retries a notifier may ask for: a janitor run must end.
 pub const MAX_NOTIFY_RETRIES: u32 = 10;
 
