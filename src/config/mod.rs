@@ -34,14 +34,10 @@ use serde_saphyr::{Location, Spanned};
 pub use env::{Environment, ProcessEnv};
 pub use error::{ConfigError, ConfigErrors, SourceLocation};
 pub use notifier::{
-    DEFAULT_NOTIFY_BACKOFF, DEFAULT_NOTIFY_DEADLINE, DEFAULT_NOTIFY_RETRIES,
-    DEFAULT_NOTIFY_TIMEOUT, DeliveryPolicy, EmailConfig, EmailTls, MAX_NOTIFY_RETRIES,
-    NotifierConfig, WebhookConfig, WebhookFormat, ca_certificate,
+    DeliveryPolicy, EmailConfig, EmailTls, NotifierConfig, WebhookConfig, WebhookFormat,
+    ca_certificate,
 };
-pub use settings::{
-    AuditConfig, DEFAULT_DAEMON_JOBS, DEFAULT_DAEMON_JOBS_PER_DATABASE, DEFAULT_RENOTIFY_AFTER,
-    DEFAULT_SHUTDOWN_GRACE, DEFAULT_TIMEOUT, DaemonConfig, Defaults, MAX_DAEMON_JOBS,
-};
+pub use settings::{AuditConfig, DaemonConfig, Defaults};
 
 use crate::db::DatabaseConfig;
 use crate::rule::Rule;

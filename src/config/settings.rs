@@ -15,11 +15,11 @@ use crate::db::DatabaseConfig;
 use crate::outcome::Outcome;
 
 /// Statement timeout when neither the rule nor `defaults` says.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_mins(1);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_mins(1);
 
 /// How long an unchanged state stays quiet after it was notified, when
 /// neither the rule nor `defaults` says: a daily reminder.
-pub const DEFAULT_RENOTIFY_AFTER: Duration = Duration::from_hours(24);
+pub(crate) const DEFAULT_RENOTIFY_AFTER: Duration = Duration::from_hours(24);
 
 /// Audit history settings (`audit:`).
 #[derive(Debug, Clone)]
@@ -51,13 +51,13 @@ pub struct DaemonConfig {
 }
 
 /// [`DaemonConfig::shutdown_grace`] when the config does not say.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// [`DaemonConfig::jobs`] when neither the config nor `--jobs` says.
-pub const DEFAULT_DAEMON_JOBS: usize = 8;
+pub(crate) const DEFAULT_DAEMON_JOBS: usize = 8;
 /// [`DaemonConfig::jobs_per_database`] when the config does not say.
-pub const DEFAULT_DAEMON_JOBS_PER_DATABASE: usize = 4;
+pub(crate) const DEFAULT_DAEMON_JOBS_PER_DATABASE: usize = 4;
 /// Largest `daemon.jobs` / `jobs_per_database` (as for `run --jobs`).
-pub const MAX_DAEMON_JOBS: usize = 256;
+pub(crate) const MAX_DAEMON_JOBS: usize = 256;
 
 impl Default for DaemonConfig {
     fn default() -> Self {

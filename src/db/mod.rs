@@ -35,7 +35,7 @@ mod text;
 use std::future::Future;
 use std::time::Duration;
 
-pub use endpoint::{endpoint, name_endpoint};
+pub use endpoint::name_endpoint;
 pub use lease::LEASE_TABLE_SQL;
 pub use lease_mysql::MYSQL_LEASE_TABLE_SQL;
 pub use lock::{LockKind, mysql_lock_name, postgres_lock_key, postgres_schema_lock_key};
