@@ -32,44 +32,31 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::Executor;
-use tokio_postgres::types::Type;
 
 use super::conn::finish;
 use super::turn::{self, Turn};
-use super::{AuditError, AuditStore, Conn, insert_rows, last_state_since, pg};
+use super::{AuditError, AuditStore, Conn, insert_rows, last_state_since};
+use crate::db::typed::Value;
+use crate::db::{Dialect, millis};
 use crate::history::LastState;
 use crate::outcome::RunRecord;
 
-/// `$pg` on PostgreSQL, `$body` on MySQL and on SQLite: the sqlx body is
-/// written once and expanded per arm, each with its own connection type.
-macro_rules! per_dialect {
-    ($conn:expr, pg |$p:ident| $pg:expr, |$c:ident, $url:ident| $body:expr) => {
-        match $conn {
-            Conn::Postgres($p) => $pg,
-            Conn::MySql($c, $url, _) => $body,
-            Conn::Sqlite($c, $url) => $body,
-        }
-    };
-}
-
 /// Is this run already recorded (looked up under the claim by its unique id)?
-const HOLDS_POSTGRES: &str = "SELECT 1 FROM dbjanitor_runs WHERE run_id = $1";
-const HOLDS_OTHER: &str = "SELECT 1 FROM dbjanitor_runs WHERE run_id = ?";
+const HOLDS: &str = "SELECT 1 FROM dbjanitor_runs WHERE run_id = ?";
 /// A run told under the claim whose message could not be delivered: the
-/// history must not say the receivers were told.
-const UNMARK_POSTGRES: &str = "UPDATE dbjanitor_runs SET notified = FALSE WHERE run_id = $1";
-const UNMARK_OTHER: &str = "UPDATE dbjanitor_runs SET notified = 0 WHERE run_id = ?";
+/// history must not say the receivers were told (`?` is false).
+const UNMARK: &str = "UPDATE dbjanitor_runs SET notified = ? WHERE run_id = ?";
 /// Retention of the claim rows: a pair nobody claimed for longer than
 /// `audit.keep` (its rule or database is gone, or renamed). Claiming it
 /// again simply inserts the row again.
-const PRUNE_PAIRS_POSTGRES: &str = "DELETE FROM dbjanitor_pairs WHERE claimed_at < $1";
-const PRUNE_PAIRS_OTHER: &str = "DELETE FROM dbjanitor_pairs WHERE claimed_at < ?";
+const PRUNE_PAIRS: &str = "DELETE FROM dbjanitor_pairs WHERE claimed_at < ?";
 
+/// The claim's upsert on PostgreSQL and SQLite (`ON CONFLICT`).
+const CLAIM: &str = "INSERT INTO dbjanitor_pairs (rule, database_name, claimed_by, claimed_at) VALUES (?, ?, ?, ?) \
+    ON CONFLICT (rule, database_name) DO UPDATE SET claimed_by = excluded.claimed_by, claimed_at = excluded.claimed_at";
+/// The claim's upsert on MySQL/MariaDB (`ON DUPLICATE KEY`).
 const CLAIM_MYSQL: &str = "INSERT INTO dbjanitor_pairs (rule, database_name, claimed_by, claimed_at) VALUES (?, ?, ?, ?) \
     ON DUPLICATE KEY UPDATE claimed_by = VALUES(claimed_by), claimed_at = VALUES(claimed_at)";
-const CLAIM_SQLITE: &str = "INSERT INTO dbjanitor_pairs (rule, database_name, claimed_by, claimed_at) VALUES (?, ?, ?, ?) \
-    ON CONFLICT (rule, database_name) DO UPDATE SET claimed_by = excluded.claimed_by, claimed_at = excluded.claimed_at";
 
 /// A pair's claim: its row is locked and its history read; the runs are
 /// recorded and the lock released by [`Claim::commit`].
@@ -134,46 +121,34 @@ async fn begin(
     host: &str,
     wait: Duration,
 ) -> Result<(Option<LastState>, Option<DateTime<Utc>>), AuditError> {
-    let now = Utc::now();
-    match &mut *conn {
-        Conn::Postgres(c) => {
-            pg::begin_claim(c, rule, database, host, wait.as_millis().max(1)).await?;
+    let upsert = match conn.dialect() {
+        Dialect::Postgres => {
+            // `SET LOCAL`: transaction-scoped, safe behind a pooler.
+            conn.batch(&format!(
+                "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE; SET LOCAL lock_timeout = {}",
+                millis(wait)
+            ))
+            .await?;
+            CLAIM
         }
-        Conn::MySql(c, url, _) => {
-            let err = |e: sqlx::Error| AuditError::sql(url, &e);
+        Dialect::MySql => {
             // Session variables of our own connection (never global); the
             // isolation level applies to the next transaction only.
-            sqlx::query("SET SESSION innodb_lock_wait_timeout = ?")
-                .bind(wait.as_secs().max(1))
-                .execute(&mut *c)
-                .await
-                .map_err(err)?;
-            c.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                .await
-                .map_err(err)?;
-            c.execute("BEGIN").await.map_err(err)?;
-            sqlx::query(CLAIM_MYSQL)
-                .bind(rule)
-                .bind(database)
-                .bind(host)
-                .bind(now)
-                .execute(&mut *c)
-                .await
-                .map_err(err)?;
+            let wait_s = i64::try_from(wait.as_secs().max(1)).unwrap_or(i64::MAX);
+            conn.execute("SET SESSION innodb_lock_wait_timeout = ?", &[wait_s.into()])
+                .await?;
+            conn.batch("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                .await?;
+            conn.batch("BEGIN").await?;
+            CLAIM_MYSQL
         }
-        Conn::Sqlite(c, url) => {
-            let err = |e: sqlx::Error| AuditError::sql(url, &e);
-            c.execute("BEGIN IMMEDIATE").await.map_err(err)?;
-            sqlx::query(CLAIM_SQLITE)
-                .bind(rule)
-                .bind(database)
-                .bind(host)
-                .bind(now)
-                .execute(&mut *c)
-                .await
-                .map_err(err)?;
+        Dialect::Sqlite => {
+            conn.batch("BEGIN IMMEDIATE").await?;
+            CLAIM
         }
-    }
+    };
+    let params: [Value<'_>; 4] = [rule.into(), database.into(), host.into(), Utc::now().into()];
+    conn.execute(upsert, &params).await?;
     last_state_since(conn, rule, database).await
 }
 
@@ -246,24 +221,10 @@ impl Claim<'_> {
             return Ok(false);
         }
         let timeout = self.store.timeout;
-        let found = tokio::time::timeout(timeout, async {
-            per_dialect!(
-                &mut self.conn,
-                pg | c
-                    | c.query_one_stmt(HOLDS_POSTGRES, &[(&run_id, Type::TEXT)])
-                        .await
-                        .map(|rows| !rows.is_empty())
-                        .map_err(|e| AuditError::Sql(e.to_string())),
-                |c, url| sqlx::query(HOLDS_OTHER)
-                    .bind(run_id)
-                    .fetch_optional(&mut *c)
-                    .await
-                    .map(|row| row.is_some())
-                    .map_err(|e| AuditError::sql(url, &e))
-            )
-        })
-        .await;
-        found.map_err(|_| AuditError::Timeout(timeout))?
+        let found = tokio::time::timeout(timeout, self.conn.query_first(HOLDS, &[run_id.into()]))
+            .await
+            .map_err(|_| AuditError::Timeout(timeout))??;
+        Ok(found.is_some())
     }
 
     /// Ends the claim without recording anything (the claim row's own
@@ -283,11 +244,7 @@ impl Claim<'_> {
 
 /// COMMIT of the transaction open on `conn`.
 async fn end(conn: &mut Conn) -> Result<(), AuditError> {
-    per_dialect!(conn, pg | c | pg::commit(c).await, |c, url| c
-        .execute("COMMIT")
-        .await
-        .map(drop)
-        .map_err(|e| AuditError::sql(url, &e)))
+    Ok(conn.batch("COMMIT").await?)
 }
 
 /// What [`AuditStore::settle`] did.
@@ -391,20 +348,7 @@ impl AuditStore {
         let mut conn = self.open().await?;
         let result = tokio::time::timeout(self.timeout, async {
             for id in &ids {
-                per_dialect!(
-                    &mut conn,
-                    pg | c
-                        | c.execute_one(UNMARK_POSTGRES, &[(id, Type::TEXT)])
-                            .await
-                            .map(drop)
-                            .map_err(|e| AuditError::Sql(e.to_string()))?,
-                    |c, url| sqlx::query(UNMARK_OTHER)
-                        .bind(*id)
-                        .execute(&mut *c)
-                        .await
-                        .map(drop)
-                        .map_err(|e| AuditError::sql(url, &e))?
-                );
+                conn.execute(UNMARK, &[false.into(), (*id).into()]).await?;
             }
             Ok(())
         })
@@ -418,19 +362,7 @@ impl AuditStore {
     pub(super) async fn prune_pairs(&self, cutoff: DateTime<Utc>) -> Result<u64, AuditError> {
         let mut conn = self.open().await?;
         let result = tokio::time::timeout(self.timeout, async {
-            per_dialect!(
-                &mut conn,
-                pg | c
-                    | c.execute_one(PRUNE_PAIRS_POSTGRES, &[(&cutoff, Type::TIMESTAMPTZ)])
-                        .await
-                        .map_err(|e| AuditError::Sql(e.to_string())),
-                |c, url| sqlx::query(PRUNE_PAIRS_OTHER)
-                    .bind(cutoff)
-                    .execute(&mut *c)
-                    .await
-                    .map(|r| r.rows_affected())
-                    .map_err(|e| AuditError::sql(url, &e))
-            )
+            Ok(conn.execute(PRUNE_PAIRS, &[cutoff.into()]).await?)
         })
         .await;
         finish(conn, result, self.timeout).await

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use super::VERSION;
 use super::migrate::Migration;
-use crate::db::{Dialect, describe};
+use crate::db::{DbError, Dialect};
 use crate::history::HistoryError;
-use crate::secret::SecretUrl;
 
 /// Why the audit history could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -89,22 +88,26 @@ impl AuditError {
         )
     }
 
-    /// A failed statement on a sqlx connection, secrets of `url` masked.
-    pub(crate) fn sql(url: &SecretUrl, err: &sqlx::Error) -> Self {
-        AuditError::Sql(url.scrub(&describe(err)))
-    }
-
-    /// A failed statement of `migration`, secrets of `url` masked.
-    pub(crate) fn migration(migration: &Migration, url: &SecretUrl, err: &sqlx::Error) -> Self {
-        Self::migration_text(migration, url.scrub(&describe(err)))
-    }
-
     /// A failed statement of `migration` whose message is already scrubbed.
     pub(crate) fn migration_text(migration: &Migration, error: String) -> Self {
         AuditError::Migration {
             version: migration.version,
             name: migration.name,
             error,
+        }
+    }
+}
+
+/// A `db` error (its text already scrubbed): a failed connection attempt
+/// stays one, anything else is a failed statement.
+impl From<DbError> for AuditError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Connect(text) => AuditError::Connect(text),
+            DbError::Sql(text)
+            | DbError::Timeout(text)
+            | DbError::Unsafe(text)
+            | DbError::TransactionEnded(text) => AuditError::Sql(text),
         }
     }
 }

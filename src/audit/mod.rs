@@ -18,19 +18,21 @@
 //! what a rule did.
 //!
 //! Layout (docs/architecture.md "Audit"): `error` (the error type), `conn`
-//! (one connection per operation), `sql` (each statement once), `store`
-//! ([`AuditStore`], its bounds and the schema check), `read` and `record`
-//! (the two sides of the table), `history` (the [`RunHistory`] adapter),
-//! `claim` (the per-pair claim), `migrate` (one migration loop over a
-//! per-dialect trait, migrations as SQL files) and `pg` (PostgreSQL through
-//! tokio-postgres).
+//! (one connection per operation: the `db` layer's typed connection,
+//! `db::typed`, the same connect code as the engine's sessions), `sql` (each
+//! statement once, with `?` placeholders), `store` ([`AuditStore`], its
+//! bounds and the schema check), `read` and `record` (the two sides of the
+//! table), `history` (the [`RunHistory`] adapter), `claim` (the per-pair
+//! claim), `turn` (the pair's tell sequence) and `migrate` (one migration
+//! loop over a per-dialect trait, migrations as SQL files). Only SQL that is
+//! genuinely a dialect's own is written per dialect: the claim's upsert, the
+//! transaction and lock statements, DDL and catalog queries.
 
 mod claim;
 mod conn;
 mod error;
 mod history;
 mod migrate;
-mod pg;
 mod read;
 mod record;
 mod sql;
@@ -62,7 +64,7 @@ pub const MAX_TEXT_CHARS: usize = 4000;
 /// Rows deleted per retention batch (each its own statement and transaction).
 pub const PRUNE_BATCH: u32 = 1000;
 
-/// Upper bound of a connection attempt inside `Conn::open`; the store's own
+/// Upper bound of a connection attempt inside `conn::open`; the store's own
 /// `audit.timeout` ([`DEFAULT_TIMEOUT`]) is shorter and applies on top.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -8,8 +8,9 @@
 
 use chrono::{DateTime, Utc};
 
-use super::conn::{Conn, finish, on_each};
-use super::{AuditError, AuditStore, SCHEMA_VERSION, migrate, pg, sql};
+use super::conn::{Conn, finish};
+use super::{AuditError, AuditStore, SCHEMA_VERSION, migrate, sql};
+use crate::db::typed::{TypedRow, Value};
 use crate::history::{LastState, Notified};
 use crate::outcome::Outcome;
 
@@ -76,45 +77,31 @@ pub struct AuditRun {
     pub host: String,
 }
 
-/// Columns of [`sql::LAST`] (and of `pg::last_row`).
-pub(crate) type LastRow = (String, DateTime<Utc>, i64, Option<i64>, Option<i64>);
-
-/// Columns of [`sql::RUNS`], in order.
-pub(crate) type RunRow = (
-    Option<String>,
-    String,
-    String,
-    DateTime<Utc>,
-    i64,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<i64>,
-    Option<i64>,
-    bool,
-    String,
-);
-
 impl AuditRun {
-    /// One decoded row of the history query.
-    pub(super) fn from_row(row: RunRow) -> Self {
-        AuditRun {
-            run_id: row.0,
-            rule: row.1,
-            database: row.2,
-            started_at: row.3,
-            duration_ms: u64::try_from(row.4).unwrap_or(0),
-            outcome: row.5,
-            reason: row.6,
-            message: row.7,
-            error: row.8,
-            detected: row.9.and_then(|v| u64::try_from(v).ok()),
-            changed: row.10.and_then(|v| u64::try_from(v).ok()),
-            dry_run: row.11,
-            host: row.12,
-        }
+    /// One row of [`sql::RUNS`].
+    fn from_row(row: &TypedRow) -> Result<Self, AuditError> {
+        Ok(AuditRun {
+            run_id: row.get(0)?,
+            rule: row.get(1)?,
+            database: row.get(2)?,
+            started_at: row.get(3)?,
+            duration_ms: u64::try_from(row.get::<i64>(4)?).unwrap_or(0),
+            outcome: row.get(5)?,
+            reason: row.get(6)?,
+            message: row.get(7)?,
+            error: row.get(8)?,
+            detected: unsigned(row.get(9)?),
+            changed: unsigned(row.get(10)?),
+            dry_run: row.get(11)?,
+            host: row.get(12)?,
+        })
     }
+}
+
+/// A count column read back (a negative value, which the table never
+/// holds, as unknown).
+fn unsigned(value: Option<i64>) -> Option<u64> {
+    value.and_then(|v| u64::try_from(v).ok())
 }
 
 impl AuditStore {
@@ -173,29 +160,25 @@ async fn last_run(
     rule: &str,
     database: &str,
 ) -> Result<Option<LastRun>, AuditError> {
-    let row: Option<LastRow> = on_each!(
-        &mut *conn,
-        sql::LAST,
-        pg | c | pg::last_row(c, &sql::numbered(sql::LAST), rule, database).await?,
-        |c, sql, url| {
-            sqlx::query_as(sql)
-                .bind(rule)
-                .bind(database)
-                .fetch_optional(&mut *c)
-                .await
-                .map_err(|e| AuditError::sql(url, &e))?
-        }
-    );
-    let Some((outcome, started_at, duration_ms, detected, changed)) = row else {
+    let Some(row) = conn
+        .query_first(sql::LAST, &[rule.into(), database.into()])
+        .await?
+    else {
         return Ok(None);
     };
-    let last_success_at = max_started(conn, sql::SUCCESS, rule, database).await?;
+    let last_success_at: Option<DateTime<Utc>> = match conn
+        .query_first(sql::SUCCESS, &[rule.into(), database.into()])
+        .await?
+    {
+        Some(success) => success.get(0)?,
+        None => None,
+    };
     Ok(Some(LastRun {
-        outcome: parse_outcome(&outcome)?,
-        started_at,
-        duration_ms: u64::try_from(duration_ms).unwrap_or(0),
-        detected: detected.and_then(|v| u64::try_from(v).ok()),
-        changed: changed.and_then(|v| u64::try_from(v).ok()),
+        outcome: parse_outcome(&row.get::<String>(0)?)?,
+        started_at: row.get(1)?,
+        duration_ms: u64::try_from(row.get::<i64>(2)?).unwrap_or(0),
+        detected: unsigned(row.get(3)?),
+        changed: unsigned(row.get(4)?),
         last_success_at,
     }))
 }
@@ -249,65 +232,29 @@ async fn latest(
     rule: &str,
     database: &str,
 ) -> Result<Option<(String, DateTime<Utc>)>, AuditError> {
-    let row: Option<(String, DateTime<Utc>)> = on_each!(
-        conn,
-        query,
-        pg | c | pg::latest(c, &sql::numbered(query), rule, database).await,
-        |c, sql, url| {
-            sqlx::query_as(sql)
-                .bind(rule)
-                .bind(database)
-                .fetch_optional(&mut *c)
-                .await
-                .map_err(|e| AuditError::sql(url, &e))
-        }
-    )?;
-    Ok(row)
+    match conn
+        .query_first(query, &[rule.into(), database.into()])
+        .await?
+    {
+        Some(row) => Ok(Some((row.get(0)?, row.get(1)?))),
+        None => Ok(None),
+    }
 }
 
-/// `SELECT MAX(started_at) ...` for one pair.
-async fn max_started(
-    conn: &mut Conn,
-    query: &'static str,
-    rule: &str,
-    database: &str,
-) -> Result<Option<DateTime<Utc>>, AuditError> {
-    on_each!(
-        conn,
-        query,
-        pg | c | pg::max_started(c, &sql::numbered(query), rule, database).await,
-        |c, sql, url| {
-            sqlx::query_scalar::<_, Option<DateTime<Utc>>>(sql)
-                .bind(rule)
-                .bind(database)
-                .fetch_one(&mut *c)
-                .await
-                .map_err(|e| AuditError::sql(url, &e))
-        }
-    )
-}
-
-async fn runs(conn: &mut Conn, filter: &super::RunFilter) -> Result<Vec<AuditRun>, AuditError> {
-    let limit = i64::from(filter.limit);
-    let rows: Vec<RunRow> = on_each!(
-        &mut *conn,
-        sql::RUNS,
-        pg | c | return pg::runs(c, filter).await,
-        |c, sql, url| {
-            sqlx::query_as(sql)
-                .bind(filter.rule.clone())
-                .bind(filter.rule.clone())
-                .bind(filter.database.clone())
-                .bind(filter.database.clone())
-                .bind(filter.since)
-                .bind(filter.since)
-                .bind(limit)
-                .fetch_all(&mut *c)
-                .await
-                .map_err(|e| AuditError::sql(url, &e))?
-        }
-    );
-    Ok(rows.into_iter().map(AuditRun::from_row).collect())
+async fn runs(conn: &mut Conn, filter: &RunFilter) -> Result<Vec<AuditRun>, AuditError> {
+    let rule = filter.rule.as_deref();
+    let database = filter.database.as_deref();
+    let params: [Value<'_>; 7] = [
+        rule.into(),
+        rule.into(),
+        database.into(),
+        database.into(),
+        filter.since.into(),
+        filter.since.into(),
+        i64::from(filter.limit).into(),
+    ];
+    let rows = conn.query(sql::RUNS, &params).await?;
+    rows.iter().map(AuditRun::from_row).collect()
 }
 
 #[cfg(test)]

@@ -10,8 +10,9 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
-use super::conn::{Conn, finish, on_each, statement};
-use super::{AuditError, AuditStore, MAX_TEXT_CHARS, PRUNE_BATCH, TIMEOUT, VERSION, pg, sql};
+use super::conn::{Conn, begin, end, finish};
+use super::{AuditError, AuditStore, MAX_TEXT_CHARS, PRUNE_BATCH, TIMEOUT, VERSION, sql};
+use crate::db::typed::Value;
 use crate::outcome::RunRecord;
 
 /// Most retention batches per call; the rest waits for the next call.
@@ -22,7 +23,7 @@ const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_hours(1);
 
 /// `text` cut to [`MAX_TEXT_CHARS`] characters (on a character boundary),
 /// with `…` when something was cut.
-pub(crate) fn clip(text: &str) -> String {
+fn clip(text: &str) -> String {
     match text.char_indices().nth(MAX_TEXT_CHARS) {
         Some((at, _)) => format!("{}…", &text[..at]),
         None => text.to_owned(),
@@ -30,35 +31,41 @@ pub(crate) fn clip(text: &str) -> String {
 }
 
 /// A count as the table's BIGINT (saturating).
-pub(crate) fn count(value: Option<u64>) -> Option<i64> {
+fn count(value: Option<u64>) -> Option<i64> {
     value.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
 }
 
-/// Binds the columns of [`sql::INSERT`] in order.
-macro_rules! bind_run {
-    ($query:expr, $record:expr, $notified:expr, $host:expr) => {{
-        let r: &RunRecord = $record;
-        let duration_ms = i64::try_from(r.duration_ms).unwrap_or(i64::MAX);
-        $query
-            .bind(r.rule.clone())
-            .bind(r.database.clone())
-            .bind(r.started_at)
-            .bind(r.started_at + chrono::Duration::milliseconds(duration_ms))
-            .bind(duration_ms)
-            .bind(r.outcome.as_str())
-            .bind(r.reason.map(|x| x.as_str()))
-            .bind(r.message.as_deref().map(clip))
-            .bind(r.error.as_deref().map(clip))
-            .bind(count(r.detected))
-            .bind(count(r.changed))
-            .bind(count(r.remaining))
-            .bind(count(r.batches))
-            .bind(r.dry_run)
-            .bind($notified)
-            .bind($host.to_owned())
-            .bind(VERSION)
-            .bind((!r.run_id.is_empty()).then(|| r.run_id.clone()))
-    }};
+/// The parameters of [`sql::INSERT`] for one run, in order (`message` and
+/// `error` already clipped).
+fn run_params<'a>(
+    r: &'a RunRecord,
+    notified: bool,
+    host: &'a str,
+    (message, error): (Option<&'a str>, Option<&'a str>),
+) -> [Value<'a>; 18] {
+    let duration_ms = i64::try_from(r.duration_ms).unwrap_or(i64::MAX);
+    // NULL, not "", for a record without an id (the column is unique).
+    let run_id = (!r.run_id.is_empty()).then_some(r.run_id.as_str());
+    [
+        r.rule.as_str().into(),
+        r.database.as_str().into(),
+        r.started_at.into(),
+        (r.started_at + chrono::Duration::milliseconds(duration_ms)).into(),
+        duration_ms.into(),
+        r.outcome.as_str().into(),
+        r.reason.map(crate::outcome::Reason::as_str).into(),
+        message.into(),
+        error.into(),
+        count(r.detected).into(),
+        count(r.changed).into(),
+        count(r.remaining).into(),
+        count(r.batches).into(),
+        r.dry_run.into(),
+        notified.into(),
+        host.into(),
+        VERSION.into(),
+        run_id.into(),
+    ]
 }
 
 impl AuditStore {
@@ -131,23 +138,18 @@ impl AuditStore {
     }
 }
 
-/// The runs' rows in a transaction of their own: [`insert_rows`] between
-/// BEGIN and COMMIT (PostgreSQL's at READ COMMITTED, in [`pg::insert`]). On
-/// an error the caller drops the connection, so the server rolls back.
+/// The runs' rows in a transaction of their own ([`insert_rows`] between
+/// BEGIN and COMMIT, READ COMMITTED on PostgreSQL). On an error the caller
+/// drops the connection too.
 async fn insert(
     conn: &mut Conn,
     records: &[RunRecord],
     notified: &[bool],
     host: &str,
 ) -> Result<(), AuditError> {
-    match conn {
-        Conn::Postgres(c) => pg::insert(c, records, notified, host).await,
-        Conn::MySql(..) | Conn::Sqlite(..) => {
-            statement(conn, "BEGIN").await?;
-            insert_rows(conn, records, notified, host).await?;
-            statement(conn, "COMMIT").await
-        }
-    }
+    begin(conn).await?;
+    let inserted = insert_rows(conn, records, notified, host).await;
+    end(conn, inserted).await
 }
 
 /// [`insert`] inside the transaction already open on `conn` (a pair's claim).
@@ -157,43 +159,26 @@ pub(crate) async fn insert_rows(
     notified: &[bool],
     host: &str,
 ) -> Result<(), AuditError> {
-    on_each!(
-        conn,
-        sql::INSERT,
-        pg | c | pg::insert_rows(c, records, notified, host).await,
-        |c, sql, url| {
-            for (i, record) in records.iter().enumerate() {
-                let was_notified = notified.get(i).copied().unwrap_or(false);
-                bind_run!(sqlx::query(sql), record, was_notified, host)
-                    .execute(&mut *c)
-                    .await
-                    .map_err(|e| AuditError::sql(url, &e))?;
-            }
-            Ok(())
-        }
-    )
+    for (i, record) in records.iter().enumerate() {
+        let was_notified = notified.get(i).copied().unwrap_or(false);
+        let message = record.message.as_deref().map(clip);
+        let error = record.error.as_deref().map(clip);
+        let texts = (message.as_deref(), error.as_deref());
+        conn.execute(sql::INSERT, &run_params(record, was_notified, host, texts))
+            .await?;
+    }
+    Ok(())
 }
 
 /// Retention batches until one deletes fewer than [`PRUNE_BATCH`] rows (or
 /// [`PRUNE_MAX_BATCHES`] ran); rows deleted.
 async fn prune(conn: &mut Conn, cutoff: DateTime<Utc>) -> Result<u64, AuditError> {
     let mut total = 0u64;
+    let limit = i64::from(PRUNE_BATCH);
     for _ in 0..PRUNE_MAX_BATCHES {
-        let limit = i64::from(PRUNE_BATCH);
-        let batch = on_each!(
-            &mut *conn,
-            sql::PRUNE,
-            pg | c | pg::prune_batch(c, &sql::numbered(sql::PRUNE), cutoff, limit).await?,
-            |c, sql, url| {
-                sqlx::query(sql)
-                    .bind(cutoff)
-                    .bind(limit)
-                    .execute(&mut *c)
-                    .await
-                    .map_err(|e| AuditError::sql(url, &e))?
-                    .rows_affected()
-            }
-        );
+        let batch = conn
+            .execute(sql::PRUNE, &[cutoff.into(), limit.into()])
+            .await?;
         total += batch;
         if batch < u64::from(PRUNE_BATCH) {
             break;

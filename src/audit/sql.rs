@@ -5,9 +5,11 @@
 //! (`$1` / `?`) and boolean tests (`NOT dry_run` / `dry_run = 0`), so a fix
 //! to one could miss the other. Booleans are now tested the way all three
 //! engines read (`NOT dry_run`, `notified`), placeholders are written `?`, and
-//! [`numbered`] turns them into PostgreSQL's `$1, $2, ...`.
+//! `db::typed` numbers them for PostgreSQL (`$1, $2, ...`) when it sends them.
+//! The statements of the claim and of the tell sequence sit in `claim.rs`
+//! and `turn.rs`, next to their one use.
 
-/// One row per record; the columns `record::bind_run!` and `pg::insert_rows` bind, in order.
+/// One row per record; the columns `record::run_params` binds, in order.
 pub(super) const INSERT: &str = "INSERT INTO dbjanitor_runs (rule, database_name, started_at, finished_at, duration_ms, \
     outcome, reason, message, error, detected, changed, remaining, batches, dry_run, notified, host, dbjanitor_version, run_id) \
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
@@ -61,46 +63,21 @@ pub(super) const PRUNE: &str = concat!(
 
 /// `dbjanitor history`: newest first; each filter (rule, database, since)
 /// is bound twice and NULL means "any"; the last parameter is the limit.
-/// PostgreSQL binds every parameter with its type (`pg::runs`), so `$1 IS
+/// PostgreSQL binds every parameter with its type (`db::typed`), so `$1 IS
 /// NULL` needs no cast there.
 pub(super) const RUNS: &str = "SELECT run_id, rule, database_name, started_at, duration_ms, outcome, reason, message, error, \
     detected, changed, dry_run, host FROM dbjanitor_runs \
     WHERE (? IS NULL OR rule = ?) AND (? IS NULL OR database_name = ?) AND (? IS NULL OR started_at >= ?) \
     ORDER BY started_at DESC, id DESC LIMIT ?";
 
-/// `sql` with each `?` outside quotes replaced by PostgreSQL's `$1`, `$2`, ...
-pub(super) fn numbered(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len() + 16);
-    let mut quoted = false;
-    let mut next = 0u32;
-    for ch in sql.chars() {
-        match ch {
-            '\'' => {
-                quoted = !quoted;
-                out.push(ch);
-            }
-            '?' if !quoted => {
-                next += 1;
-                out.push('$');
-                out.push_str(&next.to_string());
-            }
-            _ => out.push(ch),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::typed::numbered;
     use crate::outcome::Outcome;
 
     #[test]
-    fn placeholders_are_numbered_for_postgres_outside_quotes() {
-        assert_eq!(
-            numbered("SELECT '?' FROM t WHERE a = ? AND b IN (?, ?)"),
-            "SELECT '?' FROM t WHERE a = $1 AND b IN ($2, $3)"
-        );
+    fn every_placeholder_is_numbered_for_postgres() {
         assert!(
             numbered(INSERT).ends_with("$17, $18)"),
             "{}",

@@ -2,7 +2,7 @@
 //! it, how long rows are kept, the bounds on every audit operation — and the
 //! schema check every operation starts with.
 //!
-//! Why one value: each operation opens its own connection ([`Conn::open`])
+//! Why one value: each operation opens its own connection (`conn::open`)
 //! within `audit.timeout` and closes it again, and the first one in a process
 //! creates or upgrades the schema ([`AuditStore::migrate`]); the reads
 //! (`read.rs`), the writes (`record.rs`) and the claim (`claim.rs`) are
@@ -11,7 +11,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::conn::{Conn, finish};
+use super::conn::{self, Conn, finish};
 use super::migrate::{self, Migrated};
 use super::{AuditError, DEFAULT_MIGRATE_LOCK_WAIT, DEFAULT_TIMEOUT, SCHEMA_VERSION};
 use crate::config::Config;
@@ -67,7 +67,7 @@ impl AuditStore {
 
     /// Opens a connection within `audit.timeout`.
     pub(super) async fn open(&self) -> Result<Conn, AuditError> {
-        tokio::time::timeout(self.timeout, Conn::open(&self.database))
+        tokio::time::timeout(self.timeout, conn::open(&self.database))
             .await
             .map_err(|_| AuditError::Timeout(self.timeout))?
     }

@@ -25,29 +25,25 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
-use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::conn::on_each;
 use super::{AuditError, AuditStore, Conn};
+use crate::db::typed::Value;
 
 /// How often a waiting teller reads the pair row.
 const POLL: Duration = Duration::from_millis(100);
 
-const READ_TURN_POSTGRES: &str =
-    "SELECT told_seq, delivering_until FROM dbjanitor_pairs WHERE rule = $1 AND database_name = $2";
-const READ_TURN_OTHER: &str =
+/// The claimed pair's `told_seq` and `delivering_until`.
+const READ_TURN: &str =
     "SELECT told_seq, delivering_until FROM dbjanitor_pairs WHERE rule = ? AND database_name = ?";
-const TAKE_TURN_POSTGRES: &str = "UPDATE dbjanitor_pairs SET told_seq = $3, delivering_until = $4 WHERE rule = $1 AND database_name = $2";
-const TAKE_TURN_OTHER: &str = "UPDATE dbjanitor_pairs SET told_seq = ?, delivering_until = ? WHERE rule = ? AND database_name = ?";
-const DELIVERED_POSTGRES: &str =
-    "SELECT delivered_seq FROM dbjanitor_pairs WHERE rule = $1 AND database_name = $2";
-const DELIVERED_OTHER: &str =
+/// Takes the next number: binds `told_seq`, `delivering_until`, rule, database.
+const TAKE_TURN: &str = "UPDATE dbjanitor_pairs SET told_seq = ?, delivering_until = ? WHERE rule = ? AND database_name = ?";
+/// How far the pair's deliveries are over.
+const DELIVERED: &str =
     "SELECT delivered_seq FROM dbjanitor_pairs WHERE rule = ? AND database_name = ?";
-const DONE_POSTGRES: &str = "UPDATE dbjanitor_pairs SET delivered_seq = $3 WHERE rule = $1 AND database_name = $2 AND delivered_seq < $3";
-const DONE_OTHER: &str = "UPDATE dbjanitor_pairs SET delivered_seq = ? WHERE rule = ? AND database_name = ? AND delivered_seq < ?";
+/// A delivery is over: binds the number, rule, database, the number again.
+const DONE: &str = "UPDATE dbjanitor_pairs SET delivered_seq = ? WHERE rule = ? AND database_name = ? AND delivered_seq < ?";
 
 /// A decision's place in its pair's tell sequence, taken under the claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,31 +73,8 @@ pub(super) async fn take(
     let span = chrono::Duration::from_std(bound).unwrap_or_else(|_| chrono::Duration::days(1));
     let until = from.checked_add_signed(span).unwrap_or(from);
     let seq = told.saturating_add(1);
-    on_each!(
-        &mut *conn,
-        TAKE_TURN_OTHER,
-        pg | c
-            | c.execute_one(
-                TAKE_TURN_POSTGRES,
-                &[
-                    (&rule, Type::TEXT),
-                    (&database, Type::TEXT),
-                    (&seq, Type::INT8),
-                    (&until, Type::TIMESTAMPTZ),
-                ],
-            )
-            .await
-            .map_err(|e| AuditError::Sql(e.to_string()))?,
-        |c, sql, url| sqlx::query(sql)
-            .bind(seq)
-            .bind(until)
-            .bind(rule)
-            .bind(database)
-            .execute(&mut *c)
-            .await
-            .map_err(|e| AuditError::sql(url, &e))?
-            .rows_affected()
-    );
+    let params: [Value<'_>; 4] = [seq.into(), until.into(), rule.into(), database.into()];
+    conn.execute(TAKE_TURN, &params).await?;
     Ok(Turn {
         rule: rule.to_owned(),
         database: database.to_owned(),
@@ -116,39 +89,11 @@ async fn read_turn(
     rule: &str,
     database: &str,
 ) -> Result<(i64, Option<DateTime<Utc>>), AuditError> {
-    let read: (i64, Option<DateTime<Utc>>) = on_each!(
-        &mut *conn,
-        READ_TURN_OTHER,
-        pg | c | {
-            let rows = c
-                .query_one_stmt(
-                    READ_TURN_POSTGRES,
-                    &[(&rule, Type::TEXT), (&database, Type::TEXT)],
-                )
-                .await
-                .map_err(|e| AuditError::Sql(e.to_string()))?;
-            let row = rows
-                .first()
-                .ok_or_else(|| AuditError::Sql("the claimed pair has no row".to_owned()))?;
-            (
-                row.try_get(0).map_err(|e| AuditError::Sql(e.to_string()))?,
-                row.try_get(1).map_err(|e| AuditError::Sql(e.to_string()))?,
-            )
-        },
-        |c, sql, url| {
-            let row = sqlx::query(sql)
-                .bind(rule)
-                .bind(database)
-                .fetch_one(&mut *c)
-                .await
-                .map_err(|e| AuditError::sql(url, &e))?;
-            (
-                row.try_get(0).map_err(|e| AuditError::sql(url, &e))?,
-                row.try_get(1).map_err(|e| AuditError::sql(url, &e))?,
-            )
-        }
-    );
-    Ok(read)
+    let row = conn
+        .query_first(READ_TURN, &[rule.into(), database.into()])
+        .await?
+        .ok_or_else(|| AuditError::Sql("the claimed pair has no row".to_owned()))?;
+    Ok((row.get(0)?, row.get(1)?))
 }
 
 impl AuditStore {
@@ -202,31 +147,13 @@ impl AuditStore {
                 return Err(AuditError::Sql("no connection".to_owned()));
             };
             let (rule, database) = (turn.rule.as_str(), turn.database.as_str());
-            let done: Option<i64> = on_each!(
-                c,
-                DELIVERED_OTHER,
-                pg | c | {
-                    let rows = c
-                        .query_one_stmt(
-                            DELIVERED_POSTGRES,
-                            &[(&rule, Type::TEXT), (&database, Type::TEXT)],
-                        )
-                        .await
-                        .map_err(|e| AuditError::Sql(e.to_string()))?;
-                    match rows.first() {
-                        Some(row) => {
-                            Some(row.try_get(0).map_err(|e| AuditError::Sql(e.to_string()))?)
-                        }
-                        None => None,
-                    }
-                },
-                |c, sql, url| sqlx::query_scalar(sql)
-                    .bind(rule)
-                    .bind(database)
-                    .fetch_optional(&mut *c)
-                    .await
-                    .map_err(|e| AuditError::sql(url, &e))?
-            );
+            let row = c
+                .query_first(DELIVERED, &[rule.into(), database.into()])
+                .await?;
+            let done: Option<i64> = match row {
+                Some(row) => Some(row.get(0)?),
+                None => None,
+            };
             // No row: the pair was pruned meanwhile; nothing to wait for.
             Ok(done.unwrap_or(i64::MAX))
         };
@@ -243,32 +170,9 @@ impl AuditStore {
             let mut conn = self.open().await?;
             let (rule, database) = (turn.rule.as_str(), turn.database.as_str());
             let seq = turn.seq;
+            let params: [Value<'_>; 4] = [seq.into(), rule.into(), database.into(), seq.into()];
             let set = tokio::time::timeout(self.timeout, async {
-                on_each!(
-                    &mut conn,
-                    DONE_OTHER,
-                    pg | c
-                        | c.execute_one(
-                            DONE_POSTGRES,
-                            &[
-                                (&rule, Type::TEXT),
-                                (&database, Type::TEXT),
-                                (&seq, Type::INT8),
-                            ],
-                        )
-                        .await
-                        .map(drop)
-                        .map_err(|e| AuditError::Sql(e.to_string())),
-                    |c, sql, url| sqlx::query(sql)
-                        .bind(seq)
-                        .bind(rule)
-                        .bind(database)
-                        .bind(seq)
-                        .execute(&mut *c)
-                        .await
-                        .map(drop)
-                        .map_err(|e| AuditError::sql(url, &e))
-                )
+                Ok(conn.execute(DONE, &params).await.map(drop)?)
             })
             .await;
             super::conn::finish(conn, set, self.timeout).await
@@ -282,5 +186,26 @@ impl AuditStore {
                 warn!(error = %e, rule = %turn.rule, database = %turn.database, "cannot say in the audit table that the pair's message is delivered: the next message about it waits until this one's deadline");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::typed::numbered;
+
+    /// Written once with `?`, the statements bind in one order on every
+    /// dialect; on PostgreSQL they were written with `$3`/`$4` first and
+    /// DONE's number twice as `$3`: pin what is sent there now.
+    #[test]
+    fn postgres_texts_of_the_reordered_statements() {
+        assert_eq!(
+            numbered(TAKE_TURN),
+            "UPDATE dbjanitor_pairs SET told_seq = $1, delivering_until = $2 WHERE rule = $3 AND database_name = $4"
+        );
+        assert_eq!(
+            numbered(DONE),
+            "UPDATE dbjanitor_pairs SET delivered_seq = $1 WHERE rule = $2 AND database_name = $3 AND delivered_seq < $4"
+        );
     }
 }

@@ -31,6 +31,7 @@ pub mod replica;
 mod sample;
 mod sqlite;
 mod text;
+pub(crate) mod typed;
 
 use std::future::Future;
 use std::time::Duration;

@@ -96,6 +96,18 @@ where
             .map_err(|e| sql_error(&self.url, &e))
     }
 
+    /// Every row of a query with bound parameters (dbjanitor's own SQL, e.g.
+    /// the audit table's, see `typed`).
+    pub(crate) async fn fetch_all_bound<'q, E>(&mut self, query: E) -> Result<Vec<DB::Row>, DbError>
+    where
+        E: 'q + sqlx::Execute<'q, DB>,
+    {
+        self.conn
+            .fetch_all(query)
+            .await
+            .map_err(|e| sql_error(&self.url, &e))
+    }
+
     /// Runs statements for their effect.
     pub(crate) async fn run(&mut self, sql: &str) -> Result<(), DbError> {
         self.execute(sql).await.map(|_| ())

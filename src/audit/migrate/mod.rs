@@ -38,8 +38,11 @@ mod sqlite;
 
 use std::time::Duration;
 
-use super::{AuditError, Conn};
+use chrono::Utc;
+
+use super::{AuditError, Conn, VERSION};
 use crate::db::Dialect;
+use crate::db::typed::Value;
 
 /// One migration: its version, name and SQL per dialect.
 #[derive(Debug, Clone, Copy)]
@@ -129,17 +132,37 @@ type VersionRow = (i64, String, bool);
 /// The applied versions: (highest version, a dirty version if any).
 type Applied = (u32, Option<(u32, String)>);
 
+/// Every row of the version table.
+const VERSIONS: &str = "SELECT version, name, dirty FROM dbjanitor_schema_version";
+
+/// One row of the version table (`dirty` bound: MySQL writes it dirty first).
+const RECORD: &str = "INSERT INTO dbjanitor_schema_version (version, name, applied_at, dirty, applied_by) \
+    VALUES (?, ?, ?, ?, ?)";
+
+/// The highest applied version (0 with no row).
+const HIGHEST: &str = "SELECT COALESCE(MAX(version), 0) FROM dbjanitor_schema_version";
+
 /// What the one migration loop ([`run`]) needs from a dialect.
 pub(super) trait Migrator {
     /// The dialect (named in [`AuditError::Dirty`]).
     fn dialect(&self) -> Dialect;
+
+    /// The connection migrating.
+    fn conn(&mut self) -> &mut Conn;
 
     /// Takes the migration lock (opening the transaction where DDL is
     /// transactional) and creates the version table if it is missing.
     async fn lock(&mut self) -> Result<(), AuditError>;
 
     /// Every row of the version table.
-    async fn versions(&mut self) -> Result<Vec<VersionRow>, AuditError>;
+    async fn versions(&mut self) -> Result<Vec<VersionRow>, AuditError> {
+        let rows = self.conn().query(VERSIONS, &[]).await?;
+        rows.iter()
+            .map(|row| -> Result<VersionRow, AuditError> {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .collect()
+    }
 
     /// A dirty row was found (an interrupted migration): settles it from the
     /// schema where the dialect can; `Ok(true)` when the rows changed.
@@ -162,13 +185,28 @@ pub(super) async fn migrate(
     lock_wait: Duration,
 ) -> Result<Migrated, AuditError> {
     let target = target.min(SCHEMA_VERSION);
-    match conn {
-        Conn::Postgres(c) => run(&mut postgres::Migrate::new(c, lock_wait), target).await,
-        Conn::Sqlite(c, url) => run(&mut sqlite::Migrate::new(c, url), target).await,
-        Conn::MySql(c, url, schema) => {
-            run(&mut mysql::Migrate::new(c, url, schema, lock_wait), target).await
-        }
+    match conn.dialect() {
+        Dialect::Postgres => run(&mut postgres::Migrate::new(conn, lock_wait), target).await,
+        Dialect::Sqlite => run(&mut sqlite::Migrate::new(conn), target).await,
+        Dialect::MySql => run(&mut mysql::Migrate::new(conn, lock_wait), target).await,
     }
+}
+
+/// Writes `migration`'s row into the version table.
+async fn record_version(
+    conn: &mut Conn,
+    migration: &Migration,
+    dirty: bool,
+) -> Result<(), AuditError> {
+    let params: [Value<'_>; 5] = [
+        i64::from(migration.version).into(),
+        migration.name.into(),
+        Utc::now().into(),
+        dirty.into(),
+        VERSION.into(),
+    ];
+    conn.execute(RECORD, &params).await?;
+    Ok(())
 }
 
 /// The migration loop: lock, read the versions (settling an interrupted
@@ -243,12 +281,27 @@ fn pending(from: u32, target: u32) -> impl Iterator<Item = &'static Migration> {
 /// The schema version, but 0 when there is no version table yet (`check
 /// --connect` on a database dbjanitor never wrote to); changes nothing.
 pub(super) async fn version_if_any(conn: &mut Conn) -> Result<u32, AuditError> {
-    let version = match conn {
-        Conn::Postgres(c) => postgres::version_if_any(c).await?,
-        Conn::MySql(c, url, _) => mysql::version_if_any(c, url).await?,
-        Conn::Sqlite(c, url) => sqlite::version_if_any(c, url).await?,
+    let exists = match conn.dialect() {
+        Dialect::Postgres => postgres::TABLE_EXISTS,
+        Dialect::MySql => mysql::TABLE_EXISTS,
+        Dialect::Sqlite => sqlite::TABLE_EXISTS,
+    };
+    if first_int(conn, exists, "dbjanitor_schema_version").await? == 0 {
+        return Ok(0);
+    }
+    let version = match conn.query_first(HIGHEST, &[]).await? {
+        Some(row) => row.get::<i64>(0)?,
+        None => 0,
     };
     Ok(u32::try_from(version).unwrap_or(0))
+}
+
+/// The first column of the first row of `sql` (one text parameter), 0 for no row.
+async fn first_int(conn: &mut Conn, sql: &'static str, text: &str) -> Result<i64, AuditError> {
+    Ok(match conn.query_first(sql, &[text.into()]).await? {
+        Some(row) => row.get(0)?,
+        None => 0,
+    })
 }
 
 #[cfg(test)]

@@ -6,14 +6,10 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
-use sqlx::mysql::MySqlDatabaseError;
-use sqlx::{Executor, MySqlConnection, Row};
-
-use super::{MIGRATION_LOCK, MIGRATIONS, Migration, Migrator, VersionRow};
-use crate::audit::{AuditError, VERSION};
-use crate::db::{Dialect, mysql_lock_name};
-use crate::secret::SecretUrl;
+use super::{MIGRATION_LOCK, MIGRATIONS, Migration, Migrator, record_version};
+use crate::audit::{AuditError, Conn};
+use crate::db::typed::{Failed, Value};
+use crate::db::{DbError, Dialect, mysql_lock_name};
 use crate::sql::split_statements;
 
 const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS dbjanitor_schema_version (\
@@ -25,7 +21,24 @@ const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS dbjanitor_schema_version
 const MDL_NOTICE: Duration = Duration::from_secs(2);
 
 /// MySQL/MariaDB `ER_LOCK_WAIT_TIMEOUT`: the DDL never got its metadata lock.
-const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
+const ER_LOCK_WAIT_TIMEOUT: &str = "1205";
+
+/// 1 when the table `?` exists in the current schema, else 0.
+pub(super) const TABLE_EXISTS: &str = "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?";
+
+/// 1 when the column `?` of the table `?` exists in the current schema, else 0.
+const COLUMN_EXISTS: &str = "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = DATABASE() \
+    AND table_name = ? AND column_name = ?";
+
+/// An interrupted migration that the schema shows complete: marked done.
+const MARK_DONE: &str = "UPDATE dbjanitor_schema_version SET dirty = FALSE WHERE version = ?";
+
+/// An interrupted migration that the schema shows not started: applied again.
+const FORGET: &str = "DELETE FROM dbjanitor_schema_version WHERE version = ?";
+
+/// A migration whose DDL the server refused: nothing applied, nothing dirty.
+const FORGET_DIRTY: &str =
+    "DELETE FROM dbjanitor_schema_version WHERE version = ? AND dirty = TRUE";
 
 /// What each MySQL migration creates, in [`MIGRATIONS`] order: `(table,
 /// column)`, `None` for the table itself. After an interrupted migration the
@@ -51,25 +64,20 @@ const CREATES: [&[(&str, Option<&str>)]; MIGRATIONS.len()] = [
 /// A MySQL/MariaDB connection migrating, waiting at most `lock_wait` for the
 /// other migrator (`GET_LOCK`) and for each DDL's metadata lock.
 pub(super) struct Migrate<'c> {
-    c: &'c mut MySqlConnection,
-    url: &'c SecretUrl,
+    c: &'c mut Conn,
     lock: String,
     lock_wait: Duration,
 }
 
 impl<'c> Migrate<'c> {
-    pub(super) fn new(
-        c: &'c mut MySqlConnection,
-        url: &'c SecretUrl,
-        schema: &str,
-        lock_wait: Duration,
-    ) -> Self {
-        Self {
-            c,
-            url,
-            lock: mysql_lock_name(schema, MIGRATION_LOCK),
-            lock_wait,
-        }
+    pub(super) fn new(c: &'c mut Conn, lock_wait: Duration) -> Self {
+        let lock = mysql_lock_name(c.schema(), MIGRATION_LOCK);
+        Self { c, lock, lock_wait }
+    }
+
+    /// `lock_wait` in whole seconds, as the server's settings take it.
+    fn wait_secs(&self) -> i64 {
+        i64::try_from(self.lock_wait.as_secs()).unwrap_or(60)
     }
 }
 
@@ -78,17 +86,18 @@ impl Migrator for Migrate<'_> {
         Dialect::MySql
     }
 
+    fn conn(&mut self) -> &mut Conn {
+        self.c
+    }
+
     /// `GET_LOCK`, the DDL's own bound on its metadata lock
     /// (`lock_wait_timeout`, seconds, at least 1), the version table.
     async fn lock(&mut self) -> Result<(), AuditError> {
-        let url = self.url;
-        let err = |e: sqlx::Error| AuditError::sql(url, &e);
-        let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
-            .bind(&self.lock)
-            .bind(i64::try_from(self.lock_wait.as_secs()).unwrap_or(60))
-            .fetch_one(&mut *self.c)
-            .await
-            .map_err(err)?;
+        let params: [Value<'_>; 2] = [self.lock.as_str().into(), self.wait_secs().into()];
+        let got: Option<i64> = match self.c.query_first("SELECT GET_LOCK(?, ?)", &params).await? {
+            Some(row) => row.get(0)?,
+            None => None,
+        };
         if got != Some(1) {
             return Err(AuditError::Sql(format!(
                 "another process has been migrating the audit schema for over {}s (lock {:?})",
@@ -96,30 +105,12 @@ impl Migrator for Migrate<'_> {
                 self.lock
             )));
         }
-        sqlx::query("SET SESSION lock_wait_timeout = ?")
-            .bind(self.lock_wait.as_secs().max(1))
-            .execute(&mut *self.c)
-            .await
-            .map_err(err)?;
-        self.c.execute(VERSION_TABLE).await.map_err(err)?;
+        let wait = self.wait_secs().max(1);
+        self.c
+            .execute("SET SESSION lock_wait_timeout = ?", &[wait.into()])
+            .await?;
+        self.c.batch(VERSION_TABLE).await?;
         Ok(())
-    }
-
-    async fn versions(&mut self) -> Result<Vec<VersionRow>, AuditError> {
-        let url = self.url;
-        let err = |e: sqlx::Error| AuditError::sql(url, &e);
-        let rows = sqlx::query("SELECT version, name, dirty FROM dbjanitor_schema_version")
-            .fetch_all(&mut *self.c)
-            .await
-            .map_err(err)?;
-        let mut found = Vec::with_capacity(rows.len());
-        for row in rows {
-            let version: i32 = row.try_get(0).map_err(err)?;
-            let name: String = row.try_get(1).map_err(err)?;
-            let dirty: bool = row.try_get(2).map_err(err)?;
-            found.push((i64::from(version), name, dirty));
-        }
-        Ok(found)
     }
 
     /// A dirty row left by an interrupted migration: the schema decides.
@@ -137,18 +128,13 @@ impl Migrator for Migrate<'_> {
         };
         let present = self.present(objects).await?;
         let sql = if present == objects.len() {
-            "UPDATE dbjanitor_schema_version SET dirty = FALSE WHERE version = ?"
+            MARK_DONE
         } else if present == 0 {
-            "DELETE FROM dbjanitor_schema_version WHERE version = ?"
+            FORGET
         } else {
             return Err(dirty());
         };
-        let url = self.url;
-        sqlx::query(sql)
-            .bind(i32::try_from(version).unwrap_or(i32::MAX))
-            .execute(&mut *self.c)
-            .await
-            .map_err(|e| AuditError::sql(url, &e))?;
+        self.c.execute(sql, &[i64::from(version).into()]).await?;
         tracing::warn!(
             version,
             name,
@@ -167,58 +153,42 @@ impl Migrator for Migrate<'_> {
     /// marked done. A DDL the server refused was not applied (one statement,
     /// applied whole or not at all): its row goes again.
     async fn apply(&mut self, migration: &'static Migration) -> Result<(), AuditError> {
-        let url = self.url;
-        let err = |e: sqlx::Error| AuditError::sql(url, &e);
-        let version = i32::try_from(migration.version).unwrap_or(i32::MAX);
-        sqlx::query(
-            "INSERT INTO dbjanitor_schema_version (version, name, applied_at, dirty, applied_by) VALUES (?, ?, ?, TRUE, ?)",
-        )
-        .bind(version)
-        .bind(migration.name)
-        .bind(Utc::now())
-        .bind(VERSION)
-        .execute(&mut *self.c)
-        .await
-        .map_err(err)?;
+        record_version(self.c, migration, true).await?;
         match self.ddl(migration).await {
             Ok(()) => {}
-            Err(sqlx::Error::Database(db_error)) => {
-                return Err(self.refused(migration, version, db_error).await);
+            Err(Failed::Refused(error, code)) => {
+                return Err(self.refused(migration, &error, code.as_deref()).await);
             }
             // The connection failed during the DDL: its fate is unknown, the row stays dirty.
-            Err(e) => return Err(AuditError::migration(migration, url, &e)),
+            Err(Failed::Lost(error)) => {
+                return Err(AuditError::migration_text(migration, error.to_string()));
+            }
         }
-        sqlx::query("UPDATE dbjanitor_schema_version SET dirty = FALSE WHERE version = ?")
-            .bind(version)
-            .execute(&mut *self.c)
-            .await
-            .map_err(err)?;
+        let version = i64::from(migration.version);
+        self.c.execute(MARK_DONE, &[version.into()]).await?;
         Ok(())
     }
 
     /// `RELEASE_LOCK` (after an error too; dropping the connection would
     /// release it as well).
     async fn unlock(&mut self, _ok: bool) -> Result<(), AuditError> {
-        let url = self.url;
-        sqlx::query("DO RELEASE_LOCK(?)")
-            .bind(&self.lock)
-            .execute(&mut *self.c)
-            .await
-            .map(drop)
-            .map_err(|e| AuditError::sql(url, &e))
+        self.c
+            .execute("DO RELEASE_LOCK(?)", &[self.lock.as_str().into()])
+            .await?;
+        Ok(())
     }
 }
 
 impl Migrate<'_> {
     /// The migration's one statement, with a warning when it waits longer
     /// than [`MDL_NOTICE`] (for its metadata lock, most likely).
-    async fn ddl(&mut self, migration: &Migration) -> Result<(), sqlx::Error> {
+    async fn ddl(&mut self, migration: &Migration) -> Result<(), Failed> {
         // One statement (a unit test checks it): applied whole or not at all.
         let statement = split_statements(migration.mysql, Dialect::MySql).concat();
         let wait_s = self.lock_wait.as_secs();
-        let ddl = self.c.execute(sqlx::AssertSqlSafe(statement));
+        let ddl = self.c.batch_or_refused(&statement);
         tokio::pin!(ddl);
-        let result = tokio::select! {
+        tokio::select! {
             result = &mut ddl => result,
             () = tokio::time::sleep(MDL_NOTICE) => {
                 tracing::warn!(
@@ -230,88 +200,49 @@ impl Migrate<'_> {
                 );
                 ddl.await
             }
-        };
-        result.map(drop)
+        }
     }
 
-    /// The server refused the DDL: nothing applied, so nothing is dirty (the
-    /// row is deleted); the error to return.
+    /// The server refused the DDL (`error`, its error number `code`):
+    /// nothing applied, so nothing is dirty (the row is deleted); the error
+    /// to return.
     async fn refused(
         &mut self,
         migration: &'static Migration,
-        version: i32,
-        db_error: Box<dyn sqlx::error::DatabaseError>,
+        error: &DbError,
+        code: Option<&str>,
     ) -> AuditError {
-        let lock_timeout = db_error
-            .try_downcast_ref::<MySqlDatabaseError>()
-            .is_some_and(|e| e.number() == ER_LOCK_WAIT_TIMEOUT);
-        if let Err(e) =
-            sqlx::query("DELETE FROM dbjanitor_schema_version WHERE version = ? AND dirty = TRUE")
-                .bind(version)
-                .execute(&mut *self.c)
-                .await
-        {
-            return AuditError::sql(self.url, &e);
+        let version = i64::from(migration.version);
+        if let Err(e) = self.c.execute(FORGET_DIRTY, &[version.into()]).await {
+            return e.into();
         }
-        if lock_timeout {
+        if code == Some(ER_LOCK_WAIT_TIMEOUT) {
             return AuditError::MetadataLock {
                 version: migration.version,
                 name: migration.name,
                 wait: self.lock_wait,
             };
         }
-        AuditError::migration(migration, self.url, &sqlx::Error::Database(db_error))
+        AuditError::migration_text(migration, error.to_string())
     }
 
     /// How many of `objects` (tables, or columns) the schema holds.
     async fn present(&mut self, objects: &[(&str, Option<&str>)]) -> Result<usize, AuditError> {
-        let url = self.url;
-        let err = |e: sqlx::Error| AuditError::sql(url, &e);
         let mut present = 0usize;
         for (table, column) in objects {
-            let count: i64 = match column {
-                None => sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?",
-                )
-                .bind(table)
-                .fetch_one(&mut *self.c)
-                .await
-                .map_err(err)?,
-                Some(column) => sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = DATABASE() \
-                     AND table_name = ? AND column_name = ?",
-                )
-                .bind(table)
-                .bind(column)
-                .fetch_one(&mut *self.c)
-                .await
-                .map_err(err)?,
+            let row = match column {
+                None => self.c.query_first(TABLE_EXISTS, &[(*table).into()]).await?,
+                Some(column) => {
+                    let params: [Value<'_>; 2] = [(*table).into(), (*column).into()];
+                    self.c.query_first(COLUMN_EXISTS, &params).await?
+                }
+            };
+            let count: i64 = match row {
+                Some(row) => row.get(0)?,
+                None => 0,
             };
             present += usize::from(count > 0);
         }
         Ok(present)
     }
-}
-
-/// The schema version; 0 when there is no version table (or no row) yet.
-pub(super) async fn version_if_any(
-    c: &mut MySqlConnection,
-    url: &SecretUrl,
-) -> Result<i64, AuditError> {
-    let err = |e: sqlx::Error| AuditError::sql(url, &e);
-    let exists: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() \
-         AND table_name = 'dbjanitor_schema_version'",
-    )
-    .fetch_one(&mut *c)
-    .await
-    .map_err(err)?;
-    if exists == 0 {
-        return Ok(0);
-    }
-    sqlx::query_scalar::<_, i32>("SELECT COALESCE(MAX(version), 0) FROM dbjanitor_schema_version")
-        .fetch_one(&mut *c)
-        .await
-        .map(i64::from)
-        .map_err(err)
 }
