@@ -463,7 +463,7 @@ async fn check(config_path: &Path, args: &CheckArgs) -> Result<u8, AppError> {
     );
     // Every rule on every database it names, enabled or not, unless narrowed.
     let targets: Vec<Target> = crate::check::select(&config, &args.rules, args.database.as_deref())
-        .map_err(|e| AppError::Usage(format!("error: {e}")))?;
+        .map_err(|e| AppError::Usage(e.to_string()))?;
     if !args.connect {
         print_stdout(&out)?;
         return Ok(exit::SUCCESS);

@@ -176,7 +176,7 @@ mod tests {
             },
             notify: Vec::new(),
             notify_on: std::collections::BTreeSet::new(),
-            renotify_after: std::time::Duration::from_secs(3600),
+            renotify_after: std::time::Duration::from_hours(1),
             enabled: true,
             backup: None,
         };

@@ -8,7 +8,8 @@
 //!    [`config::Config`]: every problem is reported with file, line and column
 //!    before anything touches a database.
 //! 2. [`rule`] holds the validated rule model, [`schedule`] its compiled
-//!    schedule and [`sql`] the little SQL lexing the checks need.
+//!    schedule, [`sql`] the little SQL lexing the checks need and [`dialect`]
+//!    which SQL a database speaks.
 //! 3. [`plan`] selects which (rule, database) pairs a command runs.
 //! 4. [`engine`] runs one pair through the steps of the design (lock → detect →
 //!    guard → fix → verify → commit) over one of the backends in [`db`].
@@ -41,6 +42,7 @@ pub mod config;
 pub(crate) mod daemon;
 pub mod db;
 pub(crate) mod demo;
+pub(crate) mod dialect;
 pub(crate) mod due;
 pub mod engine;
 pub(crate) mod error;

@@ -116,10 +116,12 @@ impl Outcome {
     }
 }
 
-/// The outcomes for which `keep` is true as an SQL list, `('clean', 'found')`,
-/// so that the audit table's queries select what these methods decide.
+/// The outcomes for which `keep` is true as an SQL list, `('clean', 'found')`:
+/// the audit's tests check its hand-written IN-lists against it, so that the
+/// audit table's queries select what these methods decide.
+#[cfg(test)]
 #[must_use]
-pub fn sql_list(keep: fn(Outcome) -> bool) -> String {
+pub(crate) fn sql_list(keep: fn(Outcome) -> bool) -> String {
     let names: Vec<String> = Outcome::ALL
         .into_iter()
         .filter(|o| keep(*o))

@@ -9,7 +9,6 @@ use std::io::Write as _;
 use comfy_table::{Cell, ContentArrangement, Table, presets};
 use serde::Serialize;
 
-use crate::error::AppError;
 use crate::outcome::{Outcome, RunRecord, Sample};
 
 /// The JSON report.
@@ -200,7 +199,7 @@ pub(crate) fn summary(records: &[RunRecord], dry_run: bool) -> String {
 /// output quietly: no panic (which `println!` would do), no error, and the
 /// exit status stays that of the work done, since the rules ran all the same.
 /// Every command writes its output through here.
-pub(crate) fn print_stdout(text: &str) -> Result<(), AppError> {
+pub(crate) fn print_stdout(text: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     match stdout
         .write_all(text.as_bytes())
@@ -209,8 +208,6 @@ pub(crate) fn print_stdout(text: &str) -> Result<(), AppError> {
         Ok(()) => Ok(()),
         // A closed pipe (`| head`) is not a failure of the run.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(AppError::Other(
-            anyhow::Error::new(e).context("cannot write the report"),
-        )),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot write the report")),
     }
 }

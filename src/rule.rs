@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono_tz::Tz;
 
-use crate::db::Dialect;
+use crate::dialect::Dialect;
 use crate::outcome::Outcome;
 use crate::schedule::Schedule;
 use crate::sql::split_statements;

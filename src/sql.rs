@@ -17,7 +17,7 @@
 //! (Over 500 lines because of its tests: the lexer is under 400 lines; the
 //! cases pin every quoting and comment form of the three dialects.)
 
-use crate::db::Dialect;
+use crate::dialect::Dialect;
 
 /// One lexical item that matters for splitting and classifying.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 
 use serde_json::{Value, json};
 
+use crate::backup::undo::Change;
 use crate::cli::{ChangesArgs, OutputFormat};
 use crate::commands::undo::{find, parse_run_id, with_session};
 use crate::config::Config;
@@ -26,70 +27,81 @@ pub(crate) async fn run(config: &Config, args: &ChangesArgs) -> Result<u8, AppEr
         changes
     })
     .map_err(|e| AppError::Other(anyhow::anyhow!("cannot read the images of run {run}: {e}")))?;
-    // A PostgreSQL image is {"row": to_json(row), "sql_null": {...}}: show the row.
-    let parse = |text: &Option<String>| {
-        let value = text.as_deref().map_or(Value::Null, |t| {
-            serde_json::from_str(t).unwrap_or(Value::String(t.to_owned()))
-        });
-        match value {
-            Value::Object(mut map) if map.contains_key("row") && map.contains_key("sql_null") => {
-                map.remove("row").unwrap_or(Value::Null)
-            }
-            other => other,
-        }
-    };
-    let shown = |text: &Option<String>| match text {
-        Some(_) => parse(text).to_string(),
-        None => "(absent)".to_owned(),
-    };
     let out = match args.output {
-        OutputFormat::Json => {
-            let rows: Vec<Value> = changes
-                .iter()
-                .map(|c| {
-                    json!({
-                        "key": parse(&Some(c.key.clone())),
-                        "before": parse(&c.before),
-                        "after": parse(&c.after),
-                    })
-                })
-                .collect();
-            let mut text = serde_json::to_string_pretty(&json!({
-                "run_id": run,
-                "rule": located.rule,
-                "database": db.name,
-                "table": located.table,
-                "rows": rows,
-            }))
-            .map_err(|e| AppError::Other(anyhow::Error::new(e)))?;
-            text.push('\n');
-            text
-        }
-        OutputFormat::Text => {
-            let mut text = format!(
-                "run {run}: rule {}, database {}, table {}, {} rows changed\n",
-                located.rule,
-                db.name,
-                located.table,
-                changes.len()
-            );
-            for change in &changes {
-                let what = match (&change.before, &change.after) {
-                    (Some(_), Some(_)) => "updated",
-                    (Some(_), None) => "deleted",
-                    (None, Some(_)) => "inserted",
-                    (None, None) => "unchanged",
-                };
-                text.push_str(&format!("\n{what} {}\n", change.key));
-                text.push_str(&format!(
-                    "  before: {}\n  after:  {}\n",
-                    shown(&change.before),
-                    shown(&change.after)
-                ));
-            }
-            text
-        }
+        OutputFormat::Json => json_report(&run, &located.rule, &db.name, &located.table, &changes)?,
+        OutputFormat::Text => text_report(&run, &located.rule, &db.name, &located.table, &changes),
     };
     print_stdout(&out)?;
     Ok(exit::SUCCESS)
+}
+
+/// An image as JSON: a PostgreSQL image is `{"row": to_json(row), "sql_null":
+/// {...}}`, of which the row is shown; other text is shown as a string.
+fn image_value(text: Option<&str>) -> Value {
+    let value = text.map_or(Value::Null, |t| {
+        serde_json::from_str(t).unwrap_or(Value::String(t.to_owned()))
+    });
+    match value {
+        Value::Object(mut map) if map.contains_key("row") && map.contains_key("sql_null") => {
+            map.remove("row").unwrap_or(Value::Null)
+        }
+        other => other,
+    }
+}
+
+/// `changes --output json`: one document with every row's key, before and after.
+fn json_report(
+    run: &str,
+    rule: &str,
+    database: &str,
+    table: &str,
+    changes: &[Change],
+) -> Result<String, AppError> {
+    let rows: Vec<Value> = changes
+        .iter()
+        .map(|c| {
+            json!({
+                "key": image_value(Some(&c.key)),
+                "before": image_value(c.before.as_deref()),
+                "after": image_value(c.after.as_deref()),
+            })
+        })
+        .collect();
+    let mut text = serde_json::to_string_pretty(&json!({
+        "run_id": run,
+        "rule": rule,
+        "database": database,
+        "table": table,
+        "rows": rows,
+    }))
+    .map_err(|e| AppError::Other(anyhow::Error::new(e)))?;
+    text.push('\n');
+    Ok(text)
+}
+
+/// `changes` as text: a heading, then per row what happened, before and after.
+fn text_report(run: &str, rule: &str, database: &str, table: &str, changes: &[Change]) -> String {
+    let shown = |text: Option<&str>| match text {
+        Some(_) => image_value(text).to_string(),
+        None => "(absent)".to_owned(),
+    };
+    let mut text = format!(
+        "run {run}: rule {rule}, database {database}, table {table}, {} rows changed\n",
+        changes.len()
+    );
+    for change in changes {
+        let what = match (&change.before, &change.after) {
+            (Some(_), Some(_)) => "updated",
+            (Some(_), None) => "deleted",
+            (None, Some(_)) => "inserted",
+            (None, None) => "unchanged",
+        };
+        text.push_str(&format!("\n{what} {}\n", change.key));
+        text.push_str(&format!(
+            "  before: {}\n  after:  {}\n",
+            shown(change.before.as_deref()),
+            shown(change.after.as_deref())
+        ));
+    }
+    text
 }

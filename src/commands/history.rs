@@ -25,7 +25,7 @@ pub(crate) async fn run(config_path: &Path, args: &HistoryArgs) -> Result<u8, Ap
     let config = crate::config::load(config_path)?;
     let Some(store) = AuditStore::from_config(&config) else {
         return Err(AppError::Usage(format!(
-            "error: {} has no `audit:` section, so no run was recorded: `history` reads the audit table \
+            "{} has no `audit:` section, so no run was recorded: `history` reads the audit table \
              (add `audit: {{ database: <name> }}`, naming one of its databases; README \"Audit history\")",
             config.path.display()
         )));
@@ -34,7 +34,7 @@ pub(crate) async fn run(config_path: &Path, args: &HistoryArgs) -> Result<u8, Ap
         && !config.databases.contains_key(database)
     {
         return Err(AppError::Usage(format!(
-            "error: unknown database {database:?}; databases in the config: {:?}",
+            "unknown database {database:?}; databases in the config: {:?}",
             config.databases.keys().collect::<Vec<_>>()
         )));
     }
@@ -45,7 +45,7 @@ pub(crate) async fn run(config_path: &Path, args: &HistoryArgs) -> Result<u8, Ap
                 .and_then(|since| chrono::Utc::now().checked_sub_signed(since))
                 .ok_or_else(|| {
                     AppError::Usage(format!(
-                        "error: --since {} reaches before any date dbjanitor can store",
+                        "--since {} reaches before any date dbjanitor can store",
                         humantime::format_duration(since)
                     ))
                 })?,

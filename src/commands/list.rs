@@ -47,10 +47,9 @@ pub(crate) fn run(config_path: &Path, args: &ListArgs) -> Result<u8, AppError> {
         .iter()
         .find(|name| !config.rules.iter().any(|r| &r.name == *name))
     {
-        return Err(AppError::Usage(format!(
-            "error: {}",
-            SelectionError::UnknownRule(unknown.clone())
-        )));
+        return Err(AppError::Usage(
+            SelectionError::UnknownRule(unknown.clone()).to_string(),
+        ));
     }
     let now = Utc::now();
     let rules: Vec<ListedRule> = config

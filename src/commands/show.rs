@@ -80,10 +80,9 @@ fn defaults_line(text: &str, key: &str) -> Option<usize> {
 pub(crate) fn run(config_path: &Path, args: &ShowArgs) -> Result<u8, AppError> {
     let config = crate::config::load(config_path)?;
     let Some(rule) = config.rules.iter().find(|r| r.name == args.rule) else {
-        return Err(AppError::Usage(format!(
-            "error: {}",
-            SelectionError::UnknownRule(args.rule.clone())
-        )));
+        return Err(AppError::Usage(
+            SelectionError::UnknownRule(args.rule.clone()).to_string(),
+        ));
     };
     let origins = Origins {
         rule_path: rule.source.display().to_string(),

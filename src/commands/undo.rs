@@ -39,7 +39,7 @@ pub(crate) fn parse_run_id(text: &str) -> Result<String, AppError> {
         .map(|id| id.hyphenated().to_string())
         .map_err(|_| {
             AppError::Usage(format!(
-                "error: {text:?} is not a run id (a UUID, as in the report's run_id)"
+                "{text:?} is not a run id (a UUID, as in the report's run_id)"
             ))
         })
 }
@@ -70,7 +70,7 @@ pub(crate) async fn find(
     }
     if unreachable.is_empty() {
         Err(AppError::Usage(format!(
-            "error: no database in {} holds images of run {run} (only runs of rules with backup: keep images, for images.keep)",
+            "no database in {} holds images of run {run} (only runs of rules with backup: keep images, for images.keep)",
             config.path.display()
         )))
     } else {

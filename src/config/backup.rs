@@ -11,10 +11,8 @@ use crate::backup::{Backup, Images, valid_identifier};
 use crate::rule::Mode;
 
 /// `images.keep`: a hundred years, like `audit.keep`.
-const IMAGES_KEEP: (&str, std::time::Duration) = (
-    "images.keep",
-    std::time::Duration::from_secs(36_525 * 24 * 3600),
-);
+const IMAGES_KEEP: (&str, std::time::Duration) =
+    ("images.keep", std::time::Duration::from_hours(36_525 * 24));
 
 impl Loader<'_> {
     /// `images:`; defaults when absent.

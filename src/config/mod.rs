@@ -11,6 +11,7 @@
 mod backup;
 mod batch_key;
 mod database;
+mod env;
 mod error;
 mod keys;
 mod notifier;
@@ -19,6 +20,7 @@ mod raw;
 mod replica;
 mod rule_file;
 mod rule_walk;
+mod settings;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -29,102 +31,17 @@ use std::time::Duration;
 use chrono_tz::Tz;
 use serde_saphyr::{Location, Spanned};
 
+pub use env::{Environment, ProcessEnv};
 pub use error::{ConfigError, ConfigErrors, SourceLocation};
 pub use notifier::{
-    DEFAULT_NOTIFY_BACKOFF, DEFAULT_NOTIFY_DEADLINE, DEFAULT_NOTIFY_RETRIES,
-    DEFAULT_NOTIFY_TIMEOUT, DeliveryPolicy, EmailConfig, EmailTls, MAX_NOTIFY_RETRIES,
-    NotifierConfig, WebhookConfig, WebhookFormat, ca_certificate,
+    DeliveryPolicy, EmailConfig, EmailTls, NotifierConfig, WebhookConfig, WebhookFormat,
+    ca_certificate,
 };
+pub use settings::{AuditConfig, DaemonConfig, Defaults};
 
 use crate::db::DatabaseConfig;
-use crate::outcome::Outcome;
 use crate::rule::Rule;
 use raw::RawConfig;
-
-/// Statement timeout when neither the rule nor `defaults` says.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// How long an unchanged state stays quiet after it was notified, when
-/// neither the rule nor `defaults` says: a daily reminder.
-pub const DEFAULT_RENOTIFY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
-
-/// Audit history settings (`audit:`).
-#[derive(Debug, Clone)]
-pub struct AuditConfig {
-    /// The database (a name from `databases:`) holding the history.
-    pub database: String,
-    /// How long history rows are kept; `None` keeps them forever.
-    pub keep: Option<Duration>,
-    /// Bound of each audit read or write, connect included (`audit.timeout`).
-    pub timeout: Duration,
-    /// How long a schema migration waits for locks (`audit.migrate_lock_wait`).
-    pub migrate_lock_wait: Duration,
-}
-
-/// Settings of `dbjanitor daemon` (`daemon:`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DaemonConfig {
-    /// After SIGTERM, how long running rules may take to finish before they
-    /// are cancelled (rolled back). Keep it below the supervisor's own limit
-    /// (`TimeoutStopSec=`, `terminationGracePeriodSeconds`).
-    pub shutdown_grace: Duration,
-    /// At most this many runs at once in the daemon (`--jobs` overrides it):
-    /// each run holds a connection, and a few hundred rules on one tick would
-    /// otherwise exhaust the server's `max_connections`.
-    pub jobs: usize,
-    /// At most this many of those runs on one database, so that one database
-    /// with many slow rules cannot take every slot from the others.
-    pub jobs_per_database: usize,
-}
-
-/// [`DaemonConfig::shutdown_grace`] when the config does not say.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-/// [`DaemonConfig::jobs`] when neither the config nor `--jobs` says.
-pub const DEFAULT_DAEMON_JOBS: usize = 8;
-/// [`DaemonConfig::jobs_per_database`] when the config does not say.
-pub const DEFAULT_DAEMON_JOBS_PER_DATABASE: usize = 4;
-/// Largest `daemon.jobs` / `jobs_per_database` (as for `run --jobs`).
-pub const MAX_DAEMON_JOBS: usize = 256;
-
-impl Default for DaemonConfig {
-    fn default() -> Self {
-        Self {
-            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
-            jobs: DEFAULT_DAEMON_JOBS,
-            jobs_per_database: DEFAULT_DAEMON_JOBS_PER_DATABASE,
-        }
-    }
-}
-
-/// Values rules inherit (`defaults:`).
-#[derive(Debug, Clone)]
-pub struct Defaults {
-    /// Timezone of schedules.
-    pub timezone: Tz,
-    /// Statement timeout.
-    pub timeout: Duration,
-    /// Notifier names.
-    pub notify: Vec<String>,
-    /// Outcomes that notify.
-    pub notify_on: BTreeSet<Outcome>,
-    /// Quiet time for an unchanged, already notified state (needs history).
-    pub renotify_after: Duration,
-}
-
-impl Default for Defaults {
-    fn default() -> Self {
-        Self {
-            timezone: Tz::UTC,
-            timeout: DEFAULT_TIMEOUT,
-            notify: Vec::new(),
-            notify_on: Outcome::ALL
-                .into_iter()
-                .filter(|o| o.notified_by_default())
-                .collect(),
-            renotify_after: DEFAULT_RENOTIFY_AFTER,
-        }
-    }
-}
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -145,39 +62,6 @@ pub struct Config {
     pub defaults: Defaults,
     /// Where and how long backup images are kept (`images:`).
     pub images: crate::backup::Images,
-}
-
-/// Where `${VAR}` values come from: the process environment, or a map in tests.
-pub trait Environment {
-    /// The value of `name`, if set.
-    fn var(&self, name: &str) -> Option<String>;
-
-    /// Whether `name` is set but not valid UTF-8 (so [`Environment::var`]
-    /// says `None` for a variable that is, in fact, set): the error then says
-    /// what is wrong instead of "not set".
-    fn is_set_but_not_unicode(&self, _name: &str) -> bool {
-        false
-    }
-}
-
-/// The process environment.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ProcessEnv;
-
-impl Environment for ProcessEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
-    }
-
-    fn is_set_but_not_unicode(&self, name: &str) -> bool {
-        matches!(std::env::var(name), Err(std::env::VarError::NotUnicode(_)))
-    }
-}
-
-impl Environment for BTreeMap<String, String> {
-    fn var(&self, name: &str) -> Option<String> {
-        self.get(name).cloned()
-    }
 }
 
 /// Loads the config at `path` with the process environment.
@@ -377,162 +261,6 @@ impl Loader<'_> {
         })
     }
 
-    /// Expands `${VAR}` references; `None` (with an error recorded) if one is
-    /// unset, empty or not UTF-8. `$${` is a literal `${` (as in Compose files).
-    fn expand(&mut self, file: &Path, value: &Spanned<String>) -> Option<String> {
-        let text = &value.value;
-        let mut out = String::with_capacity(text.len());
-        let mut rest = text.as_str();
-        while let Some(start) = rest.find('$') {
-            out.push_str(&rest[..start]);
-            let after_dollar = &rest[start + 1..];
-            if let Some(literal) = after_dollar.strip_prefix("${") {
-                out.push_str("${");
-                rest = literal;
-                continue;
-            }
-            let Some(after) = after_dollar.strip_prefix('{') else {
-                out.push('$');
-                rest = after_dollar;
-                continue;
-            };
-            let Some(end) = after.find('}') else {
-                self.err(
-                    file,
-                    value.referenced,
-                    "unterminated ${ in value (expected ${VARIABLE}; write $${ for a literal ${)",
-                );
-                return None;
-            };
-            let name = &after[..end];
-            out.push_str(&self.env_value(file, value.referenced, name)?);
-            rest = &after[end + 1..];
-        }
-        out.push_str(rest);
-        Some(out)
-    }
-
-    /// The value of `${name}`, or `None` with the reason recorded.
-    fn env_value(&mut self, file: &Path, at: Location, name: &str) -> Option<String> {
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            self.err(
-                file,
-                at,
-                format!(
-                    "invalid variable name {name:?} in ${{...}} (write $${{ for a literal ${{)"
-                ),
-            );
-            return None;
-        }
-        let problem = match self.env.var(name) {
-            Some(v) if !v.is_empty() => return Some(v),
-            Some(_) => "is empty",
-            None if self.env.is_set_but_not_unicode(name) => "is not valid UTF-8",
-            None => "is not set",
-        };
-        if self.failed.variables.insert(name.to_owned()) {
-            self.err(file, at, format!("environment variable {name} {problem}"));
-        }
-        None
-    }
-
-    fn defaults(
-        &mut self,
-        file: &Path,
-        raw: Option<raw::RawDefaults>,
-        notifiers: &BTreeMap<String, Arc<NotifierConfig>>,
-    ) -> Defaults {
-        let mut defaults = Defaults::default();
-        let Some(raw) = raw else {
-            return defaults;
-        };
-        if let Some(tz) = raw.timezone.and_then(|tz| self.timezone(file, &tz)) {
-            defaults.timezone = tz;
-        }
-        if let Some(timeout) = raw
-            .timeout
-            .and_then(|t| self.bounded_duration(file, &t, limits::TIMEOUT, true))
-        {
-            defaults.timeout = timeout;
-        }
-        if let Some(notify) = raw.notify {
-            defaults.notify = self.notifier_refs(file, &notify, notifiers);
-        }
-        if let Some(notify_on) = raw.notify_on {
-            defaults.notify_on = notify_on.into_iter().map(|o| o.value).collect();
-        }
-        if let Some(d) = raw
-            .renotify_after
-            .and_then(|d| self.bounded_duration(file, &d, limits::RENOTIFY_AFTER, false))
-        {
-            defaults.renotify_after = d;
-        }
-        defaults
-    }
-
-    fn audit(
-        &mut self,
-        file: &Path,
-        raw: &Spanned<raw::RawAudit>,
-        databases: &BTreeMap<String, Arc<DatabaseConfig>>,
-    ) -> Option<AuditConfig> {
-        let database = &raw.value.database;
-        if self.failed.databases.contains(&database.value) {
-            return None;
-        }
-        if !databases.contains_key(&database.value) {
-            self.err(
-                file,
-                database.referenced,
-                format!("audit.database {:?} is not in databases:", database.value),
-            );
-            return None;
-        }
-        let keep = match &raw.value.keep {
-            Some(keep) => Some(self.bounded_duration(file, keep, limits::AUDIT_KEEP, true)?),
-            None => None,
-        };
-        let timeout = match &raw.value.timeout {
-            Some(d) => self.bounded_duration(file, d, limits::AUDIT_TIMEOUT, true)?,
-            None => crate::audit::DEFAULT_TIMEOUT,
-        };
-        let migrate_lock_wait = match &raw.value.migrate_lock_wait {
-            Some(d) => self.bounded_duration(file, d, limits::AUDIT_MIGRATE_LOCK_WAIT, true)?,
-            None => crate::audit::DEFAULT_MIGRATE_LOCK_WAIT,
-        };
-        Some(AuditConfig {
-            database: database.value.clone(),
-            keep,
-            timeout,
-            migrate_lock_wait,
-        })
-    }
-
-    /// `daemon.jobs` and `daemon.jobs_per_database`: 1 to [`MAX_DAEMON_JOBS`].
-    fn daemon_limits(&mut self, file: &Path, raw: &raw::RawDaemon, daemon: &mut DaemonConfig) {
-        for (key, value, target) in [
-            ("jobs", &raw.jobs, &mut daemon.jobs),
-            (
-                "jobs_per_database",
-                &raw.jobs_per_database,
-                &mut daemon.jobs_per_database,
-            ),
-        ] {
-            let Some(value) = value else { continue };
-            match usize::try_from(value.value) {
-                Ok(n) if (1..=MAX_DAEMON_JOBS).contains(&n) => *target = n,
-                _ => self.err(
-                    file,
-                    value.referenced,
-                    format!(
-                        "daemon.{key} must be between 1 and {MAX_DAEMON_JOBS}, found {}",
-                        value.value
-                    ),
-                ),
-            }
-        }
-    }
-
     fn timezone(&mut self, file: &Path, tz: &Spanned<String>) -> Option<Tz> {
         match Tz::from_str(tz.value.trim()) {
             Ok(tz) => Some(tz),
@@ -653,9 +381,9 @@ pub mod limits {
     /// `lock.wait`: SQLite's busy timeout is an `i32` of milliseconds.
     pub const LOCK_WAIT: (&str, Duration) = ("lock.wait", Duration::from_secs(DAY));
     /// `batch.pause`: a pause is spent holding the rule's lock.
-    pub const PAUSE: (&str, Duration) = ("batch.pause", Duration::from_secs(60 * 60));
+    pub const PAUSE: (&str, Duration) = ("batch.pause", Duration::from_hours(1));
     /// `batch.target`: an hour; one batch's transaction holds its row locks that long.
-    pub const BATCH_TARGET: (&str, Duration) = ("batch.target", Duration::from_secs(60 * 60));
+    pub const BATCH_TARGET: (&str, Duration) = ("batch.target", Duration::from_hours(1));
     /// `renotify_after`: a year; longer is "never", which `notify_on` says better.
     pub const RENOTIFY_AFTER: (&str, Duration) = ("renotify_after", Duration::from_secs(366 * DAY));
     /// `daemon.shutdown_grace`: a day.

@@ -17,15 +17,15 @@ use super::{Loader, valid_name};
 use crate::secret::{SecretString, SecretUrl};
 
 /// Default time a notifier may take for one delivery attempt.
-pub const DEFAULT_NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default number of retries after a failed attempt (so 4 attempts in all).
-pub const DEFAULT_NOTIFY_RETRIES: u32 = 3;
+pub(crate) const DEFAULT_NOTIFY_RETRIES: u32 = 3;
 /// Default wait before the first retry; it doubles after each retry.
-pub const DEFAULT_NOTIFY_BACKOFF: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_NOTIFY_BACKOFF: Duration = Duration::from_secs(1);
 /// Default time all attempts of one delivery may take together.
-pub const DEFAULT_NOTIFY_DEADLINE: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_NOTIFY_DEADLINE: Duration = Duration::from_mins(1);
 /// Most retries a notifier may ask for: a janitor run must end.
-pub const MAX_NOTIFY_RETRIES: u32 = 10;
+pub(crate) const MAX_NOTIFY_RETRIES: u32 = 10;
 
 /// How hard one notifier tries to deliver one message (`timeout`,
 /// `retries`, `backoff`, `deadline`): bounded, so that a dead endpoint costs

@@ -22,12 +22,12 @@ use crate::rule::ReplicaLag;
 use crate::secret::SecretUrl;
 
 /// `batch.max_lag_wait` when the rule does not say.
-const DEFAULT_MAX_LAG_WAIT: Duration = Duration::from_secs(10 * 60);
+const DEFAULT_MAX_LAG_WAIT: Duration = Duration::from_mins(10);
 
 /// `batch.max_replica_lag`: a day (a larger limit is no limit).
-const MAX_REPLICA_LAG: (&str, Duration) = ("batch.max_replica_lag", Duration::from_secs(86_400));
+const MAX_REPLICA_LAG: (&str, Duration) = ("batch.max_replica_lag", Duration::from_hours(24));
 /// `batch.max_lag_wait`: a day; the wait is spent holding the rule's lock.
-const MAX_LAG_WAIT: (&str, Duration) = ("batch.max_lag_wait", Duration::from_secs(86_400));
+const MAX_LAG_WAIT: (&str, Duration) = ("batch.max_lag_wait", Duration::from_hours(24));
 
 impl Loader<'_> {
     /// `replicas:` of a database: MySQL/MariaDB URLs (`${VAR}` expanded,

@@ -82,7 +82,7 @@ const SERVER_CLOSE_MIN: Duration = Duration::from_secs(1);
 
 /// How long the daemon keeps retrying to record a pair's runs in the run
 /// history before it gives up on them (logged and counted).
-const RECORD_RETRY_FOR: Duration = Duration::from_secs(120);
+const RECORD_RETRY_FOR: Duration = Duration::from_mins(2);
 
 /// First wait between recording attempts; it doubles up to [`RECORD_RETRY_MAX_WAIT`].
 const RECORD_RETRY_FIRST_WAIT: Duration = Duration::from_millis(500);

@@ -6,7 +6,7 @@ use super::DatabaseConfig;
 /// `host:port` of a network database (the dialect's default port when the
 /// URL has none); `None` for SQLite files and socket-only URLs.
 #[must_use]
-pub fn endpoint(database: &DatabaseConfig) -> Option<String> {
+pub(crate) fn endpoint(database: &DatabaseConfig) -> Option<String> {
     let url = url::Url::parse(database.url.redacted()).ok()?;
     let host = url.host_str().filter(|h| !h.is_empty())?;
     let port = url.port().or(match url.scheme() {

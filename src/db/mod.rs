@@ -33,13 +33,10 @@ mod sqlite;
 mod text;
 pub(crate) mod typed;
 
-use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use serde::Serialize;
-
-pub use endpoint::{endpoint, name_endpoint};
+pub use endpoint::name_endpoint;
 pub use lease::LEASE_TABLE_SQL;
 pub use lease_mysql::MYSQL_LEASE_TABLE_SQL;
 pub use lock::{LockKind, mysql_lock_name, postgres_lock_key, postgres_schema_lock_key};
@@ -50,52 +47,9 @@ pub use open::{AnySession, may_leave_session_state, open};
 pub use postgres::PgSession;
 pub use sqlite::SqliteSession;
 
+pub use crate::dialect::Dialect;
 use crate::outcome::Sample;
 use crate::secret::SecretUrl;
-
-/// The SQL dialect of a database, taken from its URL scheme.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Dialect {
-    /// `postgres://` or `postgresql://`.
-    Postgres,
-    /// `mysql://` or `mariadb://` (MySQL and MariaDB share rule SQL).
-    MySql,
-    /// `sqlite://`.
-    Sqlite,
-}
-
-impl Dialect {
-    /// Every dialect, in the order rule files list them.
-    pub const ALL: [Dialect; 3] = [Dialect::MySql, Dialect::Postgres, Dialect::Sqlite];
-
-    /// The dialect for a URL scheme, if dbjanitor supports it.
-    #[must_use]
-    pub fn from_scheme(scheme: &str) -> Option<Self> {
-        match scheme.to_ascii_lowercase().as_str() {
-            "postgres" | "postgresql" => Some(Dialect::Postgres),
-            "mysql" | "mariadb" => Some(Dialect::MySql),
-            "sqlite" => Some(Dialect::Sqlite),
-            _ => None,
-        }
-    }
-
-    /// The key of this dialect in a rule's `detect:`/`fix:` map.
-    #[must_use]
-    pub fn key(self) -> &'static str {
-        match self {
-            Dialect::Postgres => "postgres",
-            Dialect::MySql => "mysql",
-            Dialect::Sqlite => "sqlite",
-        }
-    }
-}
-
-impl fmt::Display for Dialect {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.key())
-    }
-}
 
 /// A database from the config: its name, dialect and (secret) URL.
 #[derive(Debug, Clone)]

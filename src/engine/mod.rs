@@ -217,7 +217,10 @@ fn session_reusable_after(rule: &Rule, dialect: Dialect) -> bool {
 }
 
 fn log_record(record: &RunRecord) {
-    let reason = record.reason.map(|r| r.as_str()).unwrap_or("");
+    let reason = record
+        .reason
+        .map(crate::outcome::Reason::as_str)
+        .unwrap_or("");
     match record.outcome {
         Outcome::Failed => warn!(
             outcome = %record.outcome,

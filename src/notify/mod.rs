@@ -38,6 +38,7 @@ use crate::config::{Config, NotifierConfig};
 use crate::history::{History, LastState};
 use crate::outcome::RunRecord;
 use crate::rule::Rule;
+use crate::secret::SecretString;
 pub use message::{Digest, Entry};
 pub use policy::{Change, Decision, Past, Policy, Quiet, decide};
 pub use retry::DeliveryError;
@@ -146,7 +147,7 @@ fn scrub(config: &NotifierConfig, text: &str) -> String {
     };
     let secrets: Vec<&str> = match config {
         NotifierConfig::Webhook(w) => w.headers.iter().map(|(_, v)| v.expose()).collect(),
-        NotifierConfig::Email(e) => e.password.iter().map(|p| p.expose()).collect(),
+        NotifierConfig::Email(e) => e.password.iter().map(SecretString::expose).collect(),
     };
     for secret in secrets.into_iter().filter(|s| s.len() >= 4) {
         out = out.replace(secret, "***");

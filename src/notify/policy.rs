@@ -198,7 +198,7 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
 
-    const HOUR: Duration = Duration::from_secs(3600);
+    const HOUR: Duration = Duration::from_hours(1);
 
     fn at(hour: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 11, 22, hour, 0, 0)

@@ -306,7 +306,7 @@ mod tests {
             wait_before_retry(Duration::from_secs(8), later).as_secs(),
             8
         );
-        let much_later = Retry::After(Duration::from_secs(3600));
+        let much_later = Retry::After(Duration::from_hours(1));
         assert_eq!(
             wait_before_retry(Duration::from_secs(1), much_later),
             MAX_BACKOFF

@@ -290,6 +290,16 @@ fn earlier_run(rule: &str, at: chrono::DateTime<Utc>) -> RunRecord {
     record
 }
 
+/// The rules a JSON report has a record of, in its order.
+fn rules_run(out: &RunOutput) -> Vec<String> {
+    out.json()["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .map(|r| r["rule"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
 async fn due_after_a_three_hour_outage_runs_each_rule_once(engine: Engine) {
     let app = jobs(engine).await;
     let audit = TestDb::new(engine).await;
@@ -342,12 +352,7 @@ async fn due_after_a_three_hour_outage_runs_each_rule_once(engine: Engine) {
 
     let first = case.run(&["run", "--due", "--output", "json"]);
     first.assert_code(0);
-    let mut ran: Vec<String> = first.json()["rules"]
-        .as_array()
-        .expect("rules")
-        .iter()
-        .map(|r| r["rule"].as_str().unwrap_or_default().to_owned())
-        .collect();
+    let mut ran = rules_run(&first);
     ran.sort();
     assert_eq!(
         ran,
@@ -371,12 +376,7 @@ async fn due_after_a_three_hour_outage_runs_each_rule_once(engine: Engine) {
         .expect("started_at");
     let second = case.run(&["run", "--due", "--output", "json"]);
     second.assert_code(0);
-    let again: Vec<String> = second.json()["rules"]
-        .as_array()
-        .expect("rules")
-        .iter()
-        .map(|r| r["rule"].as_str().unwrap_or_default().to_owned())
-        .collect();
+    let again = rules_run(&second);
     if Utc::now().minute() == first_minute {
         assert!(again.is_empty(), "the same minute runs nothing: {again:?}");
     } else {

@@ -53,6 +53,41 @@ async fn exit_status_is_0_1_2_or_3() {
     );
 }
 
+/// Every usage error says `error: ` once (issue 13.5: `AppError::Usage`
+/// renders the prefix, and call sites that wrote it too printed
+/// `error: error: ...`), exits 2 and changes nothing.
+#[tokio::test]
+async fn usage_errors_say_error_once() {
+    let db = jobs(Engine::Sqlite).await;
+    let case = case_for(&db).rule(GOOD);
+    let commands: [&[&str]; 6] = [
+        &["show", "no.such.rule"],
+        &["list", "no.such.rule"],
+        &["check", "no.such.rule"],
+        &["undo", "not-a-run-id"],
+        &["changes", "not-a-run-id"],
+        &["history"],
+    ];
+    for args in commands {
+        let out = case.run(args);
+        out.assert_code(2);
+        let errors: Vec<&str> = out.stderr.lines().filter(|l| l.contains("error")).collect();
+        assert!(
+            errors.len() == 1
+                && errors[0].starts_with("error: ")
+                && errors[0].matches("error:").count() == 1,
+            "{args:?}:\n{}",
+            out.stderr
+        );
+    }
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM job WHERE state = 'stuck'")
+            .await,
+        2,
+        "nothing was fixed"
+    );
+}
+
 #[tokio::test]
 async fn selection_by_name_tag_and_database() {
     let a = jobs(Engine::Sqlite).await;

@@ -123,8 +123,19 @@ async fn a_rule_every_second_with_audit_rows_as_proof(engine: Engine) {
     sigterm(&child);
     let out = exited(child).await;
     out.assert_code(0);
+    assert_one_run_per_tick(engine, &app, &audit, &rows).await;
+    assert_daemon_metrics(body(&response));
+}
 
-    // The audit rows: the first run fixed the three stuck jobs, the next ones were clean.
+/// The audit rows of `a_rule_every_second_with_audit_rows_as_proof`: the
+/// first run fixed the three stuck jobs, the next ones were clean, one run
+/// per tick.
+async fn assert_one_run_per_tick(
+    engine: Engine,
+    app: &TestDb,
+    audit: &TestDb,
+    rows: &[(String, String, String, String, bool)],
+) {
     assert_eq!(
         rows[0],
         (
@@ -164,9 +175,12 @@ async fn a_rule_every_second_with_audit_rows_as_proof(engine: Engine) {
             .await,
         3
     );
+}
 
-    // /metrics, read by a Prometheus text-format parser.
-    let metrics = parse_metrics(body(&response));
+/// The daemon's `/metrics` after those runs, read by a Prometheus
+/// text-format parser.
+fn assert_daemon_metrics(response: &str) {
+    let metrics = parse_metrics(response);
     let pair = [("rule", "jobs.stuck"), ("database", "main")];
     let outcome = |o: &'static str| [("rule", "jobs.stuck"), ("database", "main"), ("outcome", o)];
     assert_eq!(

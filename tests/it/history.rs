@@ -377,7 +377,20 @@ async fn a_failure_at_the_claims_commit_tells_the_change_once(at: AtCommit) {
     let second = stop(second).await;
     first.assert_code(0);
     second.assert_code(0);
-    let sent = payloads(&hook).await;
+    assert_told_once_recorded_once(at, &audit, &hook, &first, &second).await;
+}
+
+/// After `a_failure_at_the_claims_commit_tells_the_change_once`: one message,
+/// one notified row, every run either daemon finished recorded exactly once,
+/// and A's log says how it settled the unconfirmed COMMIT.
+async fn assert_told_once_recorded_once(
+    at: AtCommit,
+    audit: &TestDb,
+    hook: &MockServer,
+    first: &RunOutput,
+    second: &RunOutput,
+) {
+    let sent = payloads(hook).await;
     assert_eq!(
         sent.len(),
         1,
@@ -394,8 +407,11 @@ async fn a_failure_at_the_claims_commit_tells_the_change_once(at: AtCommit) {
     // Each run recorded once, none lost: every run either daemon finished.
     let finished = first.stderr.matches("rule finished").count()
         + second.stderr.matches("rule finished").count();
+    let runs = audit
+        .scalar("SELECT count(*) FROM dbjanitor_runs WHERE rule = 'steady'")
+        .await;
     assert_eq!(
-        usize::try_from(runs().await).unwrap_or(0),
+        usize::try_from(runs).unwrap_or(0),
         finished,
         "A:\n{}",
         first.stderr

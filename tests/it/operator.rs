@@ -75,7 +75,15 @@ async fn history_reads_the_audit_table_newest_first(engine: Engine) {
     assert!(lines[2].contains("would_fix (dry run)"), "{}", text.stdout);
     assert!(text.stdout.contains("2 runs"), "{}", text.stdout);
 
-    // Filters: another rule, another database, --since, --limit.
+    history_filters(&case, &audit, engine).await;
+    // The two runs' rows are still there: history only reads.
+    assert_eq!(audit.scalar("SELECT count(*) FROM dbjanitor_runs").await, 2);
+}
+
+/// `history`'s filters on the two runs of
+/// `history_reads_the_audit_table_newest_first`: another rule, another
+/// database, `--since`, `--limit`, and a bad `--since`.
+async fn history_filters(case: &Case, audit: &TestDb, engine: Engine) {
     let other = case.run(&["history", "jobs.other"]);
     other.assert_code(0);
     assert!(other.stdout.contains("no runs recorded that match"));
@@ -108,8 +116,6 @@ async fn history_reads_the_audit_table_newest_first(engine: Engine) {
         "{}",
         bad.stderr
     );
-    // The two runs' rows are still there: history only reads.
-    assert_eq!(audit.scalar("SELECT count(*) FROM dbjanitor_runs").await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]

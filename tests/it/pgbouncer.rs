@@ -424,6 +424,20 @@ async fn sessions_connect_through_a_default_pgbouncer() {
     assert_eq!(out.record("old", "app")["detected"], 40, "{}", out.stdout);
 }
 
+/// A count read with `psql` (0 while the table does not exist yet).
+fn psql_count(url: &str, sql: &str) -> i64 {
+    Command::new("psql")
+        .args(["-X", "-A", "-t", "-d", url, "-c", sql])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<i64>()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
 /// Two daemons through the pooler (pool of two), a batch rule every second
 /// and the audit table in the same pooled database: every run is recorded,
 /// no audit error, every row archived exactly once.
@@ -442,24 +456,7 @@ async fn two_daemons_behind_pgbouncer_record_every_run() {
     let daemons: Vec<_> = (0..2).map(|_| case.spawn(&["daemon"])).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let recorded = Command::new("psql")
-            .args([
-                "-X",
-                "-A",
-                "-t",
-                "-d",
-                db.url(),
-                "-c",
-                "SELECT count(*) FROM dbjanitor_runs",
-            ])
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .trim()
-                    .parse::<i64>()
-                    .unwrap_or(0)
-            })
-            .unwrap_or(0);
+        let recorded = psql_count(db.url(), "SELECT count(*) FROM dbjanitor_runs");
         if recorded >= 8 {
             break;
         }

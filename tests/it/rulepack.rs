@@ -20,7 +20,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::util::{Case, Engine, TestDb, repo};
+use crate::util::{Case, Engine, RunOutput, TestDb, repo};
 
 /// A fixture table, snapshotted before and after each run.
 struct Snap {
@@ -185,6 +185,10 @@ const TASK_HOST_SHARDS: [&str; 10] = [
     "task_host_50",
 ];
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "a fixture: the system's tables and its rules' expectations, one literal table"
+)]
 fn nightingale() -> System {
     System {
         name: "nightingale",
@@ -670,6 +674,34 @@ async fn assert_effect(
     }
 }
 
+/// One step's record in `check_rule`: its outcome, the rows detect counted
+/// and, where the step fixes or would fix, the rows changed.
+fn assert_step(
+    what: &str,
+    step: &str,
+    out: &RunOutput,
+    rec: &Value,
+    outcome: &str,
+    detected: u64,
+    changed: Option<u64>,
+) {
+    assert_eq!(rec["outcome"], outcome, "{what}: {step}\n{}", out.stdout);
+    assert_eq!(
+        num(rec, "detected"),
+        Some(detected),
+        "{what}: {step} detected\n{}",
+        out.stdout
+    );
+    if let Some(changed) = changed {
+        assert_eq!(
+            num(rec, "changed"),
+            Some(changed),
+            "{what}: {step} changed\n{}",
+            out.stdout
+        );
+    }
+}
+
 /// Runs one rule three times (dry run, run, re-run) on a fresh fixture and
 /// checks every table after each.
 async fn check_rule(system: &System, engine: Engine, expect: &Expect) {
@@ -694,26 +726,8 @@ async fn check_rule(system: &System, engine: Engine, expect: &Expect) {
     let out = case.run(&["run", expect.rule, "--dry-run", "--output", "json"]);
     out.assert_code(0);
     let rec = out.record(expect.rule, system.database);
-    assert_eq!(
-        rec["outcome"], dry_outcome,
-        "{what}: dry run\n{}",
-        out.stdout
-    );
-    assert_eq!(
-        num(&rec, "detected"),
-        Some(n),
-        "{what}: dry run detected\n{}",
-        out.stdout
-    );
-    if dry_outcome == "would_fix" {
-        let changed = expected_changed(expect, engine, n, true);
-        assert_eq!(
-            num(&rec, "changed"),
-            Some(changed),
-            "{what}: dry run changed\n{}",
-            out.stdout
-        );
-    }
+    let changed = (dry_outcome == "would_fix").then(|| expected_changed(expect, engine, n, true));
+    assert_step(&what, "dry run", &out, &rec, dry_outcome, n, changed);
     if dry_outcome == "found" {
         assert_sample_is(&what, &rec, &rotten);
     }
@@ -726,22 +740,8 @@ async fn check_rule(system: &System, engine: Engine, expect: &Expect) {
     let out = case.run(&["run", expect.rule, "--output", "json"]);
     out.assert_code(0);
     let rec = out.record(expect.rule, system.database);
-    assert_eq!(rec["outcome"], run_outcome, "{what}: run\n{}", out.stdout);
-    assert_eq!(
-        num(&rec, "detected"),
-        Some(n),
-        "{what}: run detected\n{}",
-        out.stdout
-    );
-    if run_outcome == "fixed" {
-        let changed = expected_changed(expect, engine, n, false);
-        assert_eq!(
-            num(&rec, "changed"),
-            Some(changed),
-            "{what}: run changed\n{}",
-            out.stdout
-        );
-    }
+    let changed = (run_outcome == "fixed").then(|| expected_changed(expect, engine, n, false));
+    assert_step(&what, "run", &out, &rec, run_outcome, n, changed);
     let after = take_all(&db, &snaps).await;
     assert_effect(&what, &db, expect, &snaps, &before, &after, table, &rotten).await;
 
@@ -753,15 +753,14 @@ async fn check_rule(system: &System, engine: Engine, expect: &Expect) {
         (Effect::Report, n) if n > 0 => ("found", n),
         _ => ("clean", 0),
     };
-    assert_eq!(
-        rec["outcome"], rerun_outcome,
-        "{what}: re-run\n{}",
-        out.stdout
-    );
-    assert_eq!(
-        num(&rec, "detected"),
-        Some(rerun_detected),
-        "{what}: re-run detected"
+    assert_step(
+        &what,
+        "re-run",
+        &out,
+        &rec,
+        rerun_outcome,
+        rerun_detected,
+        None,
     );
     assert!(
         take_all(&db, &snaps).await == after,

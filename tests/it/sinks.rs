@@ -229,7 +229,10 @@ struct Recorder(Arc<Mutex<Recorded>>);
 
 impl Recorder {
     fn with<T>(&self, f: impl FnOnce(&mut Recorded) -> T) -> T {
-        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut guard)
     }
 }

@@ -19,7 +19,8 @@
 //! the connection for batch and autocommit rules. Keys:
 //! [`super::postgres_schema_lock_key`] (the schema list distinguishes tenants
 //! of one database). Kind `lease`: see `lease`. Kind `auto`: a lease when the
-//! connection goes through a pooler, see [`behind_pooler`].
+//! connection goes through a pooler, see [`behind_pooler`]. The session's side
+//! of both is `lock.rs`.
 //!
 //! **Rule SQL.** Detect runs as a `NO SCROLL` cursor declared through the
 //! unnamed extended-protocol statement in a read-only (sub)transaction: the
@@ -31,26 +32,25 @@
 
 mod commit;
 mod detect;
+mod lock;
 mod statements;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_postgres::SimpleQueryMessage;
 
-use super::lease::{self, Lease, PgLeases};
+use super::lease::{self, PgLeases};
 use super::lock::LockKind;
 use super::pgconn::PgConn;
 use super::{
     CommitOutcome, ConnectSettings, DatabaseConfig, DbError, Detection, Dialect, Executed, Session,
-    millis, postgres_schema_lock_key,
+    millis,
 };
 use crate::sql::first_keyword;
 pub(crate) use commit::behind_pooler;
 use commit::xact_status;
+use lock::Held;
 use statements::{is_transaction_control, modifies_data};
-
-/// How often a waiting lock is retried.
-const LOCK_POLL: Duration = Duration::from_millis(100);
 
 /// First version with `client_connection_check_interval` and `idle_session_timeout`.
 const PG_14: u32 = 140_000;
@@ -70,20 +70,8 @@ const SERVER_COUNT_ABOVE: u64 = FETCH_CHUNK;
 /// The shortest idle limits, so a slow network is not mistaken for a dead client.
 const MIN_IDLE: Duration = Duration::from_secs(10);
 
-/// The shortest lease.
-const MIN_LEASE: Duration = Duration::from_secs(3);
-
 /// How long `abort_after_commit` asks while the transaction is "in progress".
 const XACT_STATUS_WAIT: Duration = Duration::from_secs(30);
-
-/// The lock currently held on this session.
-enum Held {
-    None,
-    /// A session advisory lock with this key.
-    Advisory(i64),
-    /// A lease.
-    Lease(Lease),
-}
 
 /// One PostgreSQL connection for one run.
 pub struct PgSession {
@@ -184,12 +172,6 @@ impl PgSession {
         (self.timeout * 2).max(MIN_IDLE)
     }
 
-    /// The lease length: renewed before every batch, so three statement
-    /// timeouts leave room for a batch and its pause.
-    fn lease_ttl(&self) -> Duration {
-        (self.timeout * 3).max(MIN_LEASE)
-    }
-
     /// `SET` (session) or `SET LOCAL` (transaction) of every limit.
     fn limits(&self, scope: &str) -> String {
         let ms = millis(self.timeout);
@@ -210,10 +192,6 @@ impl PgSession {
             }
         }
         sql
-    }
-
-    fn key(&self, lock_name: &str) -> i64 {
-        postgres_schema_lock_key(&self.schemas, lock_name)
     }
 
     /// `BEGIN` and the transaction's limits, in one round trip.
@@ -246,54 +224,6 @@ impl PgSession {
         }
         self.commit_sent = true;
         self.end_transaction(true).await
-    }
-
-    /// Takes a lease for `lock_name` (polling for `wait`).
-    async fn take_lease(&mut self, lock_name: &str, wait: Duration) -> Result<bool, DbError> {
-        let ttl = self.lease_ttl();
-        match lease::acquire(&mut PgLeases(&self.conn), lock_name, ttl, wait).await? {
-            Some(held) => {
-                self.held = Held::Lease(held);
-                Ok(true)
-            }
-            None => Ok(false),
-        }
-    }
-
-    async fn drop_lease(&mut self) -> Result<(), DbError> {
-        if let Held::Lease(held) = std::mem::replace(&mut self.held, Held::None) {
-            lease::release(&mut PgLeases(&self.conn), &held).await?;
-        }
-        Ok(())
-    }
-
-    /// The wait for the lock, polled with `try_sql`, each attempt in a
-    /// transaction of its own (`in_transaction`) or on the session.
-    async fn poll_lock(
-        &mut self,
-        try_sql: &str,
-        wait: Duration,
-        in_transaction: bool,
-    ) -> Result<bool, DbError> {
-        let deadline = Instant::now() + wait;
-        loop {
-            let granted = if in_transaction {
-                let granted = self.open_transaction(&format!("; {try_sql}")).await?;
-                if granted.as_deref() != Some("t") {
-                    self.end_transaction(false).await?;
-                }
-                granted
-            } else {
-                self.conn.text(try_sql).await?
-            };
-            if granted.as_deref() == Some("t") {
-                return Ok(true);
-            }
-            if Instant::now() + LOCK_POLL > deadline {
-                return Ok(false);
-            }
-            tokio::time::sleep(LOCK_POLL).await;
-        }
     }
 }
 
