@@ -167,16 +167,8 @@ impl KeyWindow {
     }
 }
 
-/// `batch.max_replica_lag` and `batch.max_lag_wait`: how far behind replicas
-/// may fall before the next batch waits, and for how long in all a run may
-/// wait before it stops between batches (reason `replica_lag_wait_exceeded`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReplicaLag {
-    /// The next batch waits while any replica's lag exceeds this.
-    pub max_lag: Duration,
-    /// The most a run waits for lag in all, over all batches.
-    pub max_wait: Duration,
-}
+/// Defined with the gate that reads it (`db` sits below `rule`).
+pub(crate) use crate::db::replica::ReplicaLag;
 
 /// The placeholder a batch fix writes where its `LIMIT` goes. Braces cannot
 /// appear in PostgreSQL, MySQL or SQLite code outside a string literal, so the

@@ -41,11 +41,11 @@ mod turn;
 
 use std::time::Duration;
 
-pub use claim::{Claim, Settled, Unsettled};
+pub use claim::{Settled, Unsettled};
 pub(crate) use conn::Conn;
 pub use error::AuditError;
 pub use history::RunHistory;
-pub use migrate::{MIGRATION_LOCK, MIGRATIONS, Migrated, Migration, SCHEMA_VERSION};
+pub use migrate::SCHEMA_VERSION;
 pub use read::{AuditRun, LastRun, RunFilter};
 pub use record::record;
 pub use store::AuditStore;
@@ -68,13 +68,6 @@ pub const PRUNE_BATCH: u32 = 1000;
 /// `audit.timeout` ([`DEFAULT_TIMEOUT`]) is shorter and applies on top.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// `audit.timeout` when the config does not say: each audit read or write
-/// (connect included) gives up after this, so a stalled audit database costs
-/// a run seconds, never its schedule.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// `audit.migrate_lock_wait` when the config does not say: how long a
-/// migration waits for another migrator and, on MySQL/MariaDB, for the
-/// metadata lock of its DDL (`lock_wait_timeout`), or on PostgreSQL for its
-/// table locks (`lock_timeout`).
-pub const DEFAULT_MIGRATE_LOCK_WAIT: Duration = Duration::from_mins(1);
+/// The defaults of `audit.timeout` and `audit.migrate_lock_wait` live with the
+/// rest of the config's defaults (config sits below audit).
+pub use crate::config::{DEFAULT_AUDIT_TIMEOUT as DEFAULT_TIMEOUT, DEFAULT_MIGRATE_LOCK_WAIT};

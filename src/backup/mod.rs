@@ -47,7 +47,7 @@ pub struct Images {
 pub(crate) const DEFAULT_TABLE: &str = "dbjanitor_images";
 
 /// The default retention of images.
-pub(crate) const DEFAULT_KEEP: Duration = Duration::from_secs(90 * 24 * 3600);
+pub(crate) const DEFAULT_KEEP: Duration = Duration::from_hours(90 * 24);
 
 impl Default for Images {
     fn default() -> Self {

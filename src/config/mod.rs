@@ -37,7 +37,9 @@ pub use notifier::{
     DeliveryPolicy, EmailConfig, EmailTls, NotifierConfig, WebhookConfig, WebhookFormat,
     ca_certificate,
 };
-pub use settings::{AuditConfig, DaemonConfig, Defaults};
+pub use settings::{
+    AuditConfig, DEFAULT_AUDIT_TIMEOUT, DEFAULT_MIGRATE_LOCK_WAIT, DaemonConfig, Defaults,
+};
 
 use crate::db::DatabaseConfig;
 use crate::rule::Rule;

@@ -14,6 +14,17 @@ use super::{Loader, NotifierConfig, limits, raw};
 use crate::db::DatabaseConfig;
 use crate::outcome::Outcome;
 
+/// `audit.timeout` when the config does not say: each audit read or write
+/// (connect included) gives up after this, so a stalled audit database costs
+/// a run seconds, never its schedule.
+pub const DEFAULT_AUDIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `audit.migrate_lock_wait` when the config does not say: how long a
+/// migration waits for another migrator and, on MySQL/MariaDB, for the
+/// metadata lock of its DDL (`lock_wait_timeout`), or on PostgreSQL for its
+/// table locks (`lock_timeout`).
+pub const DEFAULT_MIGRATE_LOCK_WAIT: Duration = Duration::from_mins(1);
+
 /// Statement timeout when neither the rule nor `defaults` says.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_mins(1);
 
@@ -158,11 +169,11 @@ impl Loader<'_> {
         };
         let timeout = match &raw.value.timeout {
             Some(d) => self.bounded_duration(file, d, limits::AUDIT_TIMEOUT, true)?,
-            None => crate::audit::DEFAULT_TIMEOUT,
+            None => DEFAULT_AUDIT_TIMEOUT,
         };
         let migrate_lock_wait = match &raw.value.migrate_lock_wait {
             Some(d) => self.bounded_duration(file, d, limits::AUDIT_MIGRATE_LOCK_WAIT, true)?,
-            None => crate::audit::DEFAULT_MIGRATE_LOCK_WAIT,
+            None => DEFAULT_MIGRATE_LOCK_WAIT,
         };
         Some(AuditConfig {
             database: database.value.clone(),

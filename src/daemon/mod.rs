@@ -40,7 +40,7 @@
 //! not the runs'), so the audit database never sees more connections than that.
 //!
 //! Across processes, a batch is judged and recorded under the pair's claim
-//! in the audit database ([`crate::audit::Claim`]) and told after the
+//! in the audit database (`audit::claim::Claim`) and told after the
 //! COMMIT, so two replicas tell each state change once, even when the audit
 //! database stalls at the COMMIT (see `bookkeep`). A run that started before
 //! the run the pair's state comes from is superseded (recorded, not told).

@@ -32,7 +32,6 @@ use tracing::{info, warn};
 
 use super::text::TextDatabase;
 use super::{DatabaseConfig, DbError, Dialect, Session, connect_error, sql_error};
-use crate::rule::ReplicaLag;
 use crate::secret::SecretUrl;
 
 /// How often lag is read again while waiting.
@@ -40,6 +39,17 @@ const POLL: Duration = Duration::from_secs(1);
 
 /// How often a wait that goes on logs that it still waits.
 const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// `batch.max_replica_lag` and `batch.max_lag_wait`: how far behind replicas
+/// may fall before the next batch waits, and for how long in all a run may
+/// wait before it stops between batches (reason `replica_lag_wait_exceeded`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaLag {
+    /// The next batch waits while any replica's lag exceeds this.
+    pub max_lag: Duration,
+    /// The most a run waits for lag in all, over all batches.
+    pub max_wait: Duration,
+}
 
 /// The primary's view of its standbys, every column as text.
 const PG_LAG_SQL: &str = "SELECT \
@@ -419,7 +429,7 @@ mod tests {
         LagGate {
             limits: ReplicaLag {
                 max_lag,
-                max_wait: Duration::from_secs(60),
+                max_wait: Duration::from_mins(1),
             },
             dialect: Dialect::MySql,
             replicas: Vec::new(),

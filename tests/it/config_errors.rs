@@ -146,7 +146,7 @@ fn check_within(dir: &std::path::Path, env: &[(&str, &std::ffi::OsStr)]) -> (i32
         command.env(key, value);
     }
     let mut child = command.spawn().expect("run dbjanitor");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_mins(1);
     while child.try_wait().expect("try_wait").is_none() {
         if std::time::Instant::now() > deadline {
             let _ = child.kill();

@@ -920,7 +920,7 @@ async fn a_mysql_migration_waits_for_its_metadata_lock_within_a_bound() {
     let started = Instant::now();
     let blocked = case.run(&["run", "--output", "json"]);
     blocked.assert_code(1);
-    assert!(started.elapsed() < Duration::from_secs(60), "bounded");
+    assert!(started.elapsed() < Duration::from_mins(1), "bounded");
     assert_eq!(
         blocked.outcome("jobs.stuck", "main"),
         "fixed",

@@ -442,7 +442,7 @@ async fn a_dead_endpoint_costs_no_fix_and_no_exit_status() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_endpoint_is_cut_off_by_the_timeout() {
     let db = jobs().await;
-    let sink = HttpSink::slow(Duration::from_secs(60)).await;
+    let sink = HttpSink::slow(Duration::from_mins(1)).await;
     let out = stuck_case(
         &db,
         "ops",

@@ -183,7 +183,7 @@ async fn arrived_in_decision_order(audit: &TestDb, taken: &Taken) {
 async fn a_daemon_and_a_timer_messages_arrive_in_decision_order() {
     let (_app, audit, [slow, timer], taken) = two_tellers(Engine::Postgres).await;
     let daemon = slow.spawn(&["daemon"]);
-    let until = Instant::now() + Duration::from_secs(60);
+    let until = Instant::now() + Duration::from_mins(1);
     while Instant::now() < until {
         timer.run(&["run"]).assert_code(0);
         let got = taken.lock().expect("lock").clone();
