@@ -3,14 +3,11 @@
 //! first runs, one row per run, retention, `run --due` after an outage,
 //! `--metrics-file`, and logs in `--log-dir`.
 
-use std::sync::Arc;
-
 use chrono::{Duration, Timelike, Utc};
-use dbjanitor::audit::{AuditStore, SCHEMA_VERSION};
-use dbjanitor::db::{DatabaseConfig, Dialect};
+use dbjanitor::audit::SCHEMA_VERSION;
 use dbjanitor::outcome::{Outcome, RunRecord};
-use dbjanitor::secret::SecretUrl;
 
+use crate::audit_util::{STUCK, audit_rows, audited, jobs, parse_metrics, sample, store, truthy};
 use crate::util::{Case, Engine, RunOutput, TestDb};
 
 on_every_engine!(
@@ -20,69 +17,6 @@ on_every_engine!(
     retention_prunes_old_rows_in_batches,
     due_after_a_three_hour_outage_runs_each_rule_once,
 );
-
-/// Three stuck jobs, one done.
-pub(crate) async fn jobs(engine: Engine) -> TestDb {
-    TestDb::with_sql(
-        engine,
-        "CREATE TABLE job (id integer PRIMARY KEY, state varchar(16) NOT NULL); \
-         INSERT INTO job VALUES (1, 'stuck'), (2, 'stuck'), (3, 'stuck'), (4, 'done');",
-    )
-    .await
-}
-
-pub(crate) const STUCK: &str = "name: jobs.stuck\ndatabase: main\ndetect: SELECT id FROM job WHERE state = 'stuck'\nfix: UPDATE job SET state = 'failed' WHERE state = 'stuck'\nmax_rows: 5\n";
-
-/// A config with the rules' database `main` and the audit database `janitor`.
-pub(crate) fn audited(app: &TestDb, audit: &TestDb) -> Case {
-    Case::new()
-        .database("main", app.url())
-        .database("janitor", audit.url())
-        .config("audit:\n  database: janitor")
-}
-
-/// The audit store the binary would use, opened by the test through the library.
-pub(crate) fn store(audit: &TestDb) -> AuditStore {
-    let dialect = match audit.engine {
-        Engine::Postgres => Dialect::Postgres,
-        Engine::MySql => Dialect::MySql,
-        Engine::Sqlite => Dialect::Sqlite,
-    };
-    AuditStore::new(
-        Arc::new(DatabaseConfig {
-            pragmas: Vec::new(),
-            replicas: Vec::new(),
-            name: "janitor".to_owned(),
-            dialect,
-            url: SecretUrl::new(audit.url().to_owned()),
-            lock: dbjanitor::db::LockKind::Auto,
-        }),
-        None,
-    )
-}
-
-/// A boolean column as the engines print it.
-pub(crate) fn truthy(value: Option<&String>) -> bool {
-    matches!(value.map(String::as_str), Some("t" | "1" | "true"))
-}
-
-/// `(rule, outcome, detected, changed, dry_run)` of every audit row, oldest first.
-pub(crate) async fn audit_rows(audit: &TestDb) -> Vec<(String, String, String, String, bool)> {
-    audit
-        .rows("SELECT rule, outcome, detected, changed, dry_run FROM dbjanitor_runs ORDER BY id")
-        .await
-        .into_iter()
-        .map(|r| {
-            (
-                r[0].clone().unwrap_or_default(),
-                r[1].clone().unwrap_or_default(),
-                r[2].clone().unwrap_or_default(),
-                r[3].clone().unwrap_or_default(),
-                truthy(r[4].as_ref()),
-            )
-        })
-        .collect()
-}
 
 async fn migrations_from_empty_and_every_earlier_version(engine: Engine) {
     for start in 0..SCHEMA_VERSION {
@@ -464,29 +398,6 @@ async fn an_unreachable_audit_database_never_loses_the_report() {
         "{}",
         due.stderr
     );
-}
-
-/// A scalar sample of a parsed metrics text: counters arrive untyped from
-/// OpenMetrics (`_total`), gauges typed.
-pub(crate) fn sample(
-    scrape: &prometheus_parse::Scrape,
-    name: &str,
-    labels: &[(&str, &str)],
-) -> Option<f64> {
-    scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .and_then(|s| match &s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => Some(*v),
-            _ => None,
-        })
-}
-
-pub(crate) fn parse_metrics(text: &str) -> prometheus_parse::Scrape {
-    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("metrics parse")
 }
 
 #[tokio::test(flavor = "multi_thread")]

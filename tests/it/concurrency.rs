@@ -1,8 +1,7 @@
 //! Locks across processes: the guarantees that let two CronJob pods, a
 //! daemon and a panicking operator run at once without a double fix.
 
-use std::time::{Duration, Instant};
-
+use crate::daemon_util::wait_until_update_ran;
 use crate::util::{Case, Engine, RunOutput, TestDb};
 
 async fn jobs(engine: Engine) -> TestDb {
@@ -110,46 +109,5 @@ async fn sigkill_during_a_fix_leaves_no_partial_change() {
             3,
             "{engine:?}"
         );
-    }
-}
-
-/// Polls until the fix's UPDATE has run and the slow statement is executing.
-pub(crate) async fn wait_until_update_ran(db: &TestDb) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let running = match db.engine {
-            Engine::Postgres => {
-                db.scalar(&format!(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND state = 'active' AND query LIKE 'SELECT pg_sleep(5)%'",
-                    db.name
-                ))
-                .await
-                    > 0
-            }
-            Engine::MySql => {
-                db.scalar(&format!(
-                    "SELECT count(*) FROM information_schema.processlist WHERE db = '{}' AND info LIKE 'DO SLEEP(5)%'",
-                    db.name
-                ))
-                .await
-                    > 0
-            }
-            Engine::Sqlite => {
-                // The rollback journal exists while a write transaction is open.
-                let path = db.sqlite_path().expect("sqlite path");
-                std::path::Path::new(&format!("{}-journal", path.display())).exists()
-            }
-        };
-        if running {
-            // Give the slow statement a moment to be well under way.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{:?}: the fix never reached its slow statement",
-            db.engine
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -7,85 +7,17 @@
 //! deadline and then assert on content.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::audit::{STUCK, audit_rows, audited, jobs, parse_metrics, sample};
+use crate::audit_util::{STUCK, audit_rows, audited, jobs, parse_metrics, sample};
+use crate::daemon_util::{DEADLINE, body, eventually, exited, free_port, http_get, sigterm};
 use crate::util::{Engine, RunOutput, TestDb};
 
 on_every_engine!(
     a_rule_every_second_with_audit_rows_as_proof,
     sigterm_cancels_a_slow_fix_after_the_grace_period,
 );
-
-const DEADLINE: Duration = Duration::from_secs(90);
-
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// `(status, headers and body)` of `GET path`, or `None` while nobody listens.
-pub(crate) fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream =
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, response))
-}
-
-pub(crate) fn body(response: &str) -> &str {
-    response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
-}
-
-/// Polls `check` until it returns `Some`, panicking with `what` after the deadline.
-pub(crate) async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-pub(crate) fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
-
-/// Waits for the daemon to exit on its own (it must, after SIGTERM).
-pub(crate) async fn exited(mut child: Child) -> RunOutput {
-    let deadline = Instant::now() + DEADLINE;
-    while child.try_wait().expect("try_wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = RunOutput::from(child.wait_with_output().expect("wait"));
-            panic!(
-                "the daemon did not exit after SIGTERM\nstderr:\n{}",
-                out.stderr
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    RunOutput::from(child.wait_with_output().expect("wait"))
-}
 
 async fn a_rule_every_second_with_audit_rows_as_proof(engine: Engine) {
     let app = jobs(engine).await;
@@ -264,7 +196,7 @@ async fn sigterm_cancels_a_slow_fix_after_the_grace_period(engine: Engine) {
         .config("daemon: { shutdown_grace: 1s }")
         .rule(&slow);
     let child = case.spawn(&["daemon"]);
-    crate::concurrency::wait_until_update_ran(&app).await;
+    crate::daemon_util::wait_until_update_ran(&app).await;
     // Let the next tick come while the fix is still running: it is skipped.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     sigterm(&child);
@@ -321,7 +253,7 @@ async fn sigterm_lets_a_slow_fix_finish_within_the_grace_period() {
             .config("daemon: { shutdown_grace: 60s }")
             .rule(&slow);
         let child = case.spawn(&["daemon"]);
-        crate::concurrency::wait_until_update_ran(&app).await;
+        crate::daemon_util::wait_until_update_ran(&app).await;
         sigterm(&child);
         let out = exited(child).await;
         out.assert_code(0);

@@ -10,7 +10,6 @@
 //! server (wiremock) for webhooks, two real daemon processes, and the fault
 //! proxy (`faults`) in front of the audit database.
 
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use dbjanitor::audit::SCHEMA_VERSION;
@@ -19,8 +18,9 @@ use sqlx::{Connection, Executor};
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::audit::{STUCK, audited, jobs, parse_metrics, store, truthy};
-use crate::daemon::{eventually, exited, free_port, sigterm};
+use crate::audit_util::{STUCK, audited, jobs, parse_metrics, store, truthy};
+use crate::daemon_util::{FLIP, alternate, stop};
+use crate::daemon_util::{eventually, free_port};
 use crate::faults::{FaultProxy, When};
 use crate::util::{Case, Engine, RunOutput, TestDb};
 
@@ -33,15 +33,9 @@ on_every_engine!(
 
 /// The body of `GET path` on the daemon when it answers 200, else `None`.
 fn http_get(port: u16, path: &str) -> Option<String> {
-    crate::daemon::http_get(port, path)
+    crate::daemon_util::http_get(port, path)
         .filter(|(status, _)| *status == 200)
-        .map(|(_, response)| crate::daemon::body(&response).to_owned())
-}
-
-/// SIGTERM, then waits (bounded) for the exit.
-pub(crate) async fn stop(child: Child) -> RunOutput {
-    sigterm(&child);
-    exited(child).await
+        .map(|(_, response)| crate::daemon_util::body(&response).to_owned())
 }
 
 /// A webhook notifier `ops` at `url`: no retries, so a 500 is simply not delivered.
@@ -157,29 +151,6 @@ async fn each_change_told_once(hook: &MockServer) -> Vec<Value> {
     alternate(&told);
     sent
 }
-
-/// (outcome, change) of each message in arrival order: `found` (new) and
-/// `clean` (recovered) alternate, never the same state twice in a row.
-pub(crate) fn alternate(told: &[(String, String)]) {
-    for pair in told.windows(2) {
-        assert_ne!(
-            pair[0].0, pair[1].0,
-            "the same state told twice in a row: {told:?}"
-        );
-    }
-    for (outcome, change) in told {
-        let expected = if outcome == "found" {
-            "new"
-        } else {
-            "recovered"
-        };
-        assert_eq!(change, expected, "{told:?}");
-    }
-}
-
-/// A report-only rule whose state flips every 3 s (found, clean, found, ...).
-pub(crate) const FLIP: &str = "name: flip\ndatabase: main\nschedule: \"@every 1s\"\nnotify: [ops]\n\
-    detect: SELECT 1 AS x WHERE floor(extract(epoch FROM clock_timestamp()) / 3)::bigint % 2 = 0\n";
 
 /// A webhook server that answers 200 after 700 ms: each teller is slow,
 /// so the others read the history while it is still telling.

@@ -9,25 +9,11 @@
 use std::time::{Duration, Instant};
 
 use crate::faults::{FaultProxy, When};
-use crate::pgbouncer::{
-    assert_archived_once, assert_lease_lost, assert_no_advisory_lock, kill_a_holder, modes,
-    race_four, take_over,
+use crate::lease_util::{assert_nothing_left, seed};
+use crate::pgbouncer_util::{
+    assert_archived_once, assert_lease_lost, kill_a_holder, modes, race_four, take_over,
 };
 use crate::util::{Case, Engine, RunOutput, TestDb};
-
-/// 40 rows to fix; `fixes` counts how often each row was fixed, `fixed_by`
-/// says by which process (a committed fix of the stalled holder shows).
-pub(crate) async fn seed(engine: Engine) -> TestDb {
-    TestDb::with_sql(
-        engine,
-        "CREATE TABLE job (id int PRIMARY KEY, state varchar(16) NOT NULL, \
-         fixes int NOT NULL DEFAULT 0, fixed_by varchar(16)); \
-         CREATE TABLE archive (id int NOT NULL); \
-         INSERT INTO job (id, state) WITH RECURSIVE g(n) AS \
-         (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 40) SELECT n, 'old' FROM g;",
-    )
-    .await
-}
 
 /// Archives into a table without a key: a second fix of the same rows
 /// would show up as duplicates (MySQL spelling of the PgBouncer test's fix).
@@ -43,65 +29,6 @@ fn mode_rule(name: &str, fix: &str, extra: &str) -> String {
         "name: {name}\ndatabase: app\ndetect: SELECT id FROM job WHERE state = 'old'\n\
          fix: \"{fix}\"\nmax_rows: 100\nverify: false\nlock: {{ name: archive }}\n{extra}"
     )
-}
-
-/// No lock, no open transaction and no session of dbjanitor's left on the
-/// server, asked from a direct connection.
-pub(crate) async fn assert_nothing_left(db: &TestDb) {
-    match db.engine {
-        Engine::Postgres => {
-            assert_no_advisory_lock(db).await;
-            assert_eq!(
-                db.scalar(&format!(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' \
-                     AND xact_start IS NOT NULL AND pid <> pg_backend_pid()",
-                    db.name
-                ))
-                .await,
-                0,
-                "an open transaction is left"
-            );
-        }
-        Engine::MySql => {
-            assert_eq!(
-                db.scalar(&format!(
-                    "SELECT IS_USED_LOCK('dbjanitor:{}:archive') IS NOT NULL",
-                    db.name
-                ))
-                .await,
-                0,
-                "a GET_LOCK is left"
-            );
-            assert_eq!(
-                db.scalar(&format!(
-                    "SELECT count(*) FROM information_schema.innodb_trx t \
-                     JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id \
-                     WHERE p.db = '{}'",
-                    db.name
-                ))
-                .await,
-                0,
-                "an open transaction is left"
-            );
-            // The process has exited; the server notices the closed sockets
-            // a moment later on a busy machine, so give it up to 5 s.
-            let sessions = format!(
-                "SELECT count(*) FROM information_schema.processlist \
-                 WHERE db = '{}' AND id <> CONNECTION_ID()",
-                db.name
-            );
-            let mut left = db.scalar(&sessions).await;
-            for _ in 0..50 {
-                if left == 0 {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                left = db.scalar(&sessions).await;
-            }
-            assert_eq!(left, 0, "a session is left");
-        }
-        Engine::Sqlite => unreachable!("no leases on SQLite"),
-    }
 }
 
 /// MySQL/MariaDB with `lock: {kind: lease}`: four processes per mode, each
@@ -364,10 +291,10 @@ async fn postgres_stalled_lease_holder_does_not_commit() {
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_stalled_lease_holder_behind_pgbouncer_does_not_commit() {
     let db = seed(Engine::Postgres).await;
-    let pooled = crate::pgbouncer::pooled(&db);
+    let pooled = crate::pgbouncer_util::pooled(&db);
     stalled_holder_does_not_commit(&db, &pooled).await;
     // Nothing (lock or setting) on either of the pool's server connections.
-    crate::pgbouncer::assert_nothing_left(&db).await;
+    crate::pgbouncer_util::assert_nothing_left(&db).await;
 }
 
 /// MySQL/MariaDB, holder through the fault proxy.

@@ -13,7 +13,7 @@ use dbjanitor::db::{
 };
 use dbjanitor::secret::SecretUrl;
 
-use crate::lease::{assert_nothing_left, seed};
+use crate::lease_util::{assert_nothing_left, seed};
 use crate::util::{Case, Engine, RunOutput, TestDb};
 
 /// Two batches of 20 rows (and the empty third), `pause: 7s` between them:

@@ -9,6 +9,14 @@
 mod sinks;
 #[macro_use]
 mod util;
+/// Audit-table fixtures shared by the audited test modules.
+mod audit_util;
+/// Daemon-process helpers shared by the test modules that run daemons.
+mod daemon_util;
+/// Lease fixtures shared by the lease test modules.
+mod lease_util;
+/// PgBouncer helpers shared by the pgbouncer and lease test modules.
+mod pgbouncer_util;
 
 /// The audit table: migrations on every engine, a newer schema refused, one
 /// row per run, retention, `run --due` after an outage, `--metrics-file`, `--log-dir`.

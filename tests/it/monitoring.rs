@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::audit::{STUCK, audited, jobs};
-use crate::daemon::{body, free_port, http_get};
+use crate::audit_util::{STUCK, audited, jobs};
+use crate::daemon_util::{body, free_port, http_get};
 use crate::util::{Engine, TestDb, repo};
 
 /// Every `dbjanitor_*` metric name in a PromQL expression.

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::audit::{STUCK, audited, jobs};
+use crate::audit_util::{STUCK, audited, jobs};
 use crate::util::{Case, Engine, RunOutput, TestDb};
 
 on_every_engine!(history_reads_the_audit_table_newest_first);

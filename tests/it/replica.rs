@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::daemon::{exited, sigterm};
+use crate::daemon_util::{exited, sigterm};
 use crate::util::{Case, Engine, RunOutput, TestDb, repo};
 
 /// A private primary and its delayed replica, stopped and deleted on drop.

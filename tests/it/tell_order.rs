@@ -16,9 +16,9 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::audit::audited;
-use crate::daemon::eventually;
-use crate::history::{FLIP, alternate, stop};
+use crate::audit_util::audited;
+use crate::daemon_util::eventually;
+use crate::daemon_util::{FLIP, alternate, stop};
 use crate::util::{Case, Engine, TestDb};
 
 on_every_engine!(two_replicas_messages_arrive_in_decision_order);

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use crate::audit::{STUCK, audited, jobs};
+use crate::audit_util::{STUCK, audited, jobs};
 use crate::sinks::{HttpSink, SmtpSink};
 use crate::util::{Engine, TestDb};
 
