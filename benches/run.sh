@@ -23,6 +23,8 @@
 #   FLEET_RUNS=3      repetitions of the fleet case
 #   DAEMON_SECS=20    how long each daemon measurement lasts
 #   PG=postgres://postgres@127.0.0.1:5432  MY=mysql://root@127.0.0.1:3306
+#   BIN=path          measure this dbjanitor binary instead of building the
+#                     release one (e.g. an older build, to compare two in turn)
 #
 # Needs psql, mariadb, python3, GNU time and hyperfine (installed with
 # apt-get when missing).
@@ -42,11 +44,15 @@ PG=${PG:-postgres://postgres@127.0.0.1:5432}
 MY=${MY:-mysql://root@127.0.0.1:3306}
 
 command -v hyperfine >/dev/null || apt-get install -y hyperfine >/dev/null
-cargo build --release --locked --quiet
-bin=$PWD/target/release/dbjanitor
+if [ -n "${BIN:-}" ]; then
+  bin=$(realpath "$BIN")
+else
+  cargo build --release --locked --quiet
+  bin=$PWD/target/release/dbjanitor
+fi
 work=$(mktemp -d)
 
-psql_admin() { psql "$PG/postgres?sslmode=disable" -v ON_ERROR_STOP=1 -qAt "$@"; }
+psql_admin() { PGOPTIONS='-c client_min_messages=warning' psql "$PG/postgres?sslmode=disable" -v ON_ERROR_STOP=1 -qAt "$@"; }
 my_admin() { mariadb -uroot -h127.0.0.1 "$@"; }
 
 cleanup() {

@@ -33,12 +33,14 @@ pub struct Target {
 impl Target {
     /// Rules sharing this key must not run at the same time in one process.
     /// SQLite has a single write lock per database, so every rule on one SQLite
-    /// database shares a key: inside a process they queue instead of skipping
-    /// each other.
+    /// database that may write shares a key: inside a process they queue
+    /// instead of skipping each other. A rule that only reads
+    /// ([`Rule::only_reads`](crate::rule::Rule::only_reads)) takes no write
+    /// lock there, so it keeps its own lock name's key.
     #[must_use]
     pub fn lock_key(&self) -> (&str, &str) {
         match self.database.dialect {
-            Dialect::Sqlite => (&self.database.name, ""),
+            Dialect::Sqlite if !self.rule.only_reads() => (&self.database.name, ""),
             _ => (&self.database.name, &self.rule.lock.name),
         }
     }

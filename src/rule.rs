@@ -275,6 +275,18 @@ pub struct Rule {
     pub backup: Option<crate::backup::Backup>,
 }
 
+impl Rule {
+    /// A rule that only reads: no fix, in transactional mode (the default).
+    /// It still takes its lock on PostgreSQL and MySQL/MariaDB, but not
+    /// SQLite's database write lock (see [`crate::db::Session::begin_reading`]),
+    /// so a report never holds up the application's writes or the other
+    /// rules of its database.
+    #[must_use]
+    pub fn only_reads(&self) -> bool {
+        self.fix.is_none() && self.mode == Mode::Transactional
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

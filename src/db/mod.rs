@@ -164,8 +164,22 @@ pub trait Session: Send + Sized {
         wait: Duration,
     ) -> impl Future<Output = Result<bool, DbError>> + Send;
 
+    /// [`Session::begin_locked`] for a rule that only reads
+    /// ([`crate::rule::Rule::only_reads`]). The same lock by default, so a
+    /// report-only rule is still `skipped` while another run holds its lock.
+    /// SQLite's only lock is the database write lock, which would hold up
+    /// the application's writers (and every other rule of the database) for
+    /// a report: there it opens a read transaction instead.
+    fn begin_reading(
+        &mut self,
+        lock_name: &str,
+        wait: Duration,
+    ) -> impl Future<Output = Result<bool, DbError>> + Send {
+        self.begin_locked(lock_name, wait)
+    }
+
     /// Commits (or rolls back) the transaction of [`Session::begin_locked`]
-    /// and releases its lock.
+    /// (or [`Session::begin_reading`]) and releases its lock.
     fn finish_locked(
         &mut self,
         commit: bool,

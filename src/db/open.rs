@@ -133,6 +133,10 @@ impl Session for AnySession {
         each!(self, s => s.begin_locked(lock_name, wait).await)
     }
 
+    async fn begin_reading(&mut self, lock_name: &str, wait: Duration) -> Result<bool, DbError> {
+        each!(self, s => s.begin_reading(lock_name, wait).await)
+    }
+
     async fn finish_locked(&mut self, commit: bool, lock_name: &str) -> Result<(), DbError> {
         each!(self, s => s.finish_locked(commit, lock_name).await)
     }

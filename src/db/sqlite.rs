@@ -3,7 +3,8 @@
 //! SQLite has no advisory locks. A transactional rule takes the database write
 //! lock with `BEGIN IMMEDIATE` before detect, so two runs cannot interleave;
 //! if another writer holds it for longer than `lock.wait` (SQLite's busy
-//! timeout) the run is `skipped`. Batch and autocommit rules have no lock
+//! timeout) the run is `skipped`. A rule that only reads (no fix) opens a
+//! read transaction instead: it needs no write lock and holds up no writer. Batch and autocommit rules have no lock
 //! across statements: each batch takes the write lock for its own
 //! transaction. There is no server-side statement timeout; the engine's
 //! client-side timeout still applies.
@@ -159,6 +160,30 @@ fn is_busy(err: &sqlx::Error) -> bool {
 impl Session for SqliteSession {
     async fn begin_locked(&mut self, _lock_name: &str, _wait: Duration) -> Result<bool, DbError> {
         self.begin_immediate().await
+    }
+
+    async fn begin_reading(&mut self, _lock_name: &str, _wait: Duration) -> Result<bool, DbError> {
+        // A deferred transaction, and a read that takes SQLite's shared lock
+        // at once (in WAL mode: the snapshot), in one round trip. It is busy
+        // only while a writer commits in rollback-journal mode for longer
+        // than the busy timeout (`lock.wait`): then the run is `skipped`, as
+        // a busy database is for a rule that writes.
+        match self
+            .text
+            .run_raw("BEGIN; SELECT count(*) FROM sqlite_master")
+            .await
+        {
+            Ok(()) => {
+                self.in_transaction = true;
+                Ok(true)
+            }
+            Err(e) if is_busy(&e) => {
+                // BEGIN may have succeeded: end it (an error only says it had not).
+                let _ = self.text.run_raw("ROLLBACK").await;
+                Ok(false)
+            }
+            Err(e) => Err(self.text.error(&e)),
+        }
     }
 
     async fn finish_locked(&mut self, commit: bool, _lock_name: &str) -> Result<(), DbError> {

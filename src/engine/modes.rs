@@ -15,13 +15,15 @@ impl Run<'_> {
         record: &mut RunRecord,
     ) -> Result<(), StepError> {
         let lock = &self.rule.lock;
-        if !self
-            .step(
-                lock.wait.saturating_add(self.rule.timeout),
-                session.begin_locked(&lock.name, lock.wait),
-            )
-            .await?
-        {
+        let limit = lock.wait.saturating_add(self.rule.timeout);
+        let locked = if self.rule.only_reads() {
+            self.step(limit, session.begin_reading(&lock.name, lock.wait))
+                .await?
+        } else {
+            self.step(limit, session.begin_locked(&lock.name, lock.wait))
+                .await?
+        };
+        if !locked {
             self.skipped(record);
             return Ok(());
         }

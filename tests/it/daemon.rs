@@ -405,6 +405,52 @@ async fn parallel_runs_are_capped_per_database() {
     assert!(!out.stderr.contains("too many clients"), "{}", out.stderr);
 }
 
+/// Report-only rules on one SQLite database take no write lock, so the
+/// daemon runs them beside each other (up to `jobs_per_database`): both slow
+/// rules are seen running at once. Before, every rule of a SQLite database
+/// shared one lock key and ran one at a time.
+#[tokio::test(flavor = "multi_thread")]
+async fn report_only_sqlite_rules_run_beside_each_other() {
+    let app = TestDb::new(Engine::Sqlite).await;
+    let audit = TestDb::new(Engine::Sqlite).await;
+    let mut case = crate::util::Case::new()
+        .database("main", app.url())
+        .database("janitor", audit.url())
+        .config("audit: { database: janitor }\ndaemon: { jobs: 4, jobs_per_database: 2 }");
+    for i in 0..2 {
+        // About a second of SQLite's own work, no rows.
+        case = case.rule(&format!(
+            "name: slow.r{i}\ndatabase: main\nschedule: \"@every 1s\"\n\
+             detect: WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000) SELECT x FROM c WHERE x = 0\n"
+        ));
+    }
+    let port = free_port();
+    let child = case.spawn(&["daemon", "--listen", &format!("127.0.0.1:{port}")]);
+    let both = |metrics: &prometheus_parse::Scrape| {
+        (0..2).all(|i| {
+            let rule = format!("slow.r{i}");
+            sample(
+                metrics,
+                "dbjanitor_running",
+                &[("rule", rule.as_str()), ("database", "main")],
+            ) == Some(1.0)
+        })
+    };
+    let mut together = false;
+    let deadline = Instant::now() + DEADLINE;
+    while !together && Instant::now() < deadline {
+        if let Some((200, response)) = http_get(port, "/metrics") {
+            together = both(&parse_metrics(body(&response)));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sigterm(&child);
+    let out = exited(child).await;
+    out.assert_code(0);
+    assert!(together, "the two report-only rules never ran at once");
+    assert!(!out.stderr.contains("skipped"), "{}", out.stderr);
+}
+
 /// Issue 12.7: `--listen localhost:PORT` is accepted (a host name, not only
 /// an IP address) and serves the probes on the loopback address.
 #[tokio::test(flavor = "multi_thread")]

@@ -550,3 +550,68 @@ async fn sample_renders_any_column_type(engine: Engine) {
     );
     assert_eq!(r["sample"]["columns"][3], "cost");
 }
+
+/// A report-only rule on SQLite takes no write lock: it reads while another
+/// connection holds the database write lock (`BEGIN IMMEDIATE`), where a rule
+/// with a fix in the same run is `skipped`, and nothing changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_report_only_reads_beside_a_writer() {
+    let db = seeded(Engine::Sqlite).await;
+    let before = db.table("job").await;
+    let mut writer = db.sqlite().await;
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut writer)
+        .await
+        .expect("write lock");
+    let out = case(&db)
+        .rule(&rule("jobs.report", None, ""))
+        .rule(&rule("jobs.stuck", Some(FIX), "max_rows: 3\n"))
+        .run(&["run", "--output", "json"]);
+    out.assert_code(0);
+    let report = out.record("jobs.report", "main");
+    assert_eq!(report["outcome"], "found", "{report}");
+    assert_eq!(num(&report, "detected"), Some(3));
+    let fix = out.record("jobs.stuck", "main");
+    assert_eq!(fix["outcome"], "skipped", "{fix}");
+    assert_eq!(fix["reason"], "lock_held");
+    sqlx::query("ROLLBACK")
+        .execute(&mut writer)
+        .await
+        .expect("rollback");
+    assert_eq!(db.table("job").await, before);
+}
+
+/// In rollback-journal mode a writer that is committing (`BEGIN EXCLUSIVE`)
+/// shuts readers out: the report-only rule is then `skipped` with
+/// `lock_held`, as a rule with a fix is, not `failed`.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_report_only_is_skipped_while_a_writer_excludes_readers() {
+    let db = seeded(Engine::Sqlite).await;
+    let before = db.table("job").await;
+    let mut writer = db.sqlite().await;
+    let mode: (String,) = sqlx::query_as("PRAGMA journal_mode")
+        .fetch_one(&mut writer)
+        .await
+        .expect("journal mode");
+    assert_eq!(
+        mode.0, "delete",
+        "the test database is in rollback-journal mode"
+    );
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut writer)
+        .await
+        .expect("exclusive lock");
+    let out = case(&db)
+        .rule(&rule("jobs.report", None, ""))
+        .run(&["run", "--output", "json"]);
+    out.assert_code(0);
+    let report = out.record("jobs.report", "main");
+    assert_eq!(report["outcome"], "skipped", "{report}");
+    assert_eq!(report["reason"], "lock_held");
+    assert_eq!(report["detected"], Value::Null);
+    sqlx::query("ROLLBACK")
+        .execute(&mut writer)
+        .await
+        .expect("rollback");
+    assert_eq!(db.table("job").await, before);
+}
