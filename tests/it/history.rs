@@ -305,9 +305,22 @@ async fn a_failure_at_the_claims_commit_tells_the_change_once(at: AtCommit) {
     let a = replica(&proxy.url_for(audit.url()), "3s");
     let b = replica(audit.url(), "1s");
     let port = free_port();
+    // A's ticks are whole multiples of 3 s since the epoch: start it just
+    // after one, so that its first run comes about 3 s later, after the fault
+    // below is armed (started just before one, A recorded and told its first
+    // run before the fault, and the test failed at "nobody is told").
+    let into_tick = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+        % 3000;
+    tokio::time::sleep(Duration::from_millis(
+        u64::try_from(3050 - into_tick).unwrap_or(0),
+    ))
+    .await;
     let first = a.spawn(&["daemon", "--listen", &format!("127.0.0.1:{port}")]);
     // Serving: its audit schema is migrated (a COMMIT of its own), and the
-    // first tick is up to 3 s away.
+    // first tick is about 3 s away.
     eventually("/livez of A", async || http_get(port, "/livez")).await;
     match at {
         AtCommit::Lost => {
