@@ -61,8 +61,9 @@ fn is_integer_error(message: &str) -> bool {
     })
 }
 
-/// "detect is empty: write ...", saying what belongs there.
-fn empty_value(key: &str, expected: &str) -> String {
+/// "detect is empty: write ...", saying what belongs there (for a key
+/// written with no value, and for SQL that is only blanks or `;`).
+pub(crate) fn empty_value(key: &str, expected: &str) -> String {
     match key {
         "detect" => "detect is empty: write the query that finds the rows to fix \
                      (SQL text, or a map with keys mysql, postgres, sqlite)"

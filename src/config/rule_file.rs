@@ -521,18 +521,26 @@ impl Loader<'_> {
             },
         };
         for &dialect in dialects {
-            let empty = sql
-                .for_dialect(dialect)
-                .is_none_or(|text| split_statements(text, dialect).is_empty());
-            if empty {
-                self.err(
-                    file,
-                    raw.referenced,
-                    format!(
-                        "{key} has no {dialect} SQL, but the rule runs on a {dialect} database"
-                    ),
-                );
+            let given = sql.for_dialect(dialect);
+            if given.is_some_and(|text| !split_statements(text, dialect).is_empty()) {
+                continue;
             }
+            let message = match (&raw.value, given) {
+                // One text for every dialect: one error, whatever the dialects.
+                (RawSql::Any(_), _) => {
+                    self.err(file, raw.referenced, super::plain::empty_value(key, "SQL"));
+                    break;
+                }
+                (RawSql::ByDialect(_), Some(_)) => {
+                    format!(
+                        "{key}.{dialect} is empty: write its {dialect} SQL, or leave the key out on a rule that does not run on {dialect}"
+                    )
+                }
+                (RawSql::ByDialect(_), None) => {
+                    format!("{key} has no {dialect} SQL, but the rule runs on a {dialect} database")
+                }
+            };
+            self.err(file, raw.referenced, message);
         }
         sql
     }
