@@ -526,11 +526,7 @@ impl Loader<'_> {
                 continue;
             }
             let message = match (&raw.value, given) {
-                // One text for every dialect: one error, whatever the dialects.
-                (RawSql::Any(_), _) => {
-                    self.err(file, raw.referenced, super::plain::empty_value(key, "SQL"));
-                    break;
-                }
+                (RawSql::Any(_), _) => super::plain::empty_value(key, "SQL"),
                 (RawSql::ByDialect(_), Some(_)) => {
                     format!(
                         "{key}.{dialect} is empty: write its {dialect} SQL, or leave the key out on a rule that does not run on {dialect}"
@@ -541,6 +537,10 @@ impl Loader<'_> {
                 }
             };
             self.err(file, raw.referenced, message);
+            if matches!(raw.value, RawSql::Any(_)) {
+                // One text for every dialect: one error, whatever the dialects.
+                break;
+            }
         }
         sql
     }

@@ -4,9 +4,9 @@
 //! lock with `BEGIN IMMEDIATE` before detect, so two runs cannot interleave;
 //! if another writer holds it for longer than `lock.wait` (SQLite's busy
 //! timeout) the run is `skipped`. A rule that only reads (no fix) opens a
-//! read transaction instead: it needs no write lock and holds up no writer. Batch and autocommit rules have no lock
-//! across statements: each batch takes the write lock for its own
-//! transaction. There is no server-side statement timeout; the engine's
+//! read transaction instead: it needs no write lock and holds up no writer.
+//! Batch and autocommit rules have no lock across statements: each batch
+//! takes the write lock for its own transaction. There is no server-side statement timeout; the engine's
 //! client-side timeout still applies.
 
 use std::str::FromStr;
