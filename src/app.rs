@@ -294,17 +294,34 @@ async fn run(config_path: &Path, args: &RunArgs) -> Result<u8, AppError> {
         &records,
         status,
         audit_error.as_deref(),
-        next_due.as_deref(),
+        next_due.as_ref(),
     )?)?;
     Ok(status)
 }
 
+/// What the report of a `run --due` that found nothing due says.
+struct NothingDue {
+    /// The pair that comes due first, if any schedule ticks again.
+    next: Option<crate::due::NextDue>,
+    now: chrono::DateTime<chrono::Utc>,
+}
+
+impl NothingDue {
+    /// The text report's last line.
+    fn sentence(&self) -> String {
+        self.next.as_ref().map_or_else(
+            || "nothing is due, and no selected rule has a schedule that ticks again".to_owned(),
+            |next| next.describe(self.now),
+        )
+    }
+}
+
 /// `run --due`: keeps the plan's targets that are due now. When none is,
-/// returns the sentence saying when the next one is.
+/// returns what the report says about when the next one is.
 async fn select_due(
     plan: &mut Plan,
     store: &audit::AuditStore,
-) -> Result<Option<String>, AppError> {
+) -> Result<Option<NothingDue>, AppError> {
     let all = plan.targets.len();
     let now = chrono::Utc::now();
     let targets = std::mem::take(&mut plan.targets);
@@ -318,27 +335,24 @@ async fn select_due(
     if !plan.targets.is_empty() {
         return Ok(None);
     }
-    Ok(Some(next.map_or_else(
-        || "nothing is due, and no selected rule has a schedule that ticks again".to_owned(),
-        |next| next.describe(now),
-    )))
+    Ok(Some(NothingDue { next, now }))
 }
 
 /// The report of `run` in the requested format, with the audit failure, if
-/// any, at its end (text) or in `audit_error` (JSON), and, in text, when the
-/// next rule is due after an empty `run --due`.
+/// any, at its end (text) or in `audit_error` (JSON), and when the next rule
+/// is due after an empty `run --due` (a last line, or `next_due`).
 fn render(
     args: &RunArgs,
     records: &[RunRecord],
     status: u8,
     audit_error: Option<&str>,
-    next_due: Option<&str>,
+    nothing_due: Option<&NothingDue>,
 ) -> Result<String, AppError> {
     Ok(match args.output {
         OutputFormat::Text => {
             let mut text = report::text(&commands::connect::grouped(records), args.dry_run);
-            if let Some(next) = next_due {
-                text.push_str(&format!("{next}\n"));
+            if let Some(nothing_due) = nothing_due {
+                text.push_str(&format!("{}\n", nothing_due.sentence()));
             }
             if let Some(e) = audit_error {
                 text.push_str(&format!("audit: not recorded: {e}\n"));
@@ -346,10 +360,16 @@ fn render(
             text
         }
         OutputFormat::Json => {
-            let mut json =
-                report::json_with(records, args.dry_run, status, audit_error).map_err(|e| {
-                    AppError::Other(anyhow::Error::new(e).context("cannot render the JSON report"))
-                })?;
+            let mut json = report::json_with(
+                records,
+                args.dry_run,
+                status,
+                audit_error,
+                nothing_due.and_then(|n| n.next.as_ref()),
+            )
+            .map_err(|e| {
+                AppError::Other(anyhow::Error::new(e).context("cannot render the JSON report"))
+            })?;
             json.push('\n');
             json
         }

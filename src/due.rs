@@ -56,8 +56,9 @@ pub(crate) fn decide(
 }
 
 /// The pair that comes due first among those not due now: what `run --due`
-/// says when it ran nothing (issue 12.7), so "no rules ran" is not a puzzle.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// says when it ran nothing (issue 12.7), so "no rules ran" is not a puzzle
+/// (in the text report, and as `next_due` in the JSON one).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub(crate) struct NextDue {
     /// The rule.
     pub rule: String,

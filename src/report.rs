@@ -1,7 +1,8 @@
 //! The run report on stdout: a table for people, one JSON document for machines.
 //!
 //! JSON shape (stable; documented in the README):
-//! `{"version": 1, "dry_run": bool, "rules": [RunRecord...], "exit_code": N}`.
+//! `{"version": 1, "dry_run": bool, "rules": [RunRecord...], "exit_code": N}`,
+//! with `audit_error` and `next_due` when they apply.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -9,6 +10,7 @@ use std::io::Write as _;
 use comfy_table::{Cell, ContentArrangement, Table, presets};
 use serde::Serialize;
 
+use crate::due::NextDue;
 use crate::outcome::{Outcome, RunRecord, Sample};
 
 /// The JSON report.
@@ -25,6 +27,9 @@ pub(crate) struct JsonReport<'a> {
     /// Why the runs could not be recorded in the audit table (they ran all the same).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_error: Option<&'a str>,
+    /// After a `run --due` that ran nothing: the pair that comes due first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_due: Option<&'a NextDue>,
 }
 
 /// Renders the JSON report with the exit status the process will return and
@@ -34,6 +39,7 @@ pub(crate) fn json_with(
     dry_run: bool,
     exit_code: u8,
     audit_error: Option<&str>,
+    next_due: Option<&NextDue>,
 ) -> Result<String, serde_json::Error> {
     serde_json::to_string_pretty(&JsonReport {
         version: 1,
@@ -41,6 +47,7 @@ pub(crate) fn json_with(
         rules: records,
         exit_code,
         audit_error,
+        next_due,
     })
 }
 

@@ -306,6 +306,19 @@ async fn due_with_nothing_due_names_the_next_rule_and_when() {
         expected.format("%Y-%m-%d %H:%M:%S")
     );
     assert!(out.stdout.contains(&line), "{line}\n{}", out.stdout);
+    // The same for machines: `next_due` in the JSON report, no rules.
+    let json = case.run(&["run", "--due", "--output", "json"]);
+    json.assert_code(0);
+    let report = json.json();
+    assert_eq!(report["rules"], serde_json::json!([]));
+    assert_eq!(
+        report["next_due"],
+        serde_json::json!({
+            "rule": "jobs.stuck",
+            "database": "main",
+            "at": expected.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        })
+    );
     assert_eq!(
         app.scalar("SELECT count(*) FROM job WHERE state = 'stuck'")
             .await,
