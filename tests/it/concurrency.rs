@@ -2,7 +2,7 @@
 //! daemon and a panicking operator run at once without a double fix.
 
 use crate::daemon_util::wait_until_update_ran;
-use crate::util::{Case, Engine, RunOutput, TestDb};
+use crate::util::{Case, Engine, TestDb};
 
 async fn jobs(engine: Engine) -> TestDb {
     TestDb::with_sql(
@@ -38,13 +38,7 @@ async fn eight_processes_fix_each_database_exactly_once() {
         .database("my", my.url())
         .database("lite", lite.url())
         .rule(SLOW_RULE);
-    let children: Vec<_> = (0..8)
-        .map(|_| case.spawn(&["run", "--output", "json"]))
-        .collect();
-    let outputs: Vec<RunOutput> = children
-        .into_iter()
-        .map(|c| RunOutput::from(c.wait_with_output().expect("wait")))
-        .collect();
+    let outputs = case.run_at_once(8, &["run", "--output", "json"]);
     for db in ["pg", "my", "lite"] {
         let outcomes: Vec<String> = outputs.iter().map(|o| o.outcome("jobs.slow", db)).collect();
         let fixed = outcomes.iter().filter(|o| *o == "fixed").count();

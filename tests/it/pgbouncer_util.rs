@@ -71,13 +71,7 @@ pub(crate) fn modes<'a>(
 /// Four processes of rule `name` at once: every one exits 0, exactly one
 /// is `fixed`, the others `skipped` or `clean`.
 pub(crate) fn race_four(case: &Case, name: &str) {
-    let children: Vec<_> = (0..4)
-        .map(|_| case.spawn(&["run", "--output", "json"]))
-        .collect();
-    let outputs: Vec<RunOutput> = children
-        .into_iter()
-        .map(|c| RunOutput::from(c.wait_with_output().expect("wait")))
-        .collect();
+    let outputs = case.run_at_once(4, &["run", "--output", "json"]);
     let outcomes: Vec<String> = outputs.iter().map(|o| o.outcome(name, "app")).collect();
     for o in &outputs {
         o.assert_code(0);

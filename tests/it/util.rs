@@ -466,6 +466,16 @@ impl Case {
             .spawn()
             .expect("spawn dbjanitor")
     }
+
+    /// `n` processes of the binary started at once (a race between
+    /// replicas or timers), waited for; their outputs in start order.
+    pub fn run_at_once(&self, n: usize, args: &[&str]) -> Vec<RunOutput> {
+        let children: Vec<Child> = (0..n).map(|_| self.spawn(args)).collect();
+        children
+            .into_iter()
+            .map(|c| RunOutput::from(c.wait_with_output().expect("wait")))
+            .collect()
+    }
 }
 
 /// What one run of the binary produced.
