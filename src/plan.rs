@@ -31,18 +31,27 @@ pub struct Target {
 }
 
 impl Target {
-    /// Rules sharing this key must not run at the same time in one process.
-    /// SQLite has a single write lock per database, so every rule on one SQLite
-    /// database that may write shares a key: inside a process they queue
-    /// instead of skipping each other. A rule that only reads
-    /// ([`Rule::only_reads`](crate::rule::Rule::only_reads)) takes no write
-    /// lock there, so it keeps its own lock name's key.
+    /// Rules sharing this key must not run at the same time in one process,
+    /// except those that [share the turn](Self::shares_turn). SQLite has a
+    /// single write lock per database, so every rule on one SQLite database
+    /// shares a key: inside a process they queue instead of skipping each
+    /// other.
     #[must_use]
     pub fn lock_key(&self) -> (&str, &str) {
         match self.database.dialect {
-            Dialect::Sqlite if !self.rule.only_reads() => (&self.database.name, ""),
+            Dialect::Sqlite => (&self.database.name, ""),
             _ => (&self.database.name, &self.rule.lock.name),
         }
+    }
+
+    /// Whether runs with this key may take their turn together: rules that
+    /// only read on SQLite ([`Rule::only_reads`](crate::rule::Rule::only_reads)),
+    /// which take no write lock there. They never share it with a rule that
+    /// writes: in rollback-journal mode a COMMIT needs every reader gone, and
+    /// with `lock.wait` 0 it fails at once while a report reads.
+    #[must_use]
+    pub fn shares_turn(&self) -> bool {
+        self.database.dialect == Dialect::Sqlite && self.rule.only_reads()
     }
 }
 

@@ -107,7 +107,8 @@ impl From<DbError> for AuditError {
             DbError::Sql(text)
             | DbError::Timeout(text)
             | DbError::Unsafe(text)
-            | DbError::TransactionEnded(text) => AuditError::Sql(text),
+            | DbError::TransactionEnded(text)
+            | DbError::CommitRefused(text) => AuditError::Sql(text),
         }
     }
 }

@@ -246,6 +246,7 @@ pub(crate) fn context(what: &str, error: DbError) -> DbError {
         DbError::Connect(e) => DbError::Connect(format!("{what}: {e}")),
         DbError::Unsafe(e) => DbError::Unsafe(format!("{what}: {e}")),
         DbError::TransactionEnded(e) => DbError::TransactionEnded(format!("{what}: {e}")),
+        DbError::CommitRefused(e) => DbError::CommitRefused(format!("{what}: {e}")),
     }
 }
 

@@ -60,7 +60,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{
+    OwnedRwLockReadGuard, OwnedRwLockWriteGuard, OwnedSemaphorePermit, RwLock, Semaphore,
+};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
@@ -108,8 +110,10 @@ struct Shared {
     /// Cancelled when the grace period is over: running rules roll back.
     cancel: CancellationToken,
     tracker: TaskTracker,
-    /// One mutex per lock key, so pairs sharing a key queue within the process.
-    lock_keys: HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>,
+    /// One turn per lock key, so pairs sharing a key queue within the
+    /// process; runs that [share the turn](Target::shares_turn) take it
+    /// together. Fair: a waiting writer holds back later readers.
+    lock_keys: HashMap<(String, String), Arc<RwLock<()>>>,
     /// `daemon.jobs`: runs at once in the process.
     slots: Arc<Semaphore>,
     /// `daemon.jobs_per_database`: runs at once per database name.
@@ -131,6 +135,28 @@ struct Shared {
     /// The last state of each pair this process decided about: what it
     /// judges against when the audit database cannot be read.
     known: std::sync::Mutex<HashMap<(String, String), tell::Known>>,
+}
+
+/// A run's turn on its lock key, held while it runs.
+enum Turn {
+    /// With the other runs that share the turn (reports on SQLite).
+    Shared { _held: OwnedRwLockReadGuard<()> },
+    /// Alone.
+    Alone { _held: OwnedRwLockWriteGuard<()> },
+}
+
+impl Turn {
+    async fn take(queue: Arc<RwLock<()>>, shared: bool) -> Self {
+        if shared {
+            Turn::Shared {
+                _held: queue.read_owned().await,
+            }
+        } else {
+            Turn::Alone {
+                _held: queue.write_owned().await,
+            }
+        }
+    }
 }
 
 /// The slots a run holds while it runs: its database's, then the process's.
@@ -166,7 +192,7 @@ impl Shared {
         let queue = self.lock_keys.get(&key).cloned().unwrap_or_default();
         let record = {
             let _turn = tokio::select! {
-                turn = queue.lock_owned() => turn,
+                turn = Turn::take(queue, target.shares_turn()) => turn,
                 () = self.stop.cancelled() => return,
             };
             self.metrics.set_waiting(&pair, true);

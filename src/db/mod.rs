@@ -105,6 +105,13 @@ pub enum DbError {
     /// `transaction_ended`, never as "rolled back".
     #[error("{0}")]
     TransactionEnded(String),
+    /// The server answered a COMMIT by refusing it and left the transaction
+    /// uncommitted (SQLite: `SQLITE_BUSY` while readers are still on the
+    /// file in rollback-journal mode), so closing the connection rolls it
+    /// back. Reported as a failed statement (`sql_error`), never as a COMMIT
+    /// whose outcome is unknown.
+    #[error("{0}")]
+    CommitRefused(String),
 }
 
 /// The count and a sample of a detect query's rows.

@@ -131,7 +131,19 @@ impl SqliteSession {
     /// Ends the transaction (COMMIT or ROLLBACK).
     async fn end(&mut self, sql: &str) -> Result<(), DbError> {
         self.in_transaction = false;
-        self.text.run(sql).await
+        match self.text.run_raw(sql).await {
+            Ok(()) => Ok(()),
+            // SQLite answers a COMMIT it cannot carry out yet (readers still
+            // on the file in rollback-journal mode, for longer than the busy
+            // timeout) with SQLITE_BUSY and leaves the transaction open and
+            // uncommitted (https://www.sqlite.org/lang_transaction.html):
+            // the engine closes the connection, which rolls it back.
+            Err(e) if sql == "COMMIT" && is_busy(&e) => Err(DbError::CommitRefused(format!(
+                "SQLite refused the COMMIT: {} (readers still held the database for longer than lock.wait)",
+                self.text.error(&e)
+            ))),
+            Err(e) => Err(self.text.error(&e)),
+        }
     }
 
     /// Whether dbjanitor's transaction is still open: the marker savepoint

@@ -305,7 +305,9 @@ fn describe_error(error: &StepError) -> (Reason, String) {
         StepError::Db(e @ DbError::Connect(_)) => (Reason::Connect, e.to_string()),
         StepError::Db(DbError::Unsafe(e)) => (Reason::UnsafeSql, e.clone()),
         StepError::Db(DbError::TransactionEnded(e)) => (Reason::TransactionEnded, e.clone()),
-        StepError::Db(e @ DbError::Sql(_)) => (Reason::SqlError, e.to_string()),
+        StepError::Db(e @ (DbError::Sql(_) | DbError::CommitRefused(_))) => {
+            (Reason::SqlError, e.to_string())
+        }
         StepError::Timeout(limit) => (
             Reason::Timeout,
             format!(

@@ -205,6 +205,8 @@ impl Run<'_> {
     ) -> Result<(), StepError> {
         match tokio::time::timeout(self.rule.timeout.saturating_add(CLIENT_GRACE), future).await {
             Ok(Ok(())) => Ok(()),
+            // A refusal is an answer: nothing of the transaction is committed.
+            Ok(Err(e @ DbError::CommitRefused(_))) => Err(StepError::Db(e)),
             Ok(Err(e)) => Err(StepError::Commit(Box::new(StepError::Db(e)), pending)),
             Err(_) => Err(StepError::Commit(
                 Box::new(StepError::Timeout(self.rule.timeout)),

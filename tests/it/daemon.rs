@@ -451,6 +451,64 @@ async fn report_only_sqlite_rules_run_beside_each_other() {
     assert!(!out.stderr.contains("skipped"), "{}", out.stderr);
 }
 
+/// A report-only rule reading beside a rule with a fix on one SQLite
+/// database in rollback-journal mode: the fix's COMMIT needs every reader
+/// gone, and with `lock.wait` 0 it would fail at once while the report
+/// reads. The daemon lets report-only rules share their database's turn
+/// with each other, never with a rule that writes: every run of the fix
+/// commits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_report_never_holds_up_the_commit_of_a_fix_on_sqlite() {
+    let app = jobs(Engine::Sqlite).await;
+    let audit = TestDb::new(Engine::Sqlite).await;
+    let case = audited(&app, &audit)
+        .rule(
+            "name: slow.report\ndatabase: main\nschedule: \"@every 1s\"\n\
+             detect: WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000) SELECT x FROM c WHERE x = 0\n",
+        )
+        .rule(
+            "name: flip\ndatabase: main\nschedule: \"@every 1s\"\n\
+             detect: SELECT id FROM job WHERE id = 4\n\
+             fix: UPDATE job SET state = CASE state WHEN 'done' THEN 'again' ELSE 'done' END WHERE id = 4\n\
+             max_rows: 1\nverify: false\n",
+        );
+    let child = case.spawn(&["daemon"]);
+    let flips = async || {
+        // The audit table exists once the daemon has migrated its database.
+        let migrated = audit
+            .scalar("SELECT count(*) FROM sqlite_master WHERE name = 'dbjanitor_runs'")
+            .await;
+        if migrated == 0 {
+            return 0;
+        }
+        audit
+            .scalar("SELECT count(*) FROM dbjanitor_runs WHERE rule = 'flip'")
+            .await
+    };
+    eventually("five runs of the fix", async || {
+        (flips().await >= 5).then_some(())
+    })
+    .await;
+    sigterm(&child);
+    exited(child).await.assert_code(0);
+    let outcomes = audit
+        .rows(
+            "SELECT outcome, error FROM dbjanitor_runs WHERE rule = 'flip' AND outcome <> 'fixed'",
+        )
+        .await;
+    assert_eq!(
+        outcomes,
+        Vec::<Vec<Option<String>>>::new(),
+        "every run of the fix committed"
+    );
+    assert!(
+        audit
+            .scalar("SELECT count(*) FROM dbjanitor_runs WHERE rule = 'slow.report' AND outcome = 'clean'")
+            .await
+            >= 1
+    );
+}
+
 /// Issue 12.7: `--listen localhost:PORT` is accepted (a host name, not only
 /// an IP address) and serves the probes on the loopback address.
 #[tokio::test(flavor = "multi_thread")]

@@ -615,3 +615,36 @@ async fn sqlite_report_only_is_skipped_while_a_writer_excludes_readers() {
         .expect("rollback");
     assert_eq!(db.table("job").await, before);
 }
+
+/// A fix whose COMMIT SQLite refuses (another connection is still reading,
+/// rollback-journal mode, `lock.wait` 0) is `failed` with the refusal and
+/// "rolls back", not a COMMIT of unknown outcome, and nothing changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_commit_refused_while_a_reader_holds_the_file_is_rolled_back() {
+    let db = seeded(Engine::Sqlite).await;
+    let before = db.table("job").await;
+    let mut reader = db.sqlite().await;
+    sqlx::query("BEGIN")
+        .execute(&mut reader)
+        .await
+        .expect("begin");
+    sqlx::query("SELECT count(*) FROM job")
+        .execute(&mut reader)
+        .await
+        .expect("read lock");
+    let out = case(&db)
+        .rule(&rule("jobs.stuck", Some(FIX), "max_rows: 3\n"))
+        .run(&["run", "--output", "json"]);
+    sqlx::query("ROLLBACK")
+        .execute(&mut reader)
+        .await
+        .expect("end the read");
+    out.assert_code(1);
+    let r = out.record("jobs.stuck", "main");
+    assert_eq!(r["outcome"], "failed", "{r}");
+    assert_eq!(r["reason"], "sql_error", "{r}");
+    let error = r["error"].as_str().unwrap_or_default();
+    assert!(error.contains("SQLite refused the COMMIT"), "{error}");
+    assert!(error.contains("rolls back the open transaction"), "{error}");
+    assert_eq!(db.table("job").await, before);
+}
