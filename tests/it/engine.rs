@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::util::{Case, Engine, TestDb};
+use crate::util::{Case, Engine, RunOutput, TestDb};
 
 /// Six jobs: 1–3 are "stuck" (the rot), 4–5 done, 6 running.
 fn schema(engine: Engine) -> &'static str {
@@ -551,6 +551,21 @@ async fn sample_renders_any_column_type(engine: Engine) {
     assert_eq!(r["sample"]["columns"][3], "cost");
 }
 
+/// Runs `case` while another connection to the SQLite database `db` holds
+/// the transaction `statements` opened, then rolls that back.
+async fn run_while_sqlite_holds(db: &TestDb, statements: &[&'static str], case: Case) -> RunOutput {
+    let mut holder = db.sqlite().await;
+    for &sql in statements {
+        sqlx::query(sql).execute(&mut holder).await.expect(sql);
+    }
+    let out = case.run(&["run", "--output", "json"]);
+    sqlx::query("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .expect("rollback");
+    out
+}
+
 /// A report-only rule on SQLite takes no write lock: it reads while another
 /// connection holds the database write lock (`BEGIN IMMEDIATE`), where a rule
 /// with a fix in the same run is `skipped`, and nothing changes.
@@ -558,15 +573,12 @@ async fn sample_renders_any_column_type(engine: Engine) {
 async fn sqlite_report_only_reads_beside_a_writer() {
     let db = seeded(Engine::Sqlite).await;
     let before = db.table("job").await;
-    let mut writer = db.sqlite().await;
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut writer)
-        .await
-        .expect("write lock");
-    let out = case(&db)
-        .rule(&rule("jobs.report", None, ""))
-        .rule(&rule("jobs.stuck", Some(FIX), "max_rows: 3\n"))
-        .run(&["run", "--output", "json"]);
+    let case = case(&db).rule(&rule("jobs.report", None, "")).rule(&rule(
+        "jobs.stuck",
+        Some(FIX),
+        "max_rows: 3\n",
+    ));
+    let out = run_while_sqlite_holds(&db, &["BEGIN IMMEDIATE"], case).await;
     out.assert_code(0);
     let report = out.record("jobs.report", "main");
     assert_eq!(report["outcome"], "found", "{report}");
@@ -574,10 +586,6 @@ async fn sqlite_report_only_reads_beside_a_writer() {
     let fix = out.record("jobs.stuck", "main");
     assert_eq!(fix["outcome"], "skipped", "{fix}");
     assert_eq!(fix["reason"], "lock_held");
-    sqlx::query("ROLLBACK")
-        .execute(&mut writer)
-        .await
-        .expect("rollback");
     assert_eq!(db.table("job").await, before);
 }
 
@@ -588,31 +596,18 @@ async fn sqlite_report_only_reads_beside_a_writer() {
 async fn sqlite_report_only_is_skipped_while_a_writer_excludes_readers() {
     let db = seeded(Engine::Sqlite).await;
     let before = db.table("job").await;
-    let mut writer = db.sqlite().await;
-    let mode: (String,) = sqlx::query_as("PRAGMA journal_mode")
-        .fetch_one(&mut writer)
-        .await
-        .expect("journal mode");
     assert_eq!(
-        mode.0, "delete",
+        db.rows("PRAGMA journal_mode").await,
+        vec![vec![Some("delete".to_owned())]],
         "the test database is in rollback-journal mode"
     );
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut writer)
-        .await
-        .expect("exclusive lock");
-    let out = case(&db)
-        .rule(&rule("jobs.report", None, ""))
-        .run(&["run", "--output", "json"]);
+    let case = case(&db).rule(&rule("jobs.report", None, ""));
+    let out = run_while_sqlite_holds(&db, &["BEGIN EXCLUSIVE"], case).await;
     out.assert_code(0);
     let report = out.record("jobs.report", "main");
     assert_eq!(report["outcome"], "skipped", "{report}");
     assert_eq!(report["reason"], "lock_held");
     assert_eq!(report["detected"], Value::Null);
-    sqlx::query("ROLLBACK")
-        .execute(&mut writer)
-        .await
-        .expect("rollback");
     assert_eq!(db.table("job").await, before);
 }
 
@@ -623,22 +618,8 @@ async fn sqlite_report_only_is_skipped_while_a_writer_excludes_readers() {
 async fn sqlite_commit_refused_while_a_reader_holds_the_file_is_rolled_back() {
     let db = seeded(Engine::Sqlite).await;
     let before = db.table("job").await;
-    let mut reader = db.sqlite().await;
-    sqlx::query("BEGIN")
-        .execute(&mut reader)
-        .await
-        .expect("begin");
-    sqlx::query("SELECT count(*) FROM job")
-        .execute(&mut reader)
-        .await
-        .expect("read lock");
-    let out = case(&db)
-        .rule(&rule("jobs.stuck", Some(FIX), "max_rows: 3\n"))
-        .run(&["run", "--output", "json"]);
-    sqlx::query("ROLLBACK")
-        .execute(&mut reader)
-        .await
-        .expect("end the read");
+    let case = case(&db).rule(&rule("jobs.stuck", Some(FIX), "max_rows: 3\n"));
+    let out = run_while_sqlite_holds(&db, &["BEGIN", "SELECT count(*) FROM job"], case).await;
     out.assert_code(1);
     let r = out.record("jobs.stuck", "main");
     assert_eq!(r["outcome"], "failed", "{r}");
