@@ -128,17 +128,21 @@ impl SqliteSession {
         Ok(true)
     }
 
-    /// Ends the transaction (COMMIT or ROLLBACK).
-    async fn end(&mut self, sql: &str) -> Result<(), DbError> {
+    /// Ends the transaction: COMMIT when `commit`, else ROLLBACK.
+    async fn end(&mut self, commit: bool) -> Result<(), DbError> {
         self.in_transaction = false;
-        match self.text.run_raw(sql).await {
+        match self
+            .text
+            .run_raw(if commit { "COMMIT" } else { "ROLLBACK" })
+            .await
+        {
             Ok(()) => Ok(()),
             // SQLite answers a COMMIT it cannot carry out yet (readers still
             // on the file in rollback-journal mode, for longer than the busy
             // timeout) with SQLITE_BUSY and leaves the transaction open and
             // uncommitted (https://www.sqlite.org/lang_transaction.html):
             // the engine closes the connection, which rolls it back.
-            Err(e) if sql == "COMMIT" && is_busy(&e) => Err(DbError::CommitRefused(format!(
+            Err(e) if commit && is_busy(&e) => Err(DbError::CommitRefused(format!(
                 "SQLite refused the COMMIT: {} (readers still held the database for longer than lock.wait)",
                 self.text.error(&e)
             ))),
@@ -199,7 +203,7 @@ impl Session for SqliteSession {
     }
 
     async fn finish_locked(&mut self, commit: bool, _lock_name: &str) -> Result<(), DbError> {
-        self.end(if commit { "COMMIT" } else { "ROLLBACK" }).await
+        self.end(commit).await
     }
 
     async fn lock_session(&mut self, _lock_name: &str, _wait: Duration) -> Result<bool, DbError> {
@@ -208,7 +212,7 @@ impl Session for SqliteSession {
         if !self.begin_immediate().await? {
             return Ok(false);
         }
-        self.end("ROLLBACK").await?;
+        self.end(false).await?;
         Ok(true)
     }
 
@@ -228,11 +232,11 @@ impl Session for SqliteSession {
     }
 
     async fn commit(&mut self) -> Result<(), DbError> {
-        self.end("COMMIT").await
+        self.end(true).await
     }
 
     async fn rollback(&mut self) -> Result<(), DbError> {
-        self.end("ROLLBACK").await
+        self.end(false).await
     }
 
     async fn set_statement_timeout(
