@@ -118,24 +118,20 @@ pub(crate) fn alternate(told: &[(String, String)]) {
 pub(crate) async fn wait_until_update_ran(db: &TestDb) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let running = match db.engine {
-            Engine::Postgres => {
-                db.scalar(&format!(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND state = 'active' AND query LIKE 'SELECT pg_sleep(5)%'",
-                    db.name
-                ))
-                .await
-                    > 0
-            }
-            Engine::MySql => {
-                db.scalar(&format!(
-                    "SELECT count(*) FROM information_schema.processlist WHERE db = '{}' AND info LIKE 'DO SLEEP(5)%'",
-                    db.name
-                ))
-                .await
-                    > 0
-            }
-            Engine::Sqlite => {
+        let sleeping = match db.engine {
+            Engine::Postgres => Some(format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND state = 'active' AND query LIKE 'SELECT pg_sleep(5)%'",
+                db.name
+            )),
+            Engine::MySql => Some(format!(
+                "SELECT count(*) FROM information_schema.processlist WHERE db = '{}' AND info LIKE 'DO SLEEP(5)%'",
+                db.name
+            )),
+            Engine::Sqlite => None,
+        };
+        let running = match sleeping {
+            Some(sql) => db.scalar(&sql).await > 0,
+            None => {
                 // The rollback journal exists while a write transaction is open.
                 let path = db.sqlite_path().expect("sqlite path");
                 std::path::Path::new(&format!("{}-journal", path.display())).exists()
